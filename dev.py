@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Set up and run Tollgate from a fresh clone, with nothing but Python 3.11.
+
+    python3 dev.py run    install, migrate, seed the demo tenant, run the portal and its worker
+    python3 dev.py test   install, then run the test suite (extra arguments go to pytest)
+
+Everything is installed into ``.venv/`` from the pinned requirements, and only again when they
+change. With no DATABASE_URL / REDIS_URL set, Tollgate uses a SQLite file and an embedded Redis
+under ``instance/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+PYTHON = BIN / "python"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def install(requirements: str) -> None:
+    """Create .venv and install ``requirements`` unless that exact file is installed already."""
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
+        sys.exit(f"Tollgate needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        say("creating .venv")
+        venv.create(VENV, with_pip=True)
+    text = (ROOT / requirements).read_text()
+    if requirements != "requirements.txt":
+        text += (ROOT / "requirements.txt").read_text()
+    stamp = VENV / f".installed-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if stamp.exists():
+        return
+    say(f"installing {requirements}")
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True)
+    stamp.touch()
+
+
+def flask(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env, check=check)
+
+
+def run() -> int:
+    install("requirements.txt")
+    env = dict(os.environ)
+    host = env.get("TOLLGATE_HOST", "127.0.0.1")
+    port = env.get("TOLLGATE_PORT", "5000")
+    env.setdefault("PORTAL_BASE_URL", f"http://{host}:{port}")
+    say("migrating the database")
+    flask("db", "upgrade", env=env)
+    say("seeding the demo tenant")
+    flask("seed-demo", env=env)
+    say("starting the worker and the portal (Ctrl-C stops both)")
+    worker = subprocess.Popen([str(BIN / "flask"), "--app", "wsgi", "worker"], cwd=ROOT, env=env)
+    portal = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "--workers",
+            "2",
+            "--bind",
+            f"{host}:{port}",
+            "--access-logfile",
+            "-",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    print(
+        f"\n    Tollgate is running at {env['PORTAL_BASE_URL']}/ — sign in with the e-mail and password above.\n",
+        flush=True,
+    )
+    try:
+        while portal.poll() is None and worker.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in (portal, worker):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (portal, worker):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's Chromium; install it when this machine lacks it."""
+    if CHROMIUM.exists():
+        return
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        say("installing Debian's chromium for the browser tests")
+        subprocess.run([apt, "update", "-qq"], check=False)
+        subprocess.run(
+            [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if not CHROMIUM.exists():
+        say("no /usr/bin/chromium: the browser tests will fail (install Debian's chromium package)")
+
+
+def test(pytest_args: list[str]) -> int:
+    install("requirements-dev.txt")
+    ensure_chromium()
+    return subprocess.run([str(PYTHON), "-m", "pytest", *pytest_args], cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"run", "test"}:
+        print(__doc__)
+        return 2
+    if argv[0] == "run":
+        return run()
+    return test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

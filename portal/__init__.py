@@ -1,0 +1,67 @@
+"""Tollgate: a multi-tenant usage-billing and API-usage portal."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .config import load_config
+
+# Keys of ``config`` that are settings read from the environment (they go through the same
+# checks as the environment does); anything else is set on ``app.config`` as given.
+ENVIRONMENT_SETTINGS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "SMTP_URL",
+    "PORTAL_BASE_URL",
+    "ALLOW_PRIVATE_WEBHOOKS",
+    "SESSION_COOKIE_SECURE",
+    "LOGIN_RATE_LIMIT",
+    "RATELIMIT_KEY_PREFIX",
+)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Tollgate application. ``config`` overrides the environment (tests use it)."""
+    overrides = dict(config or {})
+    app = Flask(
+        __name__,
+        instance_path=overrides.pop("INSTANCE_PATH", None) or os.environ.get("TOLLGATE_INSTANCE_PATH"),
+        template_folder="../templates",
+        static_folder="../static",
+    )
+    env = dict(os.environ)
+    env.update({k: str(overrides.pop(k)) for k in ENVIRONMENT_SETTINGS if k in overrides})
+    app.config.update(load_config(app.instance_path, env))
+    app.config.update(overrides)
+
+    from . import errors, redis_store
+    from .extensions import csrf, db, limiter, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(
+        app,
+        db,
+        directory=os.path.join(app.root_path, "..", "migrations"),
+        compare_type=True,
+        user_module_prefix="tg_types.",
+    )
+    redis_store.init_app(app)
+    limiter.init_app(app)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    errors.init_app(app)
+
+    from . import auth, web
+
+    auth.init_app(app)
+    web.init_app(app)
+
+    from . import cli
+
+    cli.init_app(app)
+    return app

@@ -1,0 +1,25 @@
+"""Recording audit events."""
+
+from __future__ import annotations
+
+from .extensions import db
+from .models import AuditEvent
+
+
+def record_event(
+    action: str,
+    tenant_id: int | None = None,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    **details: object,
+) -> AuditEvent:
+    """Add an audit event to the session; the caller's commit stores it."""
+    event = AuditEvent(
+        action=action,
+        tenant_id=tenant_id,
+        user_id=user_id,
+        ip_address=ip_address,
+        details=details or None,
+    )
+    db.session.add(event)
+    return event

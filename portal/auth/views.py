@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import time
+
+from flask import current_app, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from ..accounts import find_user_by_email
+from ..audit import record_event
+from ..extensions import db, limiter
+from ..models import utcnow
+from ..passwords import DUMMY_HASH, verify_password
+from . import bp
+from .forms import LoginForm
+from .session import is_safe_next
+
+
+def _login_limit() -> str:
+    return current_app.config["LOGIN_RATE_LIMIT"]
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(_login_limit, methods=["POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("web.dashboard"))
+    form = LoginForm(next=request.args.get("next", ""))
+    if form.validate_on_submit():
+        user = find_user_by_email(form.email.data)
+        ok = verify_password(user.password_hash if user else DUMMY_HASH, form.password.data)
+        if user is not None and ok and user.is_active:
+            login_user(user, remember=form.remember.data)
+            user.last_login_at = utcnow()
+            record_event("login.success", user.tenant_id, user.id, request.remote_addr)
+            db.session.commit()
+            target = form.next.data
+            return redirect(target if is_safe_next(target) else url_for("web.dashboard"))
+        record_event(
+            "login.failure",
+            user.tenant_id if user else None,
+            user.id if user else None,
+            request.remote_addr,
+            email=form.email.data[:254],
+            reason="disabled" if (user is not None and ok) else "bad credentials",
+        )
+        db.session.commit()
+        flash("Wrong e-mail or password.", "error")
+    elif request.method == "POST":
+        flash("Please fill in both fields correctly.", "error")
+    status = 401 if request.method == "POST" else 200
+    return render_template("auth/login.html", form=form), status
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+@login_required
+def logout():
+    if request.method == "GET":
+        # Signing out changes state, so it needs the CSRF token of the confirmation form.
+        return render_template("auth/logout.html")
+    record_event("logout", current_user.tenant_id, current_user.id, request.remote_addr)
+    db.session.commit()
+    logout_user()
+    flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))
+
+
+@bp.errorhandler(429)
+def login_throttled(error):
+    """Too many sign-in attempts: the form again, with when to retry."""
+    retry_after = _retry_after_seconds(error)
+    flash(f"Too many sign-in attempts. Try again in {retry_after} seconds.", "error")
+    response = make_response(render_template("auth/login.html", form=LoginForm()), 429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _retry_after_seconds(error) -> int:
+    reset_at = getattr(limiter, "current_limit", None)
+    if reset_at is None:
+        return 60
+    return max(1, int(reset_at.reset_at - time.time()))

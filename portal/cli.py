@@ -1,0 +1,185 @@
+"""``flask --app wsgi ...`` commands for operators."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from .accounts import AccountError, create_tenant, get_tenant
+from .extensions import db
+from .keys import ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
+from .models import utcnow
+from .plans import UnknownPlan, update_plan_limits
+
+
+def _fail(error: Exception) -> click.ClickException:
+    db.session.rollback()
+    return click.ClickException(str(error))
+
+
+@click.command("create-tenant")
+@click.argument("name")
+@click.option("--plan", "plan_code", required=True, help="free, starter, professional or enterprise")
+@click.option("--admin-email", required=True)
+@click.option("--password", required=True)
+def create_tenant_command(name: str, plan_code: str, admin_email: str, password: str) -> None:
+    """Create a tenant with its owner account; prints the tenant's slug last."""
+    try:
+        tenant = create_tenant(name, plan_code, admin_email, password)
+        db.session.commit()
+    except (AccountError, UnknownPlan) as exc:
+        raise _fail(exc) from None
+    click.echo(f"Created tenant {tenant.name!r} on the {plan_code} plan; owner {admin_email}.")
+    click.echo(tenant.slug)
+
+
+@click.command("create-api-key")
+@click.argument("tenant_slug")
+@click.option("--name", required=True)
+@click.option("--description", default="")
+@click.option("--expires-in-days", type=click.IntRange(min=1), default=None)
+def create_api_key_command(tenant_slug: str, name: str, description: str, expires_in_days: int | None) -> None:
+    """Create an API key; prints its secret last (it is shown only this once)."""
+    try:
+        tenant = get_tenant(tenant_slug)
+        expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+        key, secret = create_api_key(tenant, name, description, expires_at)
+        db.session.commit()
+    except (AccountError, ValueError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"Created key {key.name!r} ({key.prefix}) for {tenant.slug}. Keep the secret; it is not shown again:")
+    click.echo(secret)
+
+
+@click.command("revoke-api-key")
+@click.argument("tenant_slug")
+@click.argument("name_or_prefix")
+def revoke_api_key_command(tenant_slug: str, name_or_prefix: str) -> None:
+    """Revoke a tenant's key, found by its name or its prefix."""
+    try:
+        tenant = get_tenant(tenant_slug)
+        key = revoke_api_key(find_tenant_key(tenant, name_or_prefix))
+        db.session.commit()
+    except (AccountError, ApiKeyNotFound) as exc:
+        raise _fail(exc) from None
+    click.echo(f"Revoked key {key.name!r} ({key.prefix}) of {tenant.slug}.")
+
+
+@click.command("set-plan")
+@click.argument("code")
+@click.option("--monthly-quota", type=int, default=None)
+@click.option("--unlimited", is_flag=True, help="remove the monthly quota")
+@click.option("--per-minute", type=int, default=None)
+@click.option("--per-hour", type=int, default=None)
+@click.option("--per-day", type=int, default=None)
+def set_plan_command(code, monthly_quota, unlimited, per_minute, per_hour, per_day) -> None:
+    """Change a plan's quota and windows; tenants on it get them on their next call."""
+    try:
+        plan = update_plan_limits(code, monthly_quota, per_minute, per_hour, per_day, unlimited_quota=unlimited)
+        db.session.commit()
+    except (UnknownPlan, ValueError) as exc:
+        raise _fail(exc) from None
+    quota = "unlimited" if plan.monthly_quota is None else f"{plan.monthly_quota:,}"
+    click.echo(
+        f"{plan.code}: {quota} requests/month, {plan.per_minute:,}/minute, {plan.per_hour:,}/hour, {plan.per_day:,}/day"
+    )
+
+
+@click.command("seed-demo")
+@click.option("--days", type=click.IntRange(min=1, max=400), default=90, show_default=True)
+@click.option("--password", default=None, help="the demo admin's password (default: a random one)")
+def seed_demo_command(days: int, password: str | None) -> None:
+    """Create the demo tenant with realistic history and print how to sign in."""
+    from .demo import seed_demo
+
+    with click.progressbar(length=days * 950, label="Generating usage", show_pos=True) as bar:
+        result = seed_demo(days=days, password=password, progress=bar.update)
+    if result.created:
+        click.echo(f"Demo tenant {result.tenant.name!r} ({result.tenant.slug}) with {result.records:,} usage records.")
+    else:
+        click.echo(f"Demo tenant {result.tenant.name!r} already exists; its admin password was reset.")
+    click.echo(f"Sign in at {current_app.config['PORTAL_BASE_URL']}/login")
+    click.echo(f"  e-mail:   {result.email}")
+    click.echo(f"  password: {result.password}")
+
+
+@click.command("generate-usage")
+@click.option("--tenant", "tenant_slug", default=None, help="add to this existing tenant")
+@click.option("--tenants", type=click.IntRange(min=1), default=None, help="or spread over this many new tenants")
+@click.option("--records", type=click.IntRange(min=1), required=True)
+@click.option("--days", type=click.IntRange(min=1), required=True)
+@click.option("--seed", type=int, default=None, help="random seed, for repeatable data")
+def generate_usage_command(tenant_slug, tenants, records, days, seed) -> None:
+    """Add synthetic usage records (and their rollups), for benchmarks."""
+    from sqlalchemy import select
+
+    from .demo import bench_tenants, store_in_batches, synthetic_records
+    from .models import ApiKey
+
+    if (tenant_slug is None) == (tenants is None):
+        raise click.UsageError("give exactly one of --tenant SLUG or --tenants M")
+    try:
+        targets = [get_tenant(tenant_slug)] if tenant_slug else bench_tenants(tenants)
+    except AccountError as exc:
+        raise _fail(exc) from None
+    ids = [t.id for t in targets]
+    keys: dict[int, list[int]] = {}
+    for tenant_id, key_id in db.session.execute(select(ApiKey.tenant_id, ApiKey.id).where(ApiKey.tenant_id.in_(ids))):
+        keys.setdefault(tenant_id, []).append(key_id)
+    rows = synthetic_records(ids, keys, records, days, utcnow(), random.Random(seed))
+    with click.progressbar(length=records, label="Storing usage", show_pos=True) as bar:
+        stored = store_in_batches(rows, progress=bar.update)
+    click.echo(f"Stored {stored:,} records for {len(ids)} tenant(s): {', '.join(t.slug for t in targets[:10])}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="do all queued work, then exit")
+def worker_command(burst: bool) -> None:
+    """Run the RQ worker (with its scheduler and the periodic jobs)."""
+    from worker.runner import run_worker
+
+    run_worker(current_app._get_current_object(), burst=burst)
+
+
+jobs_group = AppGroup("jobs", help="The periodic jobs.")
+
+
+@jobs_group.command("list")
+def jobs_list() -> None:
+    """Name the periodic jobs and how often they run."""
+    from worker.schedule import PERIODIC_JOBS
+
+    for job in PERIODIC_JOBS:
+        click.echo(f"{job.name:<20} every {job.every_seconds:>5}s  {job.description}")
+
+
+@jobs_group.command("run")
+@click.argument("name")
+def jobs_run(name: str) -> None:
+    """Run one periodic job now, in the foreground."""
+    from worker.schedule import find
+
+    try:
+        job = find(name)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    result = job.func()
+    click.echo(f"{job.name}: {result}")
+
+
+def init_app(app: Flask) -> None:
+    for command in (
+        create_tenant_command,
+        create_api_key_command,
+        revoke_api_key_command,
+        set_plan_command,
+        seed_demo_command,
+        generate_usage_command,
+        worker_command,
+    ):
+        app.cli.add_command(command)
+    app.cli.add_command(jobs_group)

@@ -1,0 +1,169 @@
+"""Settings read once from the environment, typed and checked.
+
+Every setting has a working default so a fresh clone runs with no configuration: a SQLite file
+and an embedded Redis under ``instance/``, and a secret key generated once into ``instance/``.
+A bad value stops start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigError(SystemExit):
+    """A setting is missing or malformed; exits with a message naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        super().__init__(f"Configuration error: {variable}: {problem}")
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, f"expected one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a whole number; got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(name, f"must be at least {minimum}; got {value}")
+    return value
+
+
+def database_uri(env: Mapping[str, str], instance_path: Path) -> str:
+    """Map the plain ``DATABASE_URL`` forms onto the drivers Tollgate ships with."""
+    raw = env.get("DATABASE_URL", "").strip()
+    if not raw:
+        return f"sqlite:///{instance_path / 'tollgate.db'}"
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL", f"not a database URL: {raw!r}") from None
+    backend = url.get_backend_name()
+    if backend == "postgres":  # the Heroku-style spelling
+        backend = "postgresql"
+    if backend == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        url = url.set(drivername="sqlite")
+    else:
+        raise ConfigError("DATABASE_URL", f"unsupported database {backend!r}; use sqlite:/// or postgresql://")
+    return url.render_as_string(hide_password=False)
+
+
+def redis_url(env: Mapping[str, str]) -> str | None:
+    """The Redis server's URL, or None for the embedded Redis."""
+    raw = env.get("REDIS_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError("REDIS_URL", f"expected redis://, rediss:// or unix://; got {raw!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("REDIS_URL", f"no host in {raw!r}")
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError("REDIS_URL", f"the database number must be a whole number; got {db!r}")
+    return raw
+
+
+def secret_key(env: Mapping[str, str], instance_path: Path) -> str:
+    """``SECRET_KEY`` from the environment, else one generated once into ``instance/``."""
+    raw = env.get("SECRET_KEY")
+    if raw is not None:
+        if len(raw) < 16:
+            raise ConfigError("SECRET_KEY", "must be at least 16 characters long")
+        return raw
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when two processes race here, the loser reads the winner's key.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def smtp_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("SMTP_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ConfigError("SMTP_URL", f"expected smtp://host:port or smtps://host:port; got {raw!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError("SMTP_URL", f"bad port in {raw!r}") from None
+    return raw
+
+
+def base_url(env: Mapping[str, str]) -> str:
+    raw = env.get("PORTAL_BASE_URL", "").strip() or "http://127.0.0.1:5000"
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError("PORTAL_BASE_URL", f"expected an http:// or https:// URL; got {raw!r}")
+    return raw.rstrip("/")
+
+
+def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
+    """Read every setting from ``env`` and return Flask config keys."""
+    instance = Path(instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    portal_url = base_url(env)
+    parts = urlsplit(portal_url)
+    # Secure cookies everywhere but a plain-http portal on this machine (the demo set-up).
+    local_http = parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}
+    cookie_secure = env_bool(env, "SESSION_COOKIE_SECURE", not local_http)
+    return {
+        "SECRET_KEY": secret_key(env, instance),
+        "SQLALCHEMY_DATABASE_URI": database_uri(env, instance),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": redis_url(env),
+        "SMTP_URL": smtp_url(env),
+        "PORTAL_BASE_URL": portal_url,
+        "ALLOW_PRIVATE_WEBHOOKS": env_bool(env, "ALLOW_PRIVATE_WEBHOOKS", False),
+        "SESSION_COOKIE_SECURE": cookie_secure,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": cookie_secure,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10/minute;50/hour"),
+        "RATELIMIT_HEADERS_ENABLED": False,
+        "RATELIMIT_STRATEGY": "fixed-window",
+        "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tollgate"),
+        "USAGE_STREAM": "tollgate:usage",
+    }

@@ -1,0 +1,297 @@
+"""Realistic synthetic usage: the demo tenant's history and benchmark data.
+
+Both go through :func:`portal.metering.store_usage`, the same write path as live traffic, so
+rows, rollups and key counters agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from .accounts import create_tenant, create_user, find_user_by_email
+from .extensions import db
+from .keys import create_api_key, revoke_api_key
+from .metering import store_usage
+from .models import ApiKey, ServiceLimit, Tenant, utcnow
+from .passwords import hash_password
+from .pricing import PriceBook
+
+DEMO_TENANT = "Acme Analytics"
+DEMO_EMAIL = "admin@acme.example"
+DEMO_MEMBER_EMAIL = "dev@acme.example"
+DEMO_PLAN = "professional"
+
+# (endpoint, method, category, relative weight, typical duration ms) of Tollgate's own API.
+API_ENDPOINTS = (
+    ("/api/v1/usage/stats", "GET", "analytics", 30, 45),
+    ("/api/v1/usage/logs", "GET", "analytics", 18, 70),
+    ("/api/v1/account/usage", "GET", "analytics", 14, 60),
+    ("/api/v1/billing/usage", "GET", "billing", 10, 35),
+    ("/api/v1/billing/subscription", "GET", "billing", 5, 20),
+    ("/api/v1/usage/summary", "GET", "analytics", 12, 40),
+    ("/api/v1/ping", "GET", "system", 11, 4),
+)
+# (service, endpoint, model, weight, typical duration ms, tokens in, tokens out, quota units)
+EXTERNAL_CALLS = (
+    ("openai", "/v1/chat/completions", "gpt-4o-mini", 30, 900, 700, 350, 0),
+    ("openai", "/v1/chat/completions", "gpt-4o", 8, 2200, 1200, 600, 0),
+    ("openai", "/v1/embeddings", "text-embedding-3-small", 12, 150, 800, 0, 0),
+    ("groq", "/v1/chat/completions", "llama-3.1-70b-versatile", 20, 600, 600, 300, 0),
+    ("groq", "/v1/chat/completions", "llama-3.1-8b-instant", 14, 250, 400, 200, 0),
+    ("twitter", "/2/users/:id/tweets", "", 8, 400, 0, 0, 0),
+    ("youtube", "/youtube/v3/search", "", 5, 350, 0, 0, 100),
+    ("youtube", "/youtube/v3/videos", "", 3, 200, 0, 0, 1),
+)
+END_USERS = ("web-app", "reporting-bot", "support-bot", "data-team", "mobile")
+# Seed 003's free-tier limits on outside services.
+DEFAULT_SERVICE_LIMITS = (
+    ("groq", "minute", 30, "requests"),
+    ("groq", "day", 14_400, "requests"),
+    ("twitter", "month", 1_500, "requests"),
+    ("youtube", "day", 10_000, "quota_units"),
+)
+
+
+@dataclass
+class DemoResult:
+    tenant: Tenant
+    email: str
+    password: str
+    records: int
+    created: bool
+
+
+def _diurnal(hour: int) -> float:
+    """Traffic by hour of day (UTC): quiet at night, a peak in the afternoon."""
+    return 0.25 + 0.75 * math.exp(-((hour - 14.5) ** 2) / 18)
+
+
+def _day_volume(rng: random.Random, day_index: int, days: int, weekday: int, base: int) -> int:
+    trend = 0.75 + 0.35 * day_index / max(days - 1, 1)  # business grows over the quarter
+    rhythm = 0.35 if weekday >= 5 else 1.0
+    return max(0, int(rng.gauss(base * trend * rhythm, base * 0.06)))
+
+
+def _pick(rng: random.Random, options: tuple, weight_index: int):
+    return rng.choices(options, weights=[o[weight_index] for o in options])[0]
+
+
+def demo_records(
+    tenant_id: int,
+    key_ids: list[int],
+    days: int,
+    now: datetime,
+    prices: PriceBook,
+    rng: random.Random,
+    api_per_day: int = 1000,
+    external_per_day: int = 260,
+    retired_at: datetime | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``days`` days of usage ending at ``now``, day by day.
+
+    The last key stops being used at ``retired_at`` (it gets revoked then).
+    """
+    first_day = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    # A handful of bad hours: an outage (5xx) and clients hammering past their windows (429).
+    outage_days = set(rng.sample(range(days), k=min(3, days)))
+    throttle_days = set(rng.sample(range(days), k=min(4, days)))
+    hour_weights = [_diurnal(h) for h in range(24)]
+    for index in range(days):
+        day = first_day + timedelta(days=index)
+        bad_hour = rng.randrange(8, 20)
+        for source, base in (("api", api_per_day), ("external", external_per_day)):
+            for _ in range(_day_volume(rng, index, days, day.weekday(), base)):
+                hour = rng.choices(range(24), weights=hour_weights)[0]
+                at = day + timedelta(hours=hour, seconds=rng.uniform(0, 3599.999))
+                if at > now:
+                    continue
+                burst = hour == bad_hour
+                record = (
+                    _api_call(rng, index in outage_days and burst, index in throttle_days and burst)
+                    if source == "api"
+                    else _external_call(rng, prices, at, index in outage_days and burst)
+                )
+                key_id = rng.choices(key_ids, weights=[8, 3, 2, 1][: len(key_ids)])[0]
+                if retired_at is not None and key_id == key_ids[-1] and at >= retired_at:
+                    key_id = key_ids[0]
+                record.update(
+                    tenant_id=tenant_id,
+                    api_key_id=key_id,
+                    end_user=rng.choice(END_USERS),
+                    source=source,
+                    occurred_at=at,
+                    idempotency_key=uuid.UUID(int=rng.getrandbits(128)).hex,
+                )
+                yield record
+
+
+def _duration(rng: random.Random, typical: int) -> int:
+    return max(1, int(rng.lognormvariate(math.log(typical), 0.45)))
+
+
+def _api_call(rng: random.Random, outage: bool, throttled: bool) -> dict[str, Any]:
+    endpoint, method, category, _, typical = _pick(rng, API_ENDPOINTS, 3)
+    status = 200
+    error = None
+    roll = rng.random()
+    if throttled and roll < 0.45:
+        status, error = 429, "Rate limit exceeded for minute"
+    elif outage and roll < 0.35:
+        status, error = rng.choice(((500, "Internal server error"), (503, "Service unavailable")))
+    elif roll < 0.012:
+        status, error = rng.choice(
+            (
+                (400, "Invalid date range"),
+                (422, "interval must be one of hourly, daily, weekly, monthly"),
+                (404, "Not found"),
+            )
+        )
+    return {
+        "service": "tollgate",
+        "endpoint": endpoint,
+        "method": method,
+        "category": category,
+        "status_code": status,
+        "duration_ms": 1 if status == 429 else _duration(rng, typical),
+        "error_message": error,
+    }
+
+
+def _external_call(rng: random.Random, prices: PriceBook, at: datetime, outage: bool) -> dict[str, Any]:
+    service, endpoint, model, _, typical, t_in, t_out, units = _pick(rng, EXTERNAL_CALLS, 3)
+    status, error = 200, None
+    if outage and rng.random() < 0.3:
+        status, error = 502, f"{service} upstream error"
+    tokens_in = int(t_in * rng.uniform(0.4, 1.8)) if t_in else 0
+    tokens_out = int(t_out * rng.uniform(0.3, 1.9)) if t_out and status == 200 else 0
+    return {
+        "service": service,
+        "endpoint": endpoint,
+        "method": "POST" if service in ("openai", "groq") else "GET",
+        "category": "llm" if tokens_in else "social",
+        "status_code": status,
+        "duration_ms": _duration(rng, typical),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "quota_units": units,
+        "model": model,
+        "cost": prices.cost(service, model, at, tokens_in, tokens_out, units),
+        "error_message": error,
+        "meta": {"model": model} if model else None,
+    }
+
+
+def store_in_batches(
+    records: Iterator[dict[str, Any]], batch: int = 5000, progress: Callable[[int], None] | None = None
+) -> int:
+    """Store records, committing every ``batch``; returns how many were new."""
+    stored = 0
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= batch:
+            stored += store_usage(chunk)
+            db.session.commit()
+            if progress:
+                progress(len(chunk))
+            chunk = []
+    if chunk:
+        stored += store_usage(chunk)
+        db.session.commit()
+        if progress:
+            progress(len(chunk))
+    return stored
+
+
+def seed_demo(
+    days: int = 90,
+    password: str | None = None,
+    now: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DemoResult:
+    """Create the demo tenant with ``days`` of history, or reset its password if it exists."""
+    now = now or utcnow()
+    password = password or secrets.token_urlsafe(12)
+    existing = find_user_by_email(DEMO_EMAIL)
+    if existing is not None:
+        existing.password_hash = hash_password(password)
+        db.session.commit()
+        return DemoResult(existing.tenant, DEMO_EMAIL, password, 0, created=False)
+
+    tenant = create_tenant(DEMO_TENANT, DEMO_PLAN, DEMO_EMAIL, password)
+    create_user(tenant, DEMO_MEMBER_EMAIL, secrets.token_urlsafe(16), role="member", name="Dev")
+    keys = [
+        create_api_key(tenant, name, description)[0]
+        for name, description in (
+            ("Production backend", "Main application servers"),
+            ("Reporting", "Nightly and weekly reports"),
+            ("Staging", "Pre-release environment"),
+            ("Old mobile app", "Replaced by the new app in the spring"),
+        )
+    ]
+    for key in keys:
+        key.created_at = now - timedelta(days=days + 5)
+    db.session.flush()
+    for service, window, limit, unit in DEFAULT_SERVICE_LIMITS:
+        db.session.add(ServiceLimit(tenant_id=tenant.id, service=service, window=window, limit_value=limit, unit=unit))
+    key_ids = [k.id for k in keys]
+    db.session.commit()
+
+    rng = random.Random(20261101)
+    retired_at = now - timedelta(days=min(10, days // 2))
+    records = demo_records(tenant.id, key_ids, days, now, PriceBook.load(), rng, retired_at=retired_at)
+    stored = store_in_batches(records, progress=progress)
+    revoke_api_key(db.session.get(ApiKey, key_ids[-1]), retired_at)
+    db.session.commit()
+    return DemoResult(tenant, DEMO_EMAIL, password, stored, created=True)
+
+
+def synthetic_records(
+    tenant_ids: list[int],
+    keys_by_tenant: dict[int, list[int]],
+    count: int,
+    days: int,
+    now: datetime,
+    rng: random.Random,
+) -> Iterator[dict[str, Any]]:
+    """``count`` records spread evenly over ``days`` and over the tenants (benchmark data)."""
+    span = days * 86400
+    for i in range(count):
+        tenant_id = tenant_ids[i % len(tenant_ids)]
+        at = now - timedelta(seconds=rng.uniform(0, span))
+        record = _api_call(rng, outage=False, throttled=rng.random() < 0.01)
+        keys = keys_by_tenant.get(tenant_id) or [None]
+        record.update(
+            tenant_id=tenant_id,
+            api_key_id=rng.choice(keys),
+            source="api",
+            occurred_at=at,
+            idempotency_key=uuid.UUID(int=rng.getrandbits(128)).hex,
+        )
+        yield record
+
+
+def bench_tenants(count: int) -> list[Tenant]:
+    """``count`` new tenants for benchmark data, each with one key."""
+    existing = db.session.scalar(select(db.func.count()).select_from(Tenant).where(Tenant.slug.like("bench-%")))
+    tenants = []
+    for n in range(existing + 1, existing + count + 1):
+        tenant = create_tenant(
+            f"Bench {n}",
+            DEMO_PLAN,
+            f"bench-{n}-{secrets.token_hex(3)}@bench.example",
+            secrets.token_urlsafe(16),
+        )
+        create_api_key(tenant, "bench")
+        tenants.append(tenant)
+    db.session.commit()
+    return tenants

@@ -1,0 +1,34 @@
+"""The data model, one module per aggregate. Import models from here."""
+
+from ._types import as_money, utcnow
+from .alerts import Alert, AlertRule, Budget, NotificationChannel, NotificationDelivery
+from .audit import AuditEvent
+from .billing import Statement, StatementLine
+from .keys import ApiKey
+from .pricing import ModelPrice, ServiceLimit
+from .tenancy import Plan, Subscription, Tenant, User
+from .usage import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, UsageRecord, UsageRollup
+
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "LATENCY_COLUMNS",
+    "Alert",
+    "AlertRule",
+    "ApiKey",
+    "AuditEvent",
+    "Budget",
+    "ModelPrice",
+    "NotificationChannel",
+    "NotificationDelivery",
+    "Plan",
+    "ServiceLimit",
+    "Statement",
+    "StatementLine",
+    "Subscription",
+    "Tenant",
+    "UsageRecord",
+    "UsageRollup",
+    "User",
+    "as_money",
+    "utcnow",
+]

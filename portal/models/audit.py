@@ -1,0 +1,38 @@
+"""The audit trail: who did what, when, from where."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..extensions import db
+from ._types import BigIntPK, JSONType, UTCDateTime, utcnow
+
+ACTIONS = (
+    "login.success",
+    "login.failure",
+    "logout",
+    "api_key.created",
+    "api_key.deactivated",
+    "api_key.reactivated",
+    "api_key.revoked",
+    "api_key.rotated",
+    "plan.changed",
+    "settings.changed",
+)
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    # None for events that belong to no tenant (a sign-in attempt for an unknown address).
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(32))
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    details: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,12 @@
+"""The tenant admin portal's pages."""
+
+from flask import Blueprint, Flask
+
+bp = Blueprint("web", __name__)
+
+
+def init_app(app: Flask) -> None:
+    from . import filters, views  # noqa: F401 - registers the routes
+
+    filters.init_app(app)
+    app.register_blueprint(bp)

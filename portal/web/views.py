@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import redirect, render_template, url_for
+from flask_login import current_user, login_required
+
+from .. import analytics, charts
+from ..extensions import db
+from ..models import ApiKey, AuditEvent, utcnow
+from . import bp
+from .tenancy import get_owned_or_404, owned
+
+
+@bp.route("/")
+def index():
+    if current_user.is_authenticated:
+        return redirect(url_for("web.dashboard"))
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/health")
+def health():
+    return {"status": "ok"}
+
+
+@bp.route("/dashboard")
+@login_required
+def dashboard():
+    tenant = current_user.tenant
+    subscription = tenant.subscription
+    plan = subscription.plan
+    now = utcnow()
+    start, end = subscription.current_period_start, subscription.current_period_end
+    api = analytics.totals(tenant.id, start, end, source="api")
+    everything = analytics.totals(tenant.id, start, end)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    chart_start = today - timedelta(days=29)
+    days = analytics.calls_per_day(tenant.id, chart_start, today + timedelta(days=1), source="api")
+    quota = plan.monthly_quota
+    return render_template(
+        "web/dashboard.html",
+        tenant=tenant,
+        subscription=subscription,
+        plan=plan,
+        period_start=start,
+        period_end=end,
+        period_last_day=end - timedelta(days=1),
+        api=api,
+        everything=everything,
+        quota=quota,
+        quota_used=api.calls,
+        quota_remaining=None if quota is None else max(quota - api.calls, 0),
+        quota_fraction=None if not quota else min(api.calls / quota, 1.0),
+        bars=charts.daily_bars(days),
+    )
+
+
+@bp.route("/keys")
+@login_required
+def keys():
+    rows = db.session.scalars(owned(ApiKey).order_by(ApiKey.created_at.desc())).all()
+    return render_template("web/keys.html", keys=rows, now=utcnow())
+
+
+@bp.route("/keys/<int:key_id>")
+@login_required
+def key_detail(key_id: int):
+    key = get_owned_or_404(ApiKey, key_id)
+    return render_template("web/key_detail.html", key=key, now=utcnow())
+
+
+@bp.route("/activity")
+@login_required
+def activity():
+    events = db.session.scalars(owned(AuditEvent).order_by(AuditEvent.created_at.desc()).limit(100)).all()
+    return render_template("web/activity.html", events=events)

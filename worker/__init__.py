@@ -1,0 +1,1 @@
+"""Tollgate's background work: RQ job functions, the periodic schedule and the worker."""

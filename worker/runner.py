@@ -1,0 +1,85 @@
+"""The worker process: an RQ worker with its scheduler, plus the periodic-job clock.
+
+Jobs run in this process (RQ's ``SimpleWorker``) inside a fresh application context each, so
+each job gets its own database session and the app is built once, not per job. The periodic
+clock enqueues each periodic job at most once per interval across all worker processes: the
+right to enqueue is a Redis key set with NX and an expiry of the interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from portal.redis_store import get_redis
+
+from . import queues
+from .schedule import PERIODIC_JOBS, PeriodicJob
+
+log = logging.getLogger("tollgate.worker")
+
+
+class AppWorker(SimpleWorker):
+    """An RQ worker that runs every job inside the Flask application context."""
+
+    flask_app: Flask
+
+    def perform_job(self, job, queue, execution):
+        with self.flask_app.app_context():
+            return super().perform_job(job, queue, execution)
+
+
+def enqueue_periodic(connection: Redis, job: PeriodicJob) -> bool:
+    """Enqueue ``job`` unless it was enqueued less than its interval ago; True if enqueued."""
+    if not connection.set(f"tollgate:periodic:{job.name}", int(time.time()), nx=True, ex=job.every_seconds):
+        return False
+    Queue(queues.PERIODIC, connection=connection).enqueue(
+        job.func,
+        job_timeout=queues.JOB_TIMEOUT,
+        result_ttl=queues.RESULT_TTL,
+        failure_ttl=queues.FAILURE_TTL,
+        description=f"periodic: {job.name}",
+    )
+    return True
+
+
+def enqueue_due(connection: Redis) -> list[str]:
+    return [job.name for job in PERIODIC_JOBS if enqueue_periodic(connection, job)]
+
+
+class PeriodicClock(threading.Thread):
+    def __init__(self, connection: Redis, tick_seconds: float = 1.0) -> None:
+        super().__init__(name="tollgate-periodic-clock", daemon=True)
+        self.connection = connection
+        self.tick_seconds = tick_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                for name in enqueue_due(self.connection):
+                    log.info("enqueued periodic job %s", name)
+            except Exception:  # keep ticking through a Redis blip; the error is logged
+                log.exception("periodic clock tick failed")
+            self.stopped.wait(self.tick_seconds)
+
+
+def run_worker(app: Flask, burst: bool = False) -> bool:
+    """Run the worker until stopped, or with ``burst`` until no work is left. True if it did work."""
+    connection = get_redis(app)
+    worker = AppWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
+    worker.flask_app = app
+    if burst:
+        enqueue_due(connection)
+        return worker.work(burst=True, with_scheduler=True)
+    clock = PeriodicClock(connection)
+    clock.start()
+    try:
+        return worker.work(with_scheduler=True)
+    finally:
+        clock.stopped.set()

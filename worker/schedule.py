@@ -1,0 +1,29 @@
+"""The periodic jobs, declared in one place with stable names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import jobs
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    func: Callable[[], dict]
+    every_seconds: int
+    description: str
+
+
+PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
+    PeriodicJob("cleanup", jobs.cleanup, 3600, "delete usage data past each plan's retention"),
+)
+
+
+def find(name: str) -> PeriodicJob:
+    for job in PERIODIC_JOBS:
+        if job.name == name:
+            return job
+    names = ", ".join(j.name for j in PERIODIC_JOBS)
+    raise LookupError(f"no periodic job {name!r}; jobs are: {names}")
