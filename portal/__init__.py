@@ -51,13 +51,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         user_module_prefix="tg_types.",
     )
     redis_store.init_app(app)
-    limiter.init_app(app)
     csrf.init_app(app)
     login_manager.init_app(app)
     errors.init_app(app)
 
-    from . import auth, web
+    from . import api, auth, web
 
+    api.init_app(app)  # registers its admission hook before any limiter's check
+    limiter.init_app(app)
     auth.init_app(app)
     web.init_app(app)
 

@@ -165,5 +165,8 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "RATELIMIT_HEADERS_ENABLED": False,
         "RATELIMIT_STRATEGY": "fixed-window",
         "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tollgate"),
-        "USAGE_STREAM": "tollgate:usage",
+        # A stream entry unacknowledged this long belongs to a dead reader and is taken over.
+        "USAGE_CLAIM_IDLE_MS": env_int(env, "USAGE_CLAIM_IDLE_MS", 30_000),
+        # A call whose completion has not arrived after this long is stored with status unknown.
+        "USAGE_ABANDON_SECONDS": env_int(env, "USAGE_ABANDON_SECONDS", 120),
     }

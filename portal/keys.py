@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import or_, select
 
+from .changes import mark_access_changed
 from .extensions import db
-from .models import ApiKey, Tenant, utcnow
+from .models import ApiKey, Plan, Subscription, Tenant, utcnow
+from .plans import PlanLimits, plan_limits
 
 SECRET_PREFIX = "tg_"
 PREFIX_LENGTH = 11  # "tg_" and eight characters
@@ -50,6 +53,7 @@ def create_api_key(
         created_by_id=created_by_id,
     )
     db.session.add(key)
+    mark_access_changed()
     return key, secret
 
 
@@ -75,4 +79,93 @@ def find_tenant_key(tenant: Tenant, name_or_prefix: str) -> ApiKey:
 def revoke_api_key(key: ApiKey, now: datetime | None = None) -> ApiKey:
     key.revoked_at = now or utcnow()
     key.is_active = False
+    mark_access_changed()
     return key
+
+
+def set_key_active(key: ApiKey, active: bool) -> ApiKey:
+    """Deactivate or reactivate a key (a revoked key stays revoked)."""
+    if key.revoked_at is not None:
+        raise ValueError("a revoked key cannot be reactivated; create a new one")
+    key.is_active = active
+    mark_access_changed()
+    return key
+
+
+def rotate_api_key(key: ApiKey) -> str:
+    """Give ``key`` a new secret; the old secret stops working. Returns the new secret."""
+    if key.revoked_at is not None:
+        raise ValueError("a revoked key cannot be rotated; create a new one")
+    secret = new_secret()
+    key.prefix = secret[:PREFIX_LENGTH]
+    key.key_hash = hash_secret(secret)
+    mark_access_changed()
+    return secret
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """What the API needs to know about a key, cached per process."""
+
+    key_id: int
+    tenant_id: int
+    is_active: bool
+    revoked: bool
+    expires_at: float | None  # epoch seconds
+    limits: PlanLimits
+
+    def usable(self, now: float) -> bool:
+        if self.revoked or not self.is_active:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+def load_key_entry(key_hash: str) -> KeyEntry | None:
+    """The key with this hash, its tenant's plan limits and overage allowance, or None."""
+    row = db.session.execute(
+        select(ApiKey, Subscription, Plan)
+        .join(Subscription, (Subscription.tenant_id == ApiKey.tenant_id) & Subscription.ended_at.is_(None))
+        .join(Plan, Plan.id == Subscription.plan_id)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.key_hash == key_hash, Tenant.is_active.is_(True))
+        .order_by(Subscription.started_at.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    key, subscription, plan = row
+    return KeyEntry(
+        key_id=key.id,
+        tenant_id=key.tenant_id,
+        is_active=key.is_active,
+        revoked=key.revoked_at is not None,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        limits=plan_limits(plan, subscription),
+    )
+
+
+class KeyDirectory:
+    """Per-process cache of key entries, valid for one configuration version.
+
+    Unknown hashes are cached too (a new key bumps the version), bounded in number.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.version = ""
+        self.max_entries = max_entries
+        self._entries: dict[str, KeyEntry | None] = {}
+
+    def lookup(self, key_hash: str) -> KeyEntry | None:
+        try:
+            return self._entries[key_hash]
+        except KeyError:
+            pass
+        entry = load_key_entry(key_hash)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = entry
+        return entry
+
+    def reset(self, version: str) -> None:
+        self._entries = {}
+        self.version = version

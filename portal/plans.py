@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_FLOOR
 
 from sqlalchemy import select
 
+from .changes import mark_access_changed
 from .extensions import db
 from .models import Plan, Subscription, Tenant, utcnow
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """What the admission script needs to know about a tenant's plan."""
+
+    plan_code: str
+    per_minute: int
+    per_hour: int
+    per_day: int
+    # Calls a period may admit (quota plus any overage allowance); None = no limit.
+    quota: int | None
+    # The plan's quota shown in headers; None = unlimited.
+    shown_quota: int | None
+
+    @property
+    def limit_string(self) -> str:
+        return f"{self.per_minute}/minute;{self.per_hour}/hour;{self.per_day}/day"
+
+
+def plan_limits(plan: Plan, subscription: Subscription) -> PlanLimits:
+    """The windows and the number of calls a period may admit under this subscription.
+
+    With overage allowed on a paid plan, calls go on past the quota: without a cap, without
+    limit; with a cap, until the overage would cost more than the cap.
+    """
+    admitted = plan.monthly_quota
+    if admitted is not None and subscription.allow_overage and plan.overage_price_per_1000:
+        if subscription.overage_cap is None:
+            admitted = None
+        else:
+            extra = (subscription.overage_cap / plan.overage_price_per_1000 * 1000).to_integral_value(ROUND_FLOOR)
+            admitted += int(extra)
+    return PlanLimits(plan.code, plan.per_minute, plan.per_hour, plan.per_day, admitted, plan.monthly_quota)
 
 
 class UnknownPlan(LookupError):
@@ -52,6 +89,7 @@ def subscribe(tenant: Tenant, plan: Plan, now: datetime | None = None) -> Subscr
         started_at=now,
     )
     db.session.add(subscription)
+    mark_access_changed()
     return subscription
 
 
@@ -78,4 +116,5 @@ def update_plan_limits(
     if unlimited_quota:
         plan.monthly_quota = None
     plan.updated_at = utcnow()
+    mark_access_changed()
     return plan

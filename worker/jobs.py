@@ -5,10 +5,25 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from flask import current_app
+
+from portal.ingest import ingest_usage
 from portal.models import utcnow
+from portal.redis_store import get_redis
 from portal.retention import delete_expired_usage
 
 
 def cleanup() -> dict:
     """Delete usage data past each tenant's retention."""
     return asdict(delete_expired_usage(utcnow()))
+
+
+def ingest() -> dict:
+    """Store the metered calls waiting in the usage stream."""
+    config = current_app.config
+    result = ingest_usage(
+        get_redis(),
+        claim_idle_ms=config["USAGE_CLAIM_IDLE_MS"],
+        abandon_after_seconds=config["USAGE_ABANDON_SECONDS"],
+    )
+    return asdict(result)

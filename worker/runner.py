@@ -41,7 +41,7 @@ def enqueue_periodic(connection: Redis, job: PeriodicJob) -> bool:
     Queue(queues.PERIODIC, connection=connection).enqueue(
         job.func,
         job_timeout=queues.JOB_TIMEOUT,
-        result_ttl=queues.RESULT_TTL,
+        result_ttl=job.result_ttl,
         failure_ttl=queues.FAILURE_TTL,
         description=f"periodic: {job.name}",
     )

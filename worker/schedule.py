@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import jobs
+from . import jobs, queues
 
 
 @dataclass(frozen=True)
@@ -14,9 +14,11 @@ class PeriodicJob:
     func: Callable[[], dict]
     every_seconds: int
     description: str
+    result_ttl: int = queues.RESULT_TTL  # seconds a run's result is kept
 
 
 PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
+    PeriodicJob("ingest-usage", jobs.ingest, 2, "store metered calls from the usage stream", result_ttl=60),
     PeriodicJob("cleanup", jobs.cleanup, 3600, "delete usage data past each plan's retention"),
 )
 

@@ -1,0 +1,315 @@
+"""Admitting a protected API call: key, plan windows, monthly quota and metering in one Redis call.
+
+One Lua script per call (:data:`ADMIT_SCRIPT`) does, atomically:
+
+* checks that the caller's view of keys and plans is current (a version counter bumped after
+  every committed change to keys, plans or subscriptions — so a revoked key or a new plan
+  applies to the very next call in every process);
+* records the completion (final status, duration) of this process's previous calls;
+* checks the minute, hour and day windows and the monthly quota, and increments them only if
+  all pass — a refused call consumes nothing;
+* for an admitted call, parks its record in the in-flight hash until its completion arrives;
+  for a refused call, appends its complete record (429) to the usage stream.
+
+A record in flight whose process died before completing it is moved to the stream by the
+worker's janitor (:func:`flush_abandoned`), with an unknown final status: a crash can lose a
+status but never a record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis import Redis
+
+from .billing_info import quota_key
+from .changes import CONFIG_VERSION
+from .plans import PlanLimits, billing_period
+
+STREAM = "tollgate:usage"
+INFLIGHT = "tollgate:inflight"
+WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
+UNKNOWN_STATUS = 0  # status of a record whose process died before the response
+
+ADMIT_SCRIPT = """
+-- KEYS: version, minute, hour, day, quota, stream, inflight
+-- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl,
+--       record id, record, completions as id,status,duration,... (may be empty)
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
+  return {'stale', redis.call('GET', KEYS[1]) or '0'}
+end
+local done = ARGV[10]
+if done ~= '' then
+  for id, status, duration in string.gmatch(done, '([^,]+),([^,]+),([^,]+)') do
+    local record = redis.call('HGET', KEYS[7], id)
+    if record then
+      redis.call('HDEL', KEYS[7], id)
+      redis.call('XADD', KEYS[6], '*', 'r', record, 's', status, 'd', duration)
+    end
+  end
+end
+local now = tonumber(ARGV[2])
+local counts = redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+local spans = {60, 3600, 86400}
+for i = 1, 4 do counts[i] = tonumber(counts[i] or '0') end
+local quota = tonumber(ARGV[6])
+local refused = 0
+for i = 1, 3 do
+  if counts[i] >= limits[i] then refused = i break end
+end
+if refused == 0 and quota >= 0 and counts[4] >= quota then refused = 4 end
+if refused > 0 then
+  redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '429', 'd', '0')
+  return {'refused', refused, counts[1], counts[2], counts[3], counts[4]}
+end
+for i = 1, 3 do
+  counts[i] = redis.call('INCR', KEYS[i + 1])
+  if counts[i] == 1 then redis.call('EXPIRE', KEYS[i + 1], spans[i] - (now % spans[i])) end
+end
+counts[4] = redis.call('INCR', KEYS[5])
+if counts[4] == 1 then redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7])) end
+redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
+return {'admitted', 0, counts[1], counts[2], counts[3], counts[4]}
+"""
+
+COMPLETE_SCRIPT = """
+-- KEYS: stream, inflight; ARGV: completions as id,status,duration,...
+for id, status, duration in string.gmatch(ARGV[1], '([^,]+),([^,]+),([^,]+)') do
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('XADD', KEYS[1], '*', 'r', record, 's', status, 'd', duration)
+  end
+end
+return 1
+"""
+
+ABANDON_SCRIPT = """
+-- KEYS: stream, inflight; ARGV: ids of records to close with an unknown status
+local moved = 0
+for i = 1, #ARGV do
+  local record = redis.call('HGET', KEYS[2], ARGV[i])
+  if record then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('XADD', KEYS[1], '*', 'r', record, 's', '0', 'd', '0')
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    admitted: bool
+    # "minute", "hour", "day" or "month" when refused.
+    refused_by: str | None
+    minute: int
+    hour: int
+    day: int
+    month: int
+    now: float
+
+    def count(self, window: str) -> int:
+        return getattr(self, window)
+
+    def reset_in(self, window: str) -> int:
+        """Seconds until ``window`` (minute/hour/day) starts afresh."""
+        span = dict(WINDOWS)[window]
+        return int(span - (int(self.now) % span))
+
+
+class StaleConfig(Exception):
+    """Keys, plans or subscriptions changed since this process last loaded them."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.version = version
+
+
+class ProcessIdentity:
+    """A record-id generator unique to this process (renewed after a fork)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def next_id(self) -> str:
+        pid = os.getpid()
+        if pid != self._pid:
+            with self._lock:
+                if pid != self._pid:
+                    self._token = secrets.token_hex(6)
+                    self._counter = itertools.count(1)
+                    self._pid = pid
+        # Milliseconds first: the janitor reads a record's age from its id.
+        return f"{int(time.time() * 1000):x}-{self._token}-{next(self._counter):x}"
+
+
+def record_age_seconds(record_id: str, now: float) -> float:
+    return now - int(record_id.split("-", 1)[0], 16) / 1000
+
+
+class Admission:
+    """The admission script bound to one Redis connection, plus this process's completions."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._admit = redis.register_script(ADMIT_SCRIPT)
+        self._complete = redis.register_script(COMPLETE_SCRIPT)
+        self._pending: list[str] = []
+        self._pending_since = 0.0
+        self._lock = threading.Lock()
+        self.ids = ProcessIdentity()
+
+    # -- completions ---------------------------------------------------------------------------
+    def complete(self, record_id: str, status: int, duration_ms: int) -> None:
+        """Remember a call's outcome; it reaches Redis with the next call or the idle flush."""
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(f"{record_id},{status},{duration_ms}")
+
+    def _take_pending(self) -> str:
+        with self._lock:
+            if not self._pending:
+                return ""
+            done = ",".join(self._pending)
+            self._pending = []
+            return done
+
+    def _give_back(self, done: str) -> None:
+        if done:
+            with self._lock:
+                self._pending.insert(0, done)
+
+    def flush_if_idle(self, idle_seconds: float) -> bool:
+        """Send completions that have waited ``idle_seconds`` for a next call."""
+        with self._lock:
+            due = self._pending and time.monotonic() - self._pending_since >= idle_seconds
+        if not due:
+            return False
+        done = self._take_pending()
+        try:
+            self._complete(keys=[STREAM, INFLIGHT], args=[done])
+        except Exception:
+            self._give_back(done)
+            raise
+        return True
+
+    # -- admission -----------------------------------------------------------------------------
+    def admit(
+        self,
+        version: str,
+        tenant_id: int,
+        limits: PlanLimits,
+        record_id: str,
+        record: str,
+        now: float | None = None,
+    ) -> Decision:
+        """Check and count one call; raises :class:`StaleConfig` when ``version`` is old."""
+        now = time.time() if now is None else now
+        at = datetime.fromtimestamp(now, UTC)
+        period_end = billing_period(at)[1]
+        second = int(now)
+        keys = [
+            CONFIG_VERSION,
+            f"tollgate:w:{tenant_id}:m:{second // 60}",
+            f"tollgate:w:{tenant_id}:h:{second // 3600}",
+            f"tollgate:w:{tenant_id}:d:{second // 86400}",
+            quota_key(tenant_id, at),
+            STREAM,
+            INFLIGHT,
+        ]
+        quota = -1 if limits.quota is None else limits.quota
+        # The quota counter outlives its period by a day, for the headers of late stragglers.
+        quota_ttl = int((period_end - at).total_seconds()) + 86400
+        done = self._take_pending()
+        try:
+            reply = self._admit(
+                keys=keys,
+                args=[
+                    version,
+                    second,
+                    limits.per_minute,
+                    limits.per_hour,
+                    limits.per_day,
+                    quota,
+                    quota_ttl,
+                    record_id,
+                    record,
+                    done,
+                ],
+            )
+        except Exception:
+            self._give_back(done)
+            raise
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome == "stale":
+            self._give_back(done)
+            version_now = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            raise StaleConfig(version_now)
+        refused = int(reply[1])
+        return Decision(
+            admitted=outcome == "admitted",
+            refused_by=(None, "minute", "hour", "day", "month")[refused],
+            minute=int(reply[2]),
+            hour=int(reply[3]),
+            day=int(reply[4]),
+            month=int(reply[5]),
+            now=now,
+        )
+
+
+def pack_record(
+    record_id: str, tenant_id: int, key_id: int, endpoint: str, method: str, category: str, at: float
+) -> str:
+    """The stream's form of a call's admission; status and duration travel beside it."""
+    return json.dumps(
+        {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at},
+        separators=(",", ":"),
+    )
+
+
+def unpack_record(fields: dict[bytes, bytes]) -> dict:
+    """A stream entry as a usage record for :func:`portal.metering.store_usage`."""
+    data = json.loads(fields[b"r"])
+    status = int(fields[b"s"])
+    return {
+        "tenant_id": data["t"],
+        "api_key_id": data["k"],
+        "source": "api",
+        "service": "tollgate",
+        "endpoint": data["e"],
+        "method": data["m"],
+        "category": data["c"],
+        "status_code": status,
+        "duration_ms": int(fields[b"d"]),
+        "error_message": "final status unknown: the server stopped before responding"
+        if status == UNKNOWN_STATUS
+        else None,
+        "occurred_at": datetime.fromtimestamp(data["at"], UTC),
+        "idempotency_key": data["id"],
+    }
+
+
+def flush_abandoned(redis: Redis, older_than_seconds: float, now: float | None = None) -> int:
+    """Move in-flight records older than ``older_than_seconds`` to the stream (status unknown)."""
+    now = time.time() if now is None else now
+    stale = [
+        field.decode()
+        for field in redis.hkeys(INFLIGHT)
+        if record_age_seconds(field.decode(), now) >= older_than_seconds
+    ]
+    if not stale:
+        return 0
+    script = redis.register_script(ABANDON_SCRIPT)
+    return int(script(keys=[STREAM, INFLIGHT], args=stale))

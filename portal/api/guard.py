@@ -1,0 +1,230 @@
+"""The hot path of a protected API call, as Flask request hooks.
+
+Before the view: the key is resolved (from ``X-API-Key`` or ``Authorization: Bearer``, never
+from the session cookie), then one admission script call checks and counts the plan windows and
+the monthly quota and records the call. Flask-Limiter's own check runs next and enforces the
+windows from that decision (see :mod:`portal.limiter_storage`). After the view: rate-limit
+headers, and the call's final status and duration go to the admission's completion buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from redis import Redis, RedisError
+
+from ..admission import STREAM, Admission, Decision, StaleConfig, pack_record
+from ..keys import KeyDirectory, KeyEntry, hash_secret
+from ..plans import billing_period
+from ..redis_store import get_redis
+
+log = logging.getLogger("tollgate.api")
+EXTENSION_KEY = "tollgate.admission"
+IDLE_FLUSH_SECONDS = 1.0
+AUTH_FAILURE_TTL = 2 * 86400
+
+
+@dataclass
+class ApiCall:
+    """What the hooks and views know about the call in progress (kept on ``flask.g``)."""
+
+    entry: KeyEntry
+    record_id: str
+    started: float
+    decision: Decision | None = None
+
+    @property
+    def tenant_key(self) -> str:
+        return str(self.entry.tenant_id)
+
+    @property
+    def limit_string(self) -> str:
+        return self.entry.limits.limit_string
+
+
+class Gate:
+    """Per-process state of the hot path: the admission script, the key cache, the idle flush."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.admission = Admission(redis)
+        self.keys = KeyDirectory()
+        self._flusher_pid = 0
+        self._lock = threading.Lock()
+
+    def ensure_flusher(self, app: Flask) -> None:
+        """Start (once per process, after any fork) the thread that flushes idle completions."""
+        import os
+
+        pid = os.getpid()
+        if self._flusher_pid == pid:
+            return
+        with self._lock:
+            if self._flusher_pid == pid:
+                return
+            self._flusher_pid = pid
+            threading.Thread(target=self._flush_loop, name="tollgate-completions", daemon=True).start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(IDLE_FLUSH_SECONDS / 2)
+            try:
+                self.admission.flush_if_idle(IDLE_FLUSH_SECONDS)
+            except RedisError:
+                log.warning("could not flush call completions; will retry", exc_info=True)
+
+
+def gate(app: Flask | None = None) -> Gate:
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def api_error(status: int, detail: str) -> Response:
+    response = jsonify(detail=detail)
+    response.status_code = status
+    return response
+
+
+def presented_secret() -> str | None:
+    secret = request.headers.get("X-API-Key")
+    if secret:
+        return secret.strip()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _hour_bucket(now: float) -> int:
+    return int(now) // 3600
+
+
+def record_auth_failure(redis: Redis, now: float, entry: KeyEntry | None, endpoint: str, status: int) -> None:
+    """Count a failed authentication per address (and per tenant and key when the key is known);
+    a known key's refused call is also metered."""
+    bucket = _hour_bucket(now)
+    pipe = redis.pipeline(transaction=False)
+    names = [f"tollgate:authfail:ip:{request.remote_addr}:{bucket}"]
+    if entry is not None:
+        names += [
+            f"tollgate:authfail:tenant:{entry.tenant_id}:{bucket}",
+            f"tollgate:authfail:key:{entry.key_id}:{bucket}",
+        ]
+        record_id = gate().admission.ids.next_id()
+        record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+        pipe.xadd(STREAM, {"r": record, "s": status, "d": 0})
+    for name in names:
+        pipe.incr(name)
+        pipe.expire(name, AUTH_FAILURE_TTL)
+    pipe.execute()
+
+
+def category() -> str:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "usage_category", "")
+
+
+def endpoint_name() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else request.path[:255]
+
+
+def admit_api_call() -> Response | None:
+    """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check)."""
+    if request.blueprint != "api":
+        return None
+    started = time.perf_counter()
+    now = time.time()
+    secret = presented_secret()
+    if not secret:
+        return api_error(401, "Missing API key")
+    state = gate()
+    state.ensure_flusher(current_app)
+    key_hash = hash_secret(secret)
+    entry = state.keys.lookup(key_hash)
+    endpoint = endpoint_name()
+    if entry is None or not entry.usable(now):
+        status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
+        record_auth_failure(state.redis, now, entry, endpoint, status)
+        return api_error(status, detail)
+    record_id = state.admission.ids.next_id()
+    for attempt in (1, 2):
+        record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+        try:
+            decision = state.admission.admit(state.keys.version, entry.tenant_id, entry.limits, record_id, record, now)
+            break
+        except StaleConfig as stale:
+            # Keys or plans changed: reload this key under the new version and decide again.
+            state.keys.reset(stale.version)
+            entry = state.keys.lookup(key_hash)
+            if entry is None or not entry.usable(now):
+                status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
+                record_auth_failure(state.redis, now, entry, endpoint, status)
+                return api_error(status, detail)
+            if attempt == 2:
+                raise
+    g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
+    if decision.refused_by == "month":
+        return quota_exhausted(decision)
+    return None
+
+
+def quota_exhausted(decision: Decision) -> Response:
+    _, period_end = billing_period(datetime.fromtimestamp(decision.now, UTC))
+    call = g.api_call
+    quota = call.entry.limits.shown_quota
+    response = api_error(
+        429,
+        f"Monthly quota of {quota:,} requests used up. It resets at {period_end:%Y-%m-%dT%H:%M:%SZ}",
+    )
+    response.headers["Retry-After"] = str(max(1, int(period_end.timestamp() - decision.now)))
+    return response
+
+
+def rate_limited(window: str) -> Response:
+    decision = g.api_call.decision
+    wait = decision.reset_in(window)
+    response = api_error(429, f"Rate limit exceeded for {window}. Try again in {wait} seconds")
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def add_rate_limit_headers(response: Response, call: ApiCall) -> None:
+    decision = call.decision
+    limits = call.entry.limits
+    headers = response.headers
+    for window, limit in (("minute", limits.per_minute), ("hour", limits.per_hour), ("day", limits.per_day)):
+        title = window.capitalize()
+        headers[f"X-RateLimit-{title}-Limit"] = str(limit)
+        headers[f"X-RateLimit-{title}-Remaining"] = str(max(0, limit - decision.count(window)))
+        headers[f"X-RateLimit-{title}-Reset"] = str(decision.reset_in(window))
+    _, period_end = billing_period(datetime.fromtimestamp(decision.now, UTC))
+    if limits.shown_quota is None:
+        headers["X-RateLimit-Limit"] = "unlimited"
+        headers["X-RateLimit-Remaining"] = "unlimited"
+    else:
+        headers["X-RateLimit-Limit"] = str(limits.shown_quota)
+        headers["X-RateLimit-Remaining"] = str(max(0, limits.shown_quota - decision.month))
+    headers["X-RateLimit-Reset"] = f"{period_end:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def finish_api_call(response: Response) -> Response:
+    call = g.get("api_call")
+    if call is None or call.decision is None:
+        return response
+    add_rate_limit_headers(response, call)
+    if call.decision.admitted:
+        duration_ms = int((time.perf_counter() - call.started) * 1000)
+        gate().admission.complete(call.record_id, response.status_code, duration_ms)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the hooks; call before the API limiter's ``init_app`` so admission runs first."""
+    app.extensions[EXTENSION_KEY] = Gate(get_redis(app))
+    app.before_request(admit_api_call)
+    app.after_request(finish_api_call)

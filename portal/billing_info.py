@@ -1,0 +1,100 @@
+"""The tenant's subscription and its use of the plan this period, for the API and the portal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from redis import Redis
+from sqlalchemy import func, select
+
+from .extensions import db
+from .models import Subscription, UsageRollup
+from .plans import billing_period
+
+
+def quota_key(tenant_id: int, at: datetime) -> str:
+    """The Redis counter of calls admitted in the billing period containing ``at``."""
+    return f"tollgate:q:{tenant_id}:{billing_period(at)[0]:%Y%m}"
+
+
+def quota_used(redis: Redis, tenant_id: int, at: datetime) -> int:
+    return int(redis.get(quota_key(tenant_id, at)) or 0)
+
+
+def current_subscription(tenant_id: int) -> Subscription:
+    return db.session.scalars(
+        select(Subscription)
+        .where(Subscription.tenant_id == tenant_id, Subscription.ended_at.is_(None))
+        .order_by(Subscription.started_at.desc())
+        .limit(1)
+    ).one()
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def billing_usage(redis: Redis, tenant_id: int, now: datetime) -> dict:
+    """Seed 004's ``/billing/usage``: each plan limit, how much of it is used, when it resets."""
+    subscription = current_subscription(tenant_id)
+    plan = subscription.plan
+    start, end = billing_period(now)
+    used = quota_used(redis, tenant_id, now)
+    quota = plan.monthly_quota
+    tokens = db.session.scalar(
+        select(func.coalesce(func.sum(UsageRollup.tokens_in + UsageRollup.tokens_out), 0)).where(
+            UsageRollup.tenant_id == tenant_id,
+            UsageRollup.granularity == "day",
+            UsageRollup.bucket_start >= start,
+            UsageRollup.bucket_start < end,
+        )
+    )
+    allowance = plan.monthly_token_allowance
+    return {
+        "plan": plan.code,
+        "periodStart": _iso(start),
+        "periodEnd": _iso(end),
+        "apiCalls": {
+            "used": used,
+            "limit": quota,
+            "remaining": None if quota is None else max(0, quota - used),
+            "percentage": None if not quota else round(used / quota * 100, 2),
+            "unlimited": quota is None,
+            "overageAllowed": subscription.allow_overage and plan.overage_price_per_1000 is not None,
+            "resetDate": _iso(end),
+        },
+        "tokens": {
+            "used": int(tokens),
+            "limit": allowance,
+            "remaining": None if allowance is None else max(0, allowance - int(tokens)),
+            "percentage": None if not allowance else round(int(tokens) / allowance * 100, 2),
+        },
+        "rateLimits": {"perMinute": plan.per_minute, "perHour": plan.per_hour, "perDay": plan.per_day},
+    }
+
+
+def subscription_info(tenant_id: int) -> dict:
+    """Seed 004's ``/billing/subscription``: the plan, its limits and the current period."""
+    subscription = current_subscription(tenant_id)
+    plan = subscription.plan
+    return {
+        "id": subscription.id,
+        "status": subscription.status,
+        "currentPeriodStart": _iso(subscription.current_period_start),
+        "currentPeriodEnd": _iso(subscription.current_period_end),
+        "startedAt": _iso(subscription.started_at),
+        "allowOverage": subscription.allow_overage,
+        "overageCap": None if subscription.overage_cap is None else str(subscription.overage_cap),
+        "plan": {
+            "code": plan.code,
+            "name": plan.name,
+            "monthlyPrice": str(plan.monthly_price),
+            "monthlyQuota": plan.monthly_quota,
+            "perMinute": plan.per_minute,
+            "perHour": plan.per_hour,
+            "perDay": plan.per_day,
+            "monthlyTokenAllowance": plan.monthly_token_allowance,
+            "overagePricePer1000": None if plan.overage_price_per_1000 is None else str(plan.overage_price_per_1000),
+            "retentionDays": plan.retention_days,
+        },
+    }
