@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .accounts import AccountError, create_tenant, get_tenant
 from .extensions import db
@@ -22,6 +22,7 @@ def _fail(error: Exception) -> click.ClickException:
 
 
 @click.command("create-tenant")
+@with_appcontext
 @click.argument("name")
 @click.option("--plan", "plan_code", required=True, help="free, starter, professional or enterprise")
 @click.option("--admin-email", required=True)
@@ -38,6 +39,7 @@ def create_tenant_command(name: str, plan_code: str, admin_email: str, password:
 
 
 @click.command("create-api-key")
+@with_appcontext
 @click.argument("tenant_slug")
 @click.option("--name", required=True)
 @click.option("--description", default="")
@@ -56,6 +58,7 @@ def create_api_key_command(tenant_slug: str, name: str, description: str, expire
 
 
 @click.command("revoke-api-key")
+@with_appcontext
 @click.argument("tenant_slug")
 @click.argument("name_or_prefix")
 def revoke_api_key_command(tenant_slug: str, name_or_prefix: str) -> None:
@@ -70,6 +73,7 @@ def revoke_api_key_command(tenant_slug: str, name_or_prefix: str) -> None:
 
 
 @click.command("set-plan")
+@with_appcontext
 @click.argument("code")
 @click.option("--monthly-quota", type=int, default=None)
 @click.option("--unlimited", is_flag=True, help="remove the monthly quota")
@@ -90,6 +94,7 @@ def set_plan_command(code, monthly_quota, unlimited, per_minute, per_hour, per_d
 
 
 @click.command("seed-demo")
+@with_appcontext
 @click.option("--days", type=click.IntRange(min=1, max=400), default=90, show_default=True)
 @click.option("--password", default=None, help="the demo admin's password (default: a random one)")
 def seed_demo_command(days: int, password: str | None) -> None:
@@ -108,6 +113,7 @@ def seed_demo_command(days: int, password: str | None) -> None:
 
 
 @click.command("generate-usage")
+@with_appcontext
 @click.option("--tenant", "tenant_slug", default=None, help="add to this existing tenant")
 @click.option("--tenants", type=click.IntRange(min=1), default=None, help="or spread over this many new tenants")
 @click.option("--records", type=click.IntRange(min=1), required=True)
@@ -137,6 +143,7 @@ def generate_usage_command(tenant_slug, tenants, records, days, seed) -> None:
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="do all queued work, then exit")
 def worker_command(burst: bool) -> None:
     """Run the RQ worker (with its scheduler and the periodic jobs)."""

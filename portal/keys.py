@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import or_, select
 
-from .changes import mark_access_changed
+from .changes import CONFIG_VERSION, mark_access_changed
 from .extensions import db
 from .models import ApiKey, Plan, Subscription, Tenant, utcnow
 from .plans import PlanLimits, plan_limits
@@ -165,6 +165,13 @@ class KeyDirectory:
             self._entries.clear()
         self._entries[key_hash] = entry
         return entry
+
+    def lookup_current(self, key_hash: str, redis) -> KeyEntry | None:
+        """Like :meth:`lookup`, after dropping the cache if the configuration version moved on."""
+        version = (redis.get(CONFIG_VERSION) or b"0").decode()
+        if version != self.version:
+            self.reset(version)
+        return self.lookup(key_hash)
 
     def reset(self, version: str) -> None:
         self._entries = {}

@@ -118,3 +118,16 @@ def update_plan_limits(
     plan.updated_at = utcnow()
     mark_access_changed()
     return plan
+
+
+def set_overage(subscription: Subscription, allow: bool, cap: Decimal | None = None) -> Subscription:
+    """Let calls go on past the quota (billed as overage), optionally up to ``cap`` dollars."""
+    plan = subscription.plan
+    if allow and (plan.overage_price_per_1000 is None or plan.monthly_quota is None):
+        raise ValueError(f"the {plan.name} plan has no overage; upgrade to a paid plan with a quota")
+    if cap is not None and cap < 0:
+        raise ValueError("the overage cap cannot be negative")
+    subscription.allow_overage = allow
+    subscription.overage_cap = cap if allow else None
+    mark_access_changed()
+    return subscription

@@ -18,7 +18,7 @@ from rq import Queue, SimpleWorker
 
 from portal.redis_store import get_redis
 
-from . import queues
+from . import jobs, queues
 from .schedule import PERIODIC_JOBS, PeriodicJob
 
 log = logging.getLogger("tollgate.worker")
@@ -75,8 +75,14 @@ def run_worker(app: Flask, burst: bool = False) -> bool:
     worker = AppWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
     worker.flask_app = app
     if burst:
+        # The usage stream is work too: drain it whether or not its periodic run is due.
+        with app.app_context():
+            drained = jobs.ingest()["entries"]
         enqueue_due(connection)
-        return worker.work(burst=True, with_scheduler=True)
+        worked = worker.work(burst=True, with_scheduler=True)
+        with app.app_context():
+            drained += jobs.ingest()["entries"]
+        return worked or bool(drained)
     clock = PeriodicClock(connection)
     clock.start()
     try:

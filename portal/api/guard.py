@@ -10,8 +10,10 @@ headers, and the call's final status and duration go to the admission's completi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -54,13 +56,13 @@ class Gate:
         self.redis = redis
         self.admission = Admission(redis)
         self.keys = KeyDirectory()
+        # Seconds since the epoch; tests set a controllable clock here.
+        self.clock: Callable[[], float] = time.time
         self._flusher_pid = 0
         self._lock = threading.Lock()
 
     def ensure_flusher(self, app: Flask) -> None:
         """Start (once per process, after any fork) the thread that flushes idle completions."""
-        import os
-
         pid = os.getpid()
         if self._flusher_pid == pid:
             return
@@ -138,19 +140,21 @@ def admit_api_call() -> Response | None:
     if request.blueprint != "api":
         return None
     started = time.perf_counter()
-    now = time.time()
+    state = gate()
+    now = state.clock()
     secret = presented_secret()
     if not secret:
         return api_error(401, "Missing API key")
-    state = gate()
     state.ensure_flusher(current_app)
     key_hash = hash_secret(secret)
     entry = state.keys.lookup(key_hash)
+    if entry is None or not entry.usable(now):
+        # Refusing on what this process cached: make sure nothing changed since (a new key, a
+        # reactivation). The admission script checks this for keys that pass.
+        entry = state.keys.lookup_current(key_hash, state.redis)
     endpoint = endpoint_name()
     if entry is None or not entry.usable(now):
-        status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
-        record_auth_failure(state.redis, now, entry, endpoint, status)
-        return api_error(status, detail)
+        return refuse_key(state, now, entry, endpoint)
     record_id = state.admission.ids.next_id()
     for attempt in (1, 2):
         record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
@@ -159,18 +163,22 @@ def admit_api_call() -> Response | None:
             break
         except StaleConfig as stale:
             # Keys or plans changed: reload this key under the new version and decide again.
+            if attempt == 2:
+                raise
             state.keys.reset(stale.version)
             entry = state.keys.lookup(key_hash)
             if entry is None or not entry.usable(now):
-                status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
-                record_auth_failure(state.redis, now, entry, endpoint, status)
-                return api_error(status, detail)
-            if attempt == 2:
-                raise
+                return refuse_key(state, now, entry, endpoint)
     g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
     if decision.refused_by == "month":
         return quota_exhausted(decision)
     return None
+
+
+def refuse_key(state: Gate, now: float, entry: KeyEntry | None, endpoint: str) -> Response:
+    status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
+    record_auth_failure(state.redis, now, entry, endpoint, status)
+    return api_error(status, detail)
 
 
 def quota_exhausted(decision: Decision) -> Response:

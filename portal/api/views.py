@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from flask import g, request
@@ -9,10 +10,9 @@ from werkzeug.exceptions import HTTPException
 
 from .. import reports
 from ..billing_info import billing_usage, subscription_info
-from ..models import utcnow
 from ..redis_store import get_redis
 from . import bp
-from .guard import api_error, rate_limited
+from .guard import api_error, gate, rate_limited
 from .schemas import (
     AccountUsageQuery,
     ApiUsageQuery,
@@ -49,6 +49,11 @@ def query(model: type[Q]) -> Q:
 
 def tenant_id() -> int:
     return g.api_call.entry.tenant_id
+
+
+def utcnow() -> datetime:
+    """The API's clock, as a UTC time (the same clock stamps the metered calls)."""
+    return datetime.fromtimestamp(gate().clock(), UTC)
 
 
 @bp.errorhandler(429)

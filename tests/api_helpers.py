@@ -1,0 +1,87 @@
+"""Shared helpers for the API tests: tenants with keys, a controllable clock, draining the stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask
+
+from portal.accounts import create_tenant
+from portal.api.guard import gate
+from portal.extensions import db
+from portal.ingest import ingest_usage
+from portal.keys import create_api_key
+from portal.plans import update_plan_limits
+from portal.redis_store import get_redis
+
+# Mid-month, mid-day, second 10 of a minute: far from every window's edge.
+T0 = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC).timestamp()
+
+
+@dataclass
+class ApiTenant:
+    tenant_id: int
+    slug: str
+    key_id: int
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.secret}
+
+
+class Clock:
+    """A clock the test moves by hand, installed as the API's clock."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_api_tenant(app: Flask, name: str, plan: str = "starter", email: str | None = None) -> ApiTenant:
+    with app.app_context():
+        tenant = create_tenant(
+            name, plan, email or f"owner@{name.lower().replace(' ', '-')}.example", "a long password"
+        )
+        key, secret = create_api_key(tenant, "default")
+        db.session.commit()
+        result = ApiTenant(tenant.id, tenant.slug, key.id, secret)
+        db.session.remove()
+    return result
+
+
+def add_key(app: Flask, tenant_id: int, name: str, **kwargs) -> tuple[int, str]:
+    from portal.models import Tenant
+
+    with app.app_context():
+        key, secret = create_api_key(db.session.get(Tenant, tenant_id), name, **kwargs)
+        db.session.commit()
+        result = (key.id, secret)
+        db.session.remove()
+    return result
+
+
+def set_limits(app: Flask, plan: str, **limits) -> None:
+    with app.app_context():
+        update_plan_limits(plan, **limits)
+        db.session.commit()
+        db.session.remove()
+
+
+def install_clock(app: Flask, clock: Clock) -> None:
+    gate(app).clock = clock
+
+
+def drain(app: Flask) -> int:
+    """Flush this process's pending completions and store everything the stream holds."""
+    with app.app_context():
+        gate(app).admission.flush_if_idle(0)
+        result = ingest_usage(get_redis(app), claim_idle_ms=0)
+        db.session.remove()
+    return result.stored
