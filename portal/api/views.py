@@ -1,18 +1,18 @@
+"""The API's operations (the seeds' usage, rate-limit, account and billing endpoints)."""
+
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
-from flask import g, request
-from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from flask import current_app, g
 
 from .. import reports
 from ..billing_info import billing_usage, subscription_info
 from ..redis_store import get_redis
-from . import bp
+from . import bp, docs_bp
 from .guard import api_error, gate, rate_limited
+from .openapi import build_openapi
+from .operations import InvalidQuery, operation
 from .schemas import (
     AccountUsageQuery,
     ApiUsageQuery,
@@ -20,31 +20,7 @@ from .schemas import (
     RateLimitQuery,
     RateLimitsQuery,
     StatsQuery,
-    describe_errors,
 )
-
-Q = TypeVar("Q", bound=BaseModel)
-
-
-class InvalidQuery(HTTPException):
-    code = 422
-
-
-def category(name: str) -> Callable:
-    """Tag a view with the usage category its calls are metered under."""
-
-    def tag(view: Callable) -> Callable:
-        view.usage_category = name
-        return view
-
-    return tag
-
-
-def query(model: type[Q]) -> Q:
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as error:
-        raise InvalidQuery(describe_errors(error)) from None
 
 
 def tenant_id() -> int:
@@ -70,43 +46,39 @@ def invalid_query(error: InvalidQuery):
 
 
 @bp.get("/ping")
-@category("system")
+@operation("Check a key: the smallest protected call", category="system", tag="system")
 def ping():
     return {"ok": True}
 
 
 @bp.get("/usage/stats")
-@category("analytics")
-def usage_stats():
-    params = query(StatsQuery)
+@operation("Usage totals by service and by day", category="analytics", tag="usage", query=StatsQuery)
+def usage_stats(params: StatsQuery):
     return {"success": True, "stats": reports.usage_stats(tenant_id(), utcnow(), params.days, params.service)}
 
 
 @bp.get("/usage/logs")
-@category("analytics")
-def usage_logs():
-    params = query(LogsQuery)
+@operation("Metered calls, newest first, paged", category="analytics", tag="usage", query=LogsQuery)
+def usage_logs(params: LogsQuery):
     logs, total = reports.usage_logs(tenant_id(), params.service, params.limit, params.offset)
     return {"success": True, "logs": logs, "total": total, "limit": params.limit, "offset": params.offset}
 
 
 @bp.get("/usage/summary")
-@category("analytics")
+@operation("Today, this month and outside services' limits", category="analytics", tag="usage")
 def usage_summary():
     return {"success": True, "summary": reports.usage_summary(tenant_id(), utcnow())}
 
 
 @bp.get("/usage/rate-limits")
-@category("analytics")
-def rate_limits():
-    params = query(RateLimitsQuery)
+@operation("Every limit on outside services and its use", category="analytics", tag="usage", query=RateLimitsQuery)
+def rate_limits(params: RateLimitsQuery):
     return {"success": True, "rate_limits": reports.rate_limits(tenant_id(), utcnow(), params.service)}
 
 
 @bp.get("/usage/rate-limits/<service>")
-@category("analytics")
-def rate_limit(service: str):
-    params = query(RateLimitQuery)
+@operation("Whether an outside service may be called now", category="analytics", tag="usage", query=RateLimitQuery)
+def rate_limit(service: str, params: RateLimitQuery):
     status = reports.rate_limit_check(tenant_id(), utcnow(), service, params.limit_type)
     if status is None:
         return api_error(404, f"No {params.limit_type} limit is set for service {service!r}")
@@ -114,27 +86,34 @@ def rate_limit(service: str):
 
 
 @bp.get("/account/usage")
-@category("analytics")
-def account_usage():
-    params = query(AccountUsageQuery)
+@operation("API requests per interval between two dates", category="analytics", tag="account", query=AccountUsageQuery)
+def account_usage(params: AccountUsageQuery):
     report = reports.account_usage(tenant_id(), params.startDate, params.endDate, params.interval, params.category)
     return {"success": True, **report}
 
 
 @bp.get("/billing/usage")
-@category("billing")
+@operation("Use of each plan limit this billing period", category="billing", tag="billing")
 def billing_usage_view():
     return {"success": True, "usage": billing_usage(get_redis(), tenant_id(), utcnow())}
 
 
 @bp.get("/billing/subscription")
-@category("billing")
+@operation("The subscription, its plan and period", category="billing", tag="billing")
 def billing_subscription():
     return {"success": True, "subscription": subscription_info(tenant_id())}
 
 
 @bp.get("/billing/api-usage")
-@category("billing")
-def billing_api_usage():
-    params = query(ApiUsageQuery)
+@operation("Analytics of the protected API's use", category="billing", tag="billing", query=ApiUsageQuery)
+def billing_api_usage(params: ApiUsageQuery):
     return {"success": True, "data": reports.api_usage(get_redis(), tenant_id(), utcnow(), params.days)}
+
+
+@docs_bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI description of this API (public, no key needed)."""
+    document = current_app.extensions.get("tollgate.openapi")
+    if document is None:
+        document = current_app.extensions["tollgate.openapi"] = build_openapi(current_app)
+    return document
