@@ -1,0 +1,411 @@
+"""Storing metered calls (rows, rollups, key counters: together and exactly once) and pricing
+calls at the price in force when they happened."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from portal.keys import create_api_key
+from portal.metering import store_usage
+from portal.models import LATENCY_COLUMNS, ApiKey, ModelPrice, Tenant, UsageRecord, UsageRollup
+from portal.pricing import PriceBook
+
+T0 = datetime(2026, 3, 10, 10, 15, tzinfo=UTC)
+ROLLUP_FIGURES = (
+    "calls",
+    "errors",
+    "rate_limited",
+    "tokens_in",
+    "tokens_out",
+    "quota_units",
+    "cost",
+    "duration_ms_sum",
+    "duration_ms_max",
+    *LATENCY_COLUMNS,
+)
+
+
+@pytest.fixture
+def tenant(db, make_tenant):
+    _, _, tenant_id = make_tenant()
+    return db.session.get(Tenant, tenant_id)
+
+
+@pytest.fixture
+def key(db, tenant):
+    key, _ = create_api_key(tenant, "Production")
+    db.session.commit()
+    return key
+
+
+def call(tenant, key=None, idem="call-1", at=T0, **fields):
+    record = {
+        "tenant_id": tenant.id,
+        "api_key_id": key.id if key is not None else None,
+        "service": "tollgate",
+        "endpoint": "/api/v1/ping",
+        "status_code": 200,
+        "duration_ms": 5,
+        "occurred_at": at,
+        "idempotency_key": idem,
+    }
+    record.update(fields)
+    return record
+
+
+def rollups(db, tenant, granularity: str) -> list[UsageRollup]:
+    return list(
+        db.session.scalars(
+            select(UsageRollup)
+            .where(UsageRollup.tenant_id == tenant.id, UsageRollup.granularity == granularity)
+            .order_by(UsageRollup.bucket_start, UsageRollup.endpoint)
+        )
+    )
+
+
+def figures(rollup: UsageRollup) -> dict:
+    return {name: getattr(rollup, name) for name in ROLLUP_FIGURES}
+
+
+def snapshot(db, tenant) -> dict:
+    """Everything store_usage writes, for comparing before and after."""
+    db.session.expire_all()
+    return {
+        "records": db.session.scalar(
+            select(func.count()).select_from(UsageRecord).where(UsageRecord.tenant_id == tenant.id)
+        ),
+        "rollups": {
+            (r.granularity, r.bucket_start, r.endpoint, r.api_key_id): figures(r)
+            for granularity in ("hour", "day")
+            for r in rollups(db, tenant, granularity)
+        },
+        "keys": {k.id: (k.usage_count, k.last_used_at) for k in db.session.scalars(select(ApiKey))},
+    }
+
+
+def test_store_usage_writes_rows_and_hourly_and_daily_rollups(db, tenant, key):
+    batch = [
+        call(tenant, key, "a", T0, status_code=200, duration_ms=40, tokens_in=100, tokens_out=50),
+        call(tenant, key, "b", T0 + timedelta(minutes=30), status_code=429, duration_ms=1),
+        call(tenant, key, "c", T0 + timedelta(hours=1), status_code=500, duration_ms=300, error_message="boom"),
+        call(tenant, key, "d", T0, endpoint="/api/v1/usage/stats", quota_units=3),
+    ]
+    assert store_usage(batch) == 4
+    db.session.commit()
+
+    stored = db.session.scalars(select(UsageRecord).order_by(UsageRecord.idempotency_key)).all()
+    assert [(r.idempotency_key, r.status_code, r.occurred_at) for r in stored] == [
+        ("a", 200, T0),
+        ("b", 429, T0 + timedelta(minutes=30)),
+        ("c", 500, T0 + timedelta(hours=1)),
+        ("d", 200, T0),
+    ]
+    assert stored[2].error_message == "boom"
+    assert stored[0].source == "api" and stored[0].method == "GET"  # the defaults
+
+    hourly = rollups(db, tenant, "hour")
+    assert [(r.bucket_start, r.endpoint, r.calls, r.errors, r.rate_limited) for r in hourly] == [
+        (datetime(2026, 3, 10, 10, tzinfo=UTC), "/api/v1/ping", 2, 1, 1),
+        (datetime(2026, 3, 10, 10, tzinfo=UTC), "/api/v1/usage/stats", 1, 0, 0),
+        (datetime(2026, 3, 10, 11, tzinfo=UTC), "/api/v1/ping", 1, 1, 0),
+    ]
+    daily = rollups(db, tenant, "day")
+    assert [(r.bucket_start, r.endpoint, r.calls, r.errors, r.rate_limited) for r in daily] == [
+        (datetime(2026, 3, 10, tzinfo=UTC), "/api/v1/ping", 3, 2, 1),
+        (datetime(2026, 3, 10, tzinfo=UTC), "/api/v1/usage/stats", 1, 0, 0),
+    ]
+    ping_day = daily[0]
+    assert (ping_day.tokens_in, ping_day.tokens_out, ping_day.duration_ms_sum, ping_day.duration_ms_max) == (
+        100,
+        50,
+        341,
+        300,
+    )
+    assert daily[1].quota_units == 3
+    assert ping_day.api_key_id == key.id and ping_day.source == "api"
+
+    db.session.refresh(key)
+    assert key.usage_count == 4
+    assert key.last_used_at == T0 + timedelta(hours=1)
+
+
+def test_store_usage_runs_in_the_callers_transaction(db, tenant, key):
+    batch = [call(tenant, key, f"k{n}", T0 + timedelta(minutes=n)) for n in range(3)]
+    assert store_usage(batch) == 3
+    db.session.rollback()
+    assert snapshot(db, tenant) == {"records": 0, "rollups": {}, "keys": {key.id: (0, None)}}
+
+    # Nothing of the rolled-back attempt remains to block the same records later.
+    assert store_usage(batch) == 3
+    db.session.commit()
+    after = snapshot(db, tenant)
+    assert after["records"] == 3
+    assert after["keys"] == {key.id: (3, T0 + timedelta(minutes=2))}
+
+
+def test_the_same_batch_twice_counts_nothing_twice(db, tenant, key):
+    batch = [
+        call(tenant, key, "a", T0, tokens_in=1000, tokens_out=200, cost=Decimal("0.00123456"), duration_ms=80),
+        call(tenant, key, "b", T0, status_code=429, duration_ms=1),
+        call(tenant, key, "c", T0 + timedelta(hours=2), status_code=503, cost=Decimal("0.5")),
+        call(tenant, None, "d", T0, source="external", service="openai", tokens_in=10, cost=Decimal("0.01")),
+    ]
+    assert store_usage(batch) == 4
+    db.session.commit()
+    first = snapshot(db, tenant)
+
+    assert store_usage(batch) == 0
+    db.session.commit()
+    assert snapshot(db, tenant) == first
+    assert first["keys"][key.id] == (3, T0 + timedelta(hours=2))
+
+    # A redelivery that overlaps a new record: only the new one counts.
+    assert store_usage([*batch[:2], call(tenant, key, "e", T0, cost=Decimal("0.00000001"))]) == 1
+    db.session.commit()
+    after = snapshot(db, tenant)
+    assert after["records"] == 5
+    assert after["keys"][key.id] == (4, T0 + timedelta(hours=2))
+    day = rollups(db, tenant, "day")
+    assert sum(r.calls for r in day) == 5
+    assert sum(r.errors for r in day) == 2
+    assert sum(r.rate_limited for r in day) == 1
+    assert sum(r.tokens_in for r in day) == 1010
+    assert sum((r.cost for r in day), Decimal(0)) == Decimal("0.51123457")
+
+
+def test_a_batch_carrying_the_same_record_twice_counts_it_once(db, tenant, key):
+    record = call(tenant, key, "dup", T0, tokens_in=500, cost=Decimal("0.25"), duration_ms=60)
+    batch = [record, call(tenant, key, "other", T0, cost=Decimal("0.10")), dict(record)]
+    assert store_usage(batch) == 2
+    db.session.commit()
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 2
+    for granularity in ("hour", "day"):
+        [rollup] = rollups(db, tenant, granularity)
+        assert (rollup.calls, rollup.tokens_in, rollup.cost, rollup.duration_ms_sum) == (
+            2,
+            500,
+            Decimal("0.35"),
+            65,
+        )
+    db.session.refresh(key)
+    assert key.usage_count == 2
+
+
+def test_the_same_idempotency_id_in_two_tenants_is_two_calls(db, make_tenant, tenant):
+    _, _, other_id = make_tenant()
+    other = db.session.get(Tenant, other_id)
+    assert store_usage([call(tenant, idem="shared"), call(other, idem="shared")]) == 2
+    db.session.commit()
+    for t in (tenant, other):
+        [day] = rollups(db, t, "day")
+        assert day.calls == 1
+        assert day.api_key_id == 0  # a call without a key
+
+
+def test_costs_add_up_exactly_to_eight_places(db, tenant, key):
+    batch = [call(tenant, key, f"c{n}", T0, cost=Decimal("0.00012345")) for n in range(3)]
+    store_usage(batch[:2])
+    db.session.commit()
+    store_usage(batch[2:])  # the third arrives later: added to the stored rollup
+    store_usage([call(tenant, key, "unpriced", T0, cost=None)])
+    db.session.commit()
+    for granularity in ("hour", "day"):
+        [rollup] = rollups(db, tenant, granularity)
+        assert rollup.calls == 4
+        assert isinstance(rollup.cost, Decimal)
+        assert rollup.cost == Decimal("0.00037035")
+
+    # Amounts that a float cannot hold exactly still add up exactly.
+    store_usage([call(tenant, key, f"f{n}", T0 + timedelta(days=1), cost=Decimal("0.1")) for n in range(3)])
+    store_usage([call(tenant, key, "f3", T0 + timedelta(days=1), cost=Decimal("1234567.89012345"))])
+    db.session.commit()
+    day = rollups(db, tenant, "day")[1]
+    assert day.cost == Decimal("1234568.19012345")
+    assert isinstance(day.cost, Decimal)
+
+
+@pytest.mark.parametrize(
+    ("duration_ms", "column"),
+    [
+        (0, "latency_le_10"),
+        (10, "latency_le_10"),
+        (11, "latency_le_25"),
+        (25, "latency_le_25"),
+        (26, "latency_le_50"),
+        (250, "latency_le_250"),
+        (251, "latency_le_500"),
+        (10000, "latency_le_10000"),
+        (10001, "latency_over_10000"),
+    ],
+)
+def test_latency_histogram_bucket_edges(db, tenant, duration_ms, column):
+    store_usage([call(tenant, idem="x", duration_ms=duration_ms)])
+    db.session.commit()
+    for granularity in ("hour", "day"):
+        [rollup] = rollups(db, tenant, granularity)
+        histogram = {name: getattr(rollup, name) for name in LATENCY_COLUMNS}
+        assert histogram == {name: int(name == column) for name in LATENCY_COLUMNS}
+        assert rollup.duration_ms_sum == rollup.duration_ms_max == duration_ms
+
+
+def test_duration_max_is_kept_across_batches(db, tenant):
+    def store(idem, duration_ms):
+        store_usage([call(tenant, idem=idem, duration_ms=duration_ms)])
+        db.session.commit()
+        db.session.expire_all()
+        [hour] = rollups(db, tenant, "hour")
+        [day] = rollups(db, tenant, "day")
+        assert (hour.duration_ms_max, hour.duration_ms_sum) == (day.duration_ms_max, day.duration_ms_sum)
+        return hour.duration_ms_max, hour.duration_ms_sum
+
+    assert store("a", 480) == (480, 480)
+    assert store("b", 300) == (480, 780)
+    assert store("c", 2000) == (2000, 2780)
+    assert store("d", 7) == (2000, 2787)
+
+
+def test_last_used_at_keeps_the_latest_call_whatever_the_arrival_order(db, tenant, key):
+    def store(idem, at, source="api"):
+        store_usage([call(tenant, key, idem, at, source=source)])
+        db.session.commit()
+        db.session.refresh(key)
+        return key.usage_count, key.last_used_at
+
+    assert store("new", T0) == (1, T0)
+    assert store("old", T0 - timedelta(hours=5)) == (2, T0)  # a late, older batch
+    assert store("older-in-a-batch", T0 - timedelta(days=1)) == (3, T0)
+    # A reported external call made with the key is not a use of our API.
+    assert store("external", T0 + timedelta(hours=3), source="external") == (3, T0)
+    assert store("newest", T0 + timedelta(seconds=1)) == (4, T0 + timedelta(seconds=1))
+
+
+def test_last_used_at_within_one_batch(db, tenant, key):
+    batch = [call(tenant, key, f"k{n}", T0 + timedelta(minutes=m)) for n, m in enumerate((5, 50, 20))]
+    store_usage(batch)
+    db.session.commit()
+    db.session.refresh(key)
+    assert (key.usage_count, key.last_used_at) == (3, T0 + timedelta(minutes=50))
+
+
+def test_unknown_record_fields_are_refused(db, tenant):
+    with pytest.raises(ValueError, match="unknown usage record fields: colour"):
+        store_usage([call(tenant, idem="a"), call(tenant, idem="b", colour="red")])
+    with pytest.raises(ValueError, match="usage record lacks: idempotency_key"):
+        record = call(tenant)
+        del record["idempotency_key"]
+        store_usage([record])
+    db.session.commit()
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 0
+    assert db.session.scalar(select(func.count()).select_from(UsageRollup)) == 0
+
+
+def test_an_empty_batch_stores_nothing(db):
+    assert store_usage([]) == 0
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+SWITCH = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def prices(db):
+    """Two versions of a model's price and a service-wide price, added to the session only
+    (the model prices are reference data the test clean-up keeps, so nothing is committed)."""
+    versions = [
+        ModelPrice(
+            service="acme-ai",
+            model="acme-large",
+            input_per_million=Decimal("3.00"),
+            output_per_million=Decimal("15.00"),
+            effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+            effective_to=SWITCH,
+        ),
+        ModelPrice(
+            service="acme-ai",
+            model="acme-large",
+            input_per_million=Decimal("1.50"),
+            output_per_million=Decimal("6.00"),
+            effective_from=SWITCH,
+            effective_to=None,
+        ),
+        ModelPrice(
+            service="acme-ai",
+            model="",
+            per_request=Decimal("0.002"),
+            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+        ),
+        ModelPrice(
+            service="acme-ai",
+            model="acme-legacy",
+            input_per_million=Decimal("10.00"),
+            effective_from=datetime(2025, 1, 1, tzinfo=UTC),
+            effective_to=datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+        ModelPrice(
+            service="tube",
+            model="",
+            per_quota_unit=Decimal("0.0001"),
+            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+        ),
+    ]
+    db.session.add_all(versions)
+    db.session.flush()
+    yield PriceBook.load()
+    db.session.rollback()
+
+
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        # 20,000 tokens in and 4,000 out
+        (datetime(2026, 2, 28, 23, 59, 59, tzinfo=UTC), Decimal("0.12000000")),  # 0.06 + 0.06
+        (SWITCH, Decimal("0.05400000")),  # 0.03 + 0.024
+        (datetime(2026, 11, 1, tzinfo=UTC), Decimal("0.05400000")),
+    ],
+    ids=["before the switch", "at the switch", "long after"],
+)
+def test_a_call_is_priced_at_the_version_in_force_when_it_happened(prices, at, expected):
+    assert prices.cost("acme-ai", "acme-large", at, tokens_in=20_000, tokens_out=4_000) == expected
+
+
+def test_price_versions_are_told_apart(prices):
+    before = prices.price_at("acme-ai", "acme-large", SWITCH - timedelta(microseconds=1))
+    after = prices.price_at("acme-ai", "acme-large", SWITCH)
+    assert (before.input_per_million, before.effective_to) == (Decimal("3.00"), SWITCH)
+    assert (after.input_per_million, after.effective_to) == (Decimal("1.50"), None)
+
+
+def test_the_service_wide_price_covers_other_models_and_times(prices):
+    # A model without a price of its own.
+    assert prices.cost("acme-ai", "acme-tiny", SWITCH, tokens_in=10_000) == Decimal("0.00200000")
+    # The model, before its first price version.
+    assert prices.cost("acme-ai", "acme-large", datetime(2025, 6, 1, tzinfo=UTC), tokens_in=10**6) == Decimal(
+        "0.00200000"
+    )
+    # A model whose price was withdrawn: its own price until then, the service's after.
+    assert prices.cost("acme-ai", "acme-legacy", datetime(2025, 12, 31, tzinfo=UTC), tokens_in=1000) == Decimal(
+        "0.01000000"
+    )
+    assert prices.cost("acme-ai", "acme-legacy", datetime(2026, 1, 1, tzinfo=UTC), tokens_in=1000) == Decimal(
+        "0.00200000"
+    )
+    assert prices.cost("tube", "", SWITCH, quota_units=100) == Decimal("0.01000000")
+
+
+def test_a_call_without_any_price_has_no_cost(prices):
+    assert prices.cost("nobody-knows", "", SWITCH, tokens_in=1000) is None
+    assert prices.price_at("nobody-knows", "x", SWITCH) is None
+
+
+def test_the_cost_is_rounded_to_eight_places(prices):
+    # 1 token in at $1.50 per million is $0.0000015 exactly: kept to 8 places.
+    assert prices.cost("acme-ai", "acme-large", SWITCH, tokens_in=1) == Decimal("0.00000150")
+    # 1 token out at $6.00 per million: $0.000006.
+    assert prices.cost("acme-ai", "acme-large", SWITCH, tokens_out=1) == Decimal("0.00000600")
+    # 7 tokens in at $3.00 per million: 0.000021.
+    assert prices.cost("acme-ai", "acme-large", SWITCH - timedelta(days=1), tokens_in=7) == Decimal("0.00002100")
