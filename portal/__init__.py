@@ -39,6 +39,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config(app.instance_path, env))
     app.config.update(overrides)
 
+    from .sessions import PortalSessionInterface
+
+    app.session_interface = PortalSessionInterface()
+
     from . import errors, redis_store
     from .extensions import csrf, db, limiter, login_manager, migrate
 

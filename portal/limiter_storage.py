@@ -1,66 +1,75 @@
-"""A ``limits`` storage that answers Flask-Limiter from the call's admission decision.
+"""The ``limits`` storage under Tollgate's one Flask-Limiter.
 
-Flask-Limiter declares and enforces the plan's windows on the API blueprint; the counting is
-done by the admission script (:mod:`portal.admission`), which checks and increments every window
-and the quota atomically in one round trip. This storage hands Flask-Limiter that decision: for
-an admitted call each window's new count, for a refused call the refusing window's count past
-its limit — so Flask-Limiter refuses exactly the calls the script refused, and a refused call
-consumes nothing.
+Flask-Limiter declares and enforces both kinds of limit in Tollgate: the plan windows on the API
+blueprint and the sign-in throttle. For an API call this storage answers from the call's
+admission decision (:mod:`portal.admission`): the admission script has already checked and
+counted every window and the quota atomically in one Redis round trip, so the storage hands
+Flask-Limiter each window's new count for an admitted call, and the refusing window's count past
+its limit for a refused one — Flask-Limiter refuses exactly the calls the script refused, and a
+refused call consumes nothing. Every other limit (the sign-in throttle) goes to an ordinary
+``limits`` Redis storage.
 
-Importing this module registers the ``tollgate-admission://`` scheme with ``limits``.
+The scheme is ``tollgate+<redis URL>``, e.g. ``tollgate+redis://host:6379/0``; importing this
+module registers it with ``limits``.
 """
 
 from __future__ import annotations
 
 from flask import g
-from limits.storage import Storage
+from limits.storage import Storage, storage_from_string
 
-SCHEME = "tollgate-admission"
+SCHEME = "tollgate"
 
 
-def _decision_and_window(key: str):
-    call = g.get("api_call")
-    if call is None or call.decision is None:
-        return None, None
-    # limits keys end with ".../<amount>/<multiples>/<granularity>".
-    window = key.rsplit("/", 1)[-1]
-    return call.decision, window
+def storage_uri(redis_storage_uri: str) -> str:
+    return f"{SCHEME}+{redis_storage_uri}"
 
 
 class AdmissionStorage(Storage):
-    STORAGE_SCHEME = [SCHEME]
+    STORAGE_SCHEME = [f"{SCHEME}+redis", f"{SCHEME}+rediss", f"{SCHEME}+redis+unix"]
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.redis_storage = storage_from_string(uri.removeprefix(f"{SCHEME}+"), **options)
 
     @property
-    def base_exceptions(self) -> type[Exception]:
-        return RuntimeError
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return self.redis_storage.base_exceptions
+
+    @staticmethod
+    def _decision():
+        call = g.get("api_call")
+        return None if call is None else call.decision
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        decision, window = _decision_and_window(key)
+        decision = self._decision()
         if decision is None:
-            return 0
-        limit = int(key.rsplit("/", 3)[-3])
+            return self.redis_storage.incr(key, expiry, amount)
+        # limits keys end with ".../<amount>/<multiples>/<granularity>".
+        limit, _, window = key.rsplit("/", 3)[-3:]
         if decision.refused_by == window:
-            return limit + 1
+            return int(limit) + 1
         return decision.count(window)
 
     def get(self, key: str) -> int:
-        decision, window = _decision_and_window(key)
-        return 0 if decision is None else decision.count(window)
+        decision = self._decision()
+        if decision is None:
+            return self.redis_storage.get(key)
+        return decision.count(key.rsplit("/", 1)[-1])
 
     def get_expiry(self, key: str) -> float:
-        decision, window = _decision_and_window(key)
+        decision = self._decision()
         if decision is None:
-            return 0.0
-        return decision.now + decision.reset_in(window)
+            return self.redis_storage.get_expiry(key)
+        return decision.now + decision.reset_in(key.rsplit("/", 1)[-1])
 
     def check(self) -> bool:
-        return True
+        return self.redis_storage.check()
 
     def reset(self) -> int | None:
-        return None
+        return self.redis_storage.reset()
 
     def clear(self, key: str) -> None:
-        return None
+        decision = self._decision()
+        if decision is None:
+            self.redis_storage.clear(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -100,6 +100,11 @@ def normalise(record: dict[str, Any]) -> dict[str, Any]:
     missing = [name for name in RECORD_FIELDS if name not in row]
     if missing:
         raise ValueError(f"usage record lacks: {', '.join(missing)}")
+    at = row["occurred_at"]
+    if at.tzinfo is None:
+        raise ValueError("occurred_at must carry a time zone")
+    # Buckets and key counters are in UTC, whatever offset the caller's time had.
+    row["occurred_at"] = at.astimezone(UTC)
     return row
 
 

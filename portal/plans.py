@@ -102,6 +102,8 @@ def update_plan_limits(
     unlimited_quota: bool = False,
 ) -> Plan:
     """Change a plan's numbers; every tenant on it gets them on their next call."""
+    if unlimited_quota and monthly_quota is not None:
+        raise ValueError("give either --monthly-quota or --unlimited, not both")
     plan = get_plan(code)
     for name, value in (
         ("monthly_quota", monthly_quota),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Flask, current_app
 
+from . import limiter_storage
 from .embedded_redis import ensure_embedded_redis
 
 EXTENSION_KEY = "tollgate.redis"
@@ -19,7 +20,8 @@ def init_app(app: Flask) -> None:
         storage_uri = "redis+unix://" + url[len("unix://") :]
     else:
         storage_uri = url
-    app.config.setdefault("RATELIMIT_STORAGE_URI", storage_uri)
+    # Flask-Limiter's storage: API windows from the admission decision, the rest in Redis.
+    app.config.setdefault("RATELIMIT_STORAGE_URI", limiter_storage.storage_uri(storage_uri))
     app.extensions[EXTENSION_KEY] = redis.Redis.from_url(url, health_check_interval=30)
 
 

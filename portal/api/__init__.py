@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
-from flask_limiter import Limiter
+from functools import lru_cache
 
-from .. import limiter_storage
-from ..extensions import csrf
+import flask_limiter._limits
+from flask import Blueprint, Flask, g
+from limits import parse_many
+
+from ..extensions import csrf, limiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 # Public documents of the API (no key needed): the OpenAPI description.
@@ -14,34 +16,25 @@ docs_bp = Blueprint("api_docs", __name__, url_prefix="/api/v1")
 
 
 def _tenant_bucket() -> str:
-    from flask import g
-
     return g.api_call.tenant_key
 
 
 def _plan_windows() -> str:
-    from flask import g
-
     return g.api_call.limit_string
 
 
-# Flask-Limiter declares and enforces the plan windows: one bucket per tenant, shared by all of
-# its keys and endpoints. Its storage answers from the admission decision (limiter_storage).
-api_limiter = Limiter(
-    key_func=_tenant_bucket,
-    storage_uri=f"{limiter_storage.SCHEME}://",
-    strategy="fixed-window",
-    headers_enabled=False,
-    key_prefix="api",
-)
+# Flask-Limiter parses a callable limit's string on every request; a tenant's plan string is
+# one of a handful, so remember the parsed (immutable) limit items.
+flask_limiter._limits.parse_many = lru_cache(maxsize=256)(parse_many)
 
 
 def init_app(app: Flask) -> None:
     from . import guard, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first
-    api_limiter.shared_limit(_plan_windows, scope="api")(bp)
-    api_limiter.init_app(app)
+    # The plan's windows, one bucket per tenant shared by all its keys and endpoints; the
+    # limiter's storage answers from the admission decision (limiter_storage).
+    limiter.shared_limit(_plan_windows, scope="api", key_func=_tenant_bucket)(bp)
     csrf.exempt(bp)
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)

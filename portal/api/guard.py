@@ -201,23 +201,42 @@ def rate_limited(window: str) -> Response:
     return response
 
 
+_period = (0.0, 0.0, "")  # (start, end, end as ISO text) of the last billing period seen
+
+
+def period_end_text(now: float) -> str:
+    """When the billing period containing ``now`` ends, as ISO 8601 UTC (cached per period)."""
+    global _period
+    start, end, text = _period
+    if not start <= now < end:
+        period_start, period_end = billing_period(datetime.fromtimestamp(now, UTC))
+        text = f"{period_end:%Y-%m-%dT%H:%M:%SZ}"
+        _period = (period_start.timestamp(), period_end.timestamp(), text)
+    return text
+
+
 def add_rate_limit_headers(response: Response, call: ApiCall) -> None:
     decision = call.decision
     limits = call.entry.limits
-    headers = response.headers
-    for window, limit in (("minute", limits.per_minute), ("hour", limits.per_hour), ("day", limits.per_day)):
-        title = window.capitalize()
-        headers[f"X-RateLimit-{title}-Limit"] = str(limit)
-        headers[f"X-RateLimit-{title}-Remaining"] = str(max(0, limit - decision.count(window)))
-        headers[f"X-RateLimit-{title}-Reset"] = str(decision.reset_in(window))
-    _, period_end = billing_period(datetime.fromtimestamp(decision.now, UTC))
+    now = int(decision.now)
+    period_end = period_end_text(decision.now)
     if limits.shown_quota is None:
-        headers["X-RateLimit-Limit"] = "unlimited"
-        headers["X-RateLimit-Remaining"] = "unlimited"
+        quota = remaining = "unlimited"
     else:
-        headers["X-RateLimit-Limit"] = str(limits.shown_quota)
-        headers["X-RateLimit-Remaining"] = str(max(0, limits.shown_quota - decision.month))
-    headers["X-RateLimit-Reset"] = f"{period_end:%Y-%m-%dT%H:%M:%SZ}"
+        quota, remaining = str(limits.shown_quota), str(max(0, limits.shown_quota - decision.month))
+    # Headers.add appends; the response has none of these yet.
+    add = response.headers.add
+    for title, span, limit, used in (
+        ("Minute", 60, limits.per_minute, decision.minute),
+        ("Hour", 3600, limits.per_hour, decision.hour),
+        ("Day", 86400, limits.per_day, decision.day),
+    ):
+        add(f"X-RateLimit-{title}-Limit", str(limit))
+        add(f"X-RateLimit-{title}-Remaining", str(max(0, limit - used)))
+        add(f"X-RateLimit-{title}-Reset", str(span - now % span))
+    add("X-RateLimit-Limit", quota)
+    add("X-RateLimit-Remaining", remaining)
+    add("X-RateLimit-Reset", period_end)
 
 
 def finish_api_call(response: Response) -> Response:
