@@ -77,6 +77,7 @@ def run() -> int:
             f"{host}:{port}",
             "--access-logfile",
             "-",
+            "--no-control-socket",
             "wsgi:app",
         ],
         cwd=ROOT,

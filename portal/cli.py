@@ -145,11 +145,18 @@ def generate_usage_command(tenant_slug, tenants, records, days, seed) -> None:
 @click.command("worker")
 @with_appcontext
 @click.option("--burst", is_flag=True, help="do all queued work, then exit")
-def worker_command(burst: bool) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="INFO logs every job run (the usage stream is read every 2 seconds)",
+)
+def worker_command(burst: bool, log_level: str) -> None:
     """Run the RQ worker (with its scheduler and the periodic jobs)."""
     from worker.runner import run_worker
 
-    run_worker(current_app._get_current_object(), burst=burst)
+    run_worker(current_app._get_current_object(), burst=burst, log_level=log_level.upper())
 
 
 jobs_group = AppGroup("jobs", help="The periodic jobs.")

@@ -69,7 +69,7 @@ class PeriodicClock(threading.Thread):
             self.stopped.wait(self.tick_seconds)
 
 
-def run_worker(app: Flask, burst: bool = False) -> bool:
+def run_worker(app: Flask, burst: bool = False, log_level: str = "INFO") -> bool:
     """Run the worker until stopped, or with ``burst`` until no work is left. True if it did work."""
     connection = get_redis(app)
     worker = AppWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
@@ -79,13 +79,13 @@ def run_worker(app: Flask, burst: bool = False) -> bool:
         with app.app_context():
             drained = jobs.ingest()["entries"]
         enqueue_due(connection)
-        worked = worker.work(burst=True, with_scheduler=True)
+        worked = worker.work(burst=True, with_scheduler=True, logging_level=log_level)
         with app.app_context():
             drained += jobs.ingest()["entries"]
         return worked or bool(drained)
     clock = PeriodicClock(connection)
     clock.start()
     try:
-        return worker.work(with_scheduler=True)
+        return worker.work(with_scheduler=True, logging_level=log_level)
     finally:
         clock.stopped.set()
