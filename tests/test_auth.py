@@ -162,22 +162,14 @@ def test_passwords_are_stored_as_argon2id(make_tenant, db):
 
 
 def test_session_cookie_flags_in_production(tmp_path):
-    from portal import create_app
+    from portal.config import load_config
 
-    app = create_app(
-        {
-            "INSTANCE_PATH": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
-            "REDIS_URL": "redis://127.0.0.1:6379/15",
-            "PORTAL_BASE_URL": "https://billing.example.com",
-            "SECRET_KEY": "x" * 32,
-        }
-    )
-    assert app.config["SESSION_COOKIE_SECURE"] is True
-    assert app.config["SESSION_COOKIE_HTTPONLY"] is True
-    assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
-    assert app.config["REMEMBER_COOKIE_SECURE"] is True
-    assert app.config["REMEMBER_COOKIE_HTTPONLY"] is True
+    config = load_config(tmp_path, {"PORTAL_BASE_URL": "https://billing.example.com", "SECRET_KEY": "x" * 32})
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["SESSION_COOKIE_HTTPONLY"] is True
+    assert config["SESSION_COOKIE_SAMESITE"] == "Lax"
+    assert config["REMEMBER_COOKIE_SECURE"] is True
+    assert config["REMEMBER_COOKIE_HTTPONLY"] is True
 
 
 def test_session_cookie_is_httponly_and_samesite(client, auth, make_tenant):

@@ -14,8 +14,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis, RedisError
@@ -24,6 +26,7 @@ from ..admission import STREAM, Admission, Decision, StaleConfig, pack_record
 from ..keys import KeyDirectory, KeyEntry, hash_secret
 from ..plans import billing_period
 from ..redis_store import get_redis
+from ..spool import Spool
 
 log = logging.getLogger("tollgate.api")
 EXTENSION_KEY = "tollgate.admission"
@@ -38,7 +41,9 @@ class ApiCall:
     entry: KeyEntry
     record_id: str
     started: float
+    # None when the call was served without Redis (see ``Gate.when_redis_down``).
     decision: Decision | None = None
+    record: str = ""
 
     @property
     def tenant_key(self) -> str:
@@ -52,8 +57,11 @@ class ApiCall:
 class Gate:
     """Per-process state of the hot path: the admission script, the key cache, the idle flush."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, spool_folder: Path, when_redis_down: str = "serve") -> None:
         self.redis = redis
+        # "serve": answer unlimited and spool usage locally; "refuse": 503 until Redis is back.
+        self.when_redis_down = when_redis_down
+        self.spool = Spool(spool_folder)
         self.admission = Admission(redis)
         self.keys = KeyDirectory()
         # Seconds since the epoch; tests set a controllable clock here.
@@ -77,8 +85,10 @@ class Gate:
             time.sleep(IDLE_FLUSH_SECONDS / 2)
             try:
                 self.admission.flush_if_idle(IDLE_FLUSH_SECONDS)
+                if self.spool.pending_files():
+                    self.spool.replay(self.redis)
             except RedisError:
-                log.warning("could not flush call completions; will retry", exc_info=True)
+                log.warning("Redis unreachable: completions and spooled calls wait", exc_info=True)
 
 
 def gate(app: Flask | None = None) -> Gate:
@@ -151,33 +161,57 @@ def admit_api_call() -> Response | None:
     if entry is None or not entry.usable(now):
         # Refusing on what this process cached: make sure nothing changed since (a new key, a
         # reactivation). The admission script checks this for keys that pass.
-        entry = state.keys.lookup_current(key_hash, state.redis)
+        with suppress(RedisError):
+            entry = state.keys.lookup_current(key_hash, state.redis)
     endpoint = endpoint_name()
     if entry is None or not entry.usable(now):
         return refuse_key(state, now, entry, endpoint)
     record_id = state.admission.ids.next_id()
-    for attempt in (1, 2):
-        record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
-        try:
-            decision = state.admission.admit(state.keys.version, entry.tenant_id, entry.limits, record_id, record, now)
-            break
-        except StaleConfig as stale:
-            # Keys or plans changed: reload this key under the new version and decide again.
-            if attempt == 2:
-                raise
-            state.keys.reset(stale.version)
-            entry = state.keys.lookup(key_hash)
-            if entry is None or not entry.usable(now):
-                return refuse_key(state, now, entry, endpoint)
+    try:
+        for attempt in (1, 2):
+            record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            try:
+                decision = state.admission.admit(
+                    state.keys.version, entry.tenant_id, entry.limits, record_id, record, now
+                )
+                break
+            except StaleConfig as stale:
+                # Keys or plans changed: reload this key under the new version and decide again.
+                if attempt == 2:
+                    raise
+                state.keys.reset(stale.version)
+                entry = state.keys.lookup(key_hash)
+                if entry is None or not entry.usable(now):
+                    return refuse_key(state, now, entry, endpoint)
+    except RedisError:
+        return serve_without_redis(state, entry, record_id, record, started)
     g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
     if decision.refused_by == "month":
         return quota_exhausted(decision)
     return None
 
 
+def serve_without_redis(state: Gate, entry: KeyEntry, record_id: str, record: str, started: float) -> Response | None:
+    """Redis is unreachable: refuse (503), or serve the call unlimited and spool its record."""
+    log.warning("Redis unreachable during admission; policy: %s", state.when_redis_down, exc_info=True)
+    if state.when_redis_down == "refuse":
+        response = api_error(503, "Service temporarily unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+    g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=None, record=record)
+    return None
+
+
 def refuse_key(state: Gate, now: float, entry: KeyEntry | None, endpoint: str) -> Response:
     status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
-    record_auth_failure(state.redis, now, entry, endpoint, status)
+    try:
+        record_auth_failure(state.redis, now, entry, endpoint, status)
+    except RedisError:
+        log.warning("Redis unreachable: a refused call goes to the local spool", exc_info=True)
+        if entry is not None:
+            record_id = state.admission.ids.next_id()
+            record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            state.spool.append(record, status, 0)
     return api_error(status, detail)
 
 
@@ -241,17 +275,22 @@ def add_rate_limit_headers(response: Response, call: ApiCall) -> None:
 
 def finish_api_call(response: Response) -> Response:
     call = g.get("api_call")
-    if call is None or call.decision is None:
+    if call is None:
+        return response
+    duration_ms = int((time.perf_counter() - call.started) * 1000)
+    if call.decision is None:  # served without Redis
+        gate().spool.append(call.record, response.status_code, duration_ms)
         return response
     add_rate_limit_headers(response, call)
     if call.decision.admitted:
-        duration_ms = int((time.perf_counter() - call.started) * 1000)
         gate().admission.complete(call.record_id, response.status_code, duration_ms)
     return response
 
 
 def init_app(app: Flask) -> None:
     """Register the hooks; call before the API limiter's ``init_app`` so admission runs first."""
-    app.extensions[EXTENSION_KEY] = Gate(get_redis(app))
+    app.extensions[EXTENSION_KEY] = Gate(
+        get_redis(app), Path(app.instance_path) / "spool", app.config["API_WHEN_REDIS_DOWN"]
+    )
     app.before_request(admit_api_call)
     app.after_request(finish_api_call)

@@ -1,0 +1,95 @@
+"""A local spool for usage records while Redis is unreachable.
+
+Each server process appends the calls it served without Redis to its own file under
+``instance/spool/`` (one JSON line per call, written after the response, with the real status and
+duration). When Redis answers again, any process replays the files — its own, and those of
+processes that died — into the usage stream, then deletes them. A record replayed twice (a crash
+between the replay and the delete) is stored once: records are unique per tenant and id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from redis import Redis
+
+from .admission import STREAM
+
+log = logging.getLogger("tollgate.spool")
+
+
+class Spool:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+
+    def _own_file(self) -> Path:
+        return self.folder / f"usage-{os.getpid()}.jsonl"
+
+    def append(self, record: str, status: int, duration_ms: int) -> None:
+        """Keep one finished call (``record`` as packed for the stream)."""
+        line = json.dumps({"r": record, "s": status, "d": duration_ms}, separators=(",", ":"))
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self._own_file(), "a", encoding="utf-8") as spool:
+                spool.write(line + "\n")
+                spool.flush()
+
+    def pending_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("usage-*.jsonl*"))
+
+    def replay(self, redis: Redis) -> int:
+        """Move spooled calls into the usage stream; returns how many were moved."""
+        moved = 0
+        for path in self.pending_files():
+            mine = path == self._own_file()
+            if mine:
+                # Take our own file out of the way of further appends first.
+                with self._lock:
+                    if not path.exists():
+                        continue
+                    target = path.with_name(f"{path.name}.replay-{os.getpid()}")
+                    path.rename(target)
+                path = target
+            elif not _owner_gone(path):
+                continue
+            moved += _replay_file(redis, path)
+        return moved
+
+
+def _owner_gone(path: Path) -> bool:
+    """A file whose writer is no longer running (or a replay left half done)."""
+    pid = path.name.split("-", 1)[1].split(".", 1)[0]
+    if ".replay-" in path.name:
+        pid = path.name.rsplit("-", 1)[1]
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return int(pid) == os.getpid() and ".replay-" in path.name
+
+
+def _replay_file(redis: Redis, path: Path) -> int:
+    with open(path, "r+", encoding="utf-8") as spool:
+        try:
+            fcntl.flock(spool, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another process is replaying it
+        entries = [json.loads(line) for line in spool if line.strip()]
+        pipe = redis.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(STREAM, {"r": entry["r"], "s": entry["s"], "d": entry["d"]})
+        pipe.execute()
+        path.unlink()
+    if entries:
+        log.info("replayed %d spooled calls from %s", len(entries), path.name)
+    return len(entries)
