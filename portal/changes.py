@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from .extensions import db
+from .redis_store import get_redis
 
 _FLAG = "tollgate.access_changed"
 CONFIG_VERSION = "tollgate:config-version"
@@ -25,8 +26,6 @@ def mark_access_changed() -> None:
 @event.listens_for(Session, "after_commit")
 def _bump_after_commit(session: Session) -> None:
     if session.info.pop(_FLAG, False) and has_app_context():
-        from .redis_store import get_redis
-
         get_redis(current_app).incr(CONFIG_VERSION)
 
 

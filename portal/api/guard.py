@@ -69,7 +69,7 @@ class Gate:
         self._flusher_pid = 0
         self._lock = threading.Lock()
 
-    def ensure_flusher(self, app: Flask) -> None:
+    def ensure_flusher(self) -> None:
         """Start (once per process, after any fork) the thread that flushes idle completions."""
         pid = os.getpid()
         if self._flusher_pid == pid:
@@ -155,7 +155,7 @@ def admit_api_call() -> Response | None:
     secret = presented_secret()
     if not secret:
         return api_error(401, "Missing API key")
-    state.ensure_flusher(current_app)
+    state.ensure_flusher()
     key_hash = hash_secret(secret)
     entry = state.keys.lookup(key_hash)
     if entry is None or not entry.usable(now):
