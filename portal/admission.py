@@ -38,23 +38,29 @@ INFLIGHT = "tollgate:inflight"
 WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 UNKNOWN_STATUS = 0  # status of a record whose process died before the response
 
-ADMIT_SCRIPT = """
+# Moves finished calls from the in-flight hash to the stream with their status and duration.
+COMPLETE_FUNCTION = """
+local function complete(stream, inflight, done)
+  for id, status, duration in string.gmatch(done, '([^,]+),([^,]+),([^,]+)') do
+    local record = redis.call('HGET', inflight, id)
+    if record then
+      redis.call('HDEL', inflight, id)
+      redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration)
+    end
+  end
+end
+"""
+
+ADMIT_SCRIPT = (
+    COMPLETE_FUNCTION
+    + """
 -- KEYS: version, minute, hour, day, quota, stream, inflight
 -- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl,
 --       record id, record, completions as id,status,duration,... (may be empty)
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   return {'stale', redis.call('GET', KEYS[1]) or '0'}
 end
-local done = ARGV[10]
-if done ~= '' then
-  for id, status, duration in string.gmatch(done, '([^,]+),([^,]+),([^,]+)') do
-    local record = redis.call('HGET', KEYS[7], id)
-    if record then
-      redis.call('HDEL', KEYS[7], id)
-      redis.call('XADD', KEYS[6], '*', 'r', record, 's', status, 'd', duration)
-    end
-  end
-end
+complete(KEYS[6], KEYS[7], ARGV[10])
 local now = tonumber(ARGV[2])
 local counts = redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
@@ -79,18 +85,16 @@ if counts[4] == 1 then redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7])) end
 redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
 return {'admitted', 0, counts[1], counts[2], counts[3], counts[4]}
 """
+)
 
-COMPLETE_SCRIPT = """
+COMPLETE_SCRIPT = (
+    COMPLETE_FUNCTION
+    + """
 -- KEYS: stream, inflight; ARGV: completions as id,status,duration,...
-for id, status, duration in string.gmatch(ARGV[1], '([^,]+),([^,]+),([^,]+)') do
-  local record = redis.call('HGET', KEYS[2], id)
-  if record then
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('XADD', KEYS[1], '*', 'r', record, 's', status, 'd', duration)
-  end
-end
+complete(KEYS[1], KEYS[2], ARGV[1])
 return 1
 """
+)
 
 ABANDON_SCRIPT = """
 -- KEYS: stream, inflight; ARGV: ids of records to close with an unknown status

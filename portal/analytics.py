@@ -30,7 +30,7 @@ class Totals:
         return self.duration_ms_sum / self.calls if self.calls else 0.0
 
 
-def _daily(tenant_id: int, start: datetime, end: datetime, source: str | None):
+def _daily(tenant_id: int, start: datetime, end: datetime, source: str | None, service: str | None = None):
     conditions = [
         UsageRollup.tenant_id == tenant_id,
         UsageRollup.granularity == "day",
@@ -39,10 +39,14 @@ def _daily(tenant_id: int, start: datetime, end: datetime, source: str | None):
     ]
     if source is not None:
         conditions.append(UsageRollup.source == source)
+    if service is not None:
+        conditions.append(UsageRollup.service == service)
     return conditions
 
 
-def totals(tenant_id: int, start: datetime, end: datetime, source: str | None = None) -> Totals:
+def totals(
+    tenant_id: int, start: datetime, end: datetime, source: str | None = None, service: str | None = None
+) -> Totals:
     """Sums over whole days from ``start`` (a midnight UTC) to ``end``."""
     row = db.session.execute(
         select(
@@ -52,7 +56,7 @@ def totals(tenant_id: int, start: datetime, end: datetime, source: str | None = 
             func.coalesce(func.sum(UsageRollup.tokens_in + UsageRollup.tokens_out), 0),
             func.coalesce(func.sum(UsageRollup.cost), 0),
             func.coalesce(func.sum(UsageRollup.duration_ms_sum), 0),
-        ).where(*_daily(tenant_id, start, end, source))
+        ).where(*_daily(tenant_id, start, end, source, service))
     ).one()
     return Totals(int(row[0]), int(row[1]), int(row[2]), int(row[3]), Decimal(row[4]), int(row[5]))
 

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import Select, func, select
 
+from . import analytics
 from .billing_info import current_subscription, quota_used
 from .extensions import db
 from .models import ApiKey, ServiceLimit, UsageRecord, UsageRollup
@@ -51,12 +52,9 @@ def _sums(query: Select) -> Select:
     )
 
 
-def _totals(tenant_id: int, start: datetime, end: datetime, service: str | None = None) -> dict:
-    query = _sums(select()).where(*_rollups(tenant_id, start, end))
-    if service:
-        query = query.where(UsageRollup.service == service)
-    calls, tokens, cost = db.session.execute(query).one()
-    return {"calls": int(calls), "tokens": int(tokens), "cost": money(cost)}
+def _totals(tenant_id: int, start: datetime, end: datetime) -> dict:
+    sums = analytics.totals(tenant_id, start, end)
+    return {"calls": sums.calls, "tokens": sums.tokens, "cost": money(sums.cost)}
 
 
 def usage_stats(tenant_id: int, now: datetime, days: int, service: str | None) -> dict:
@@ -329,17 +327,8 @@ def api_usage(redis, tenant_id: int, now: datetime, days: int) -> dict:
     start = day_start(now) - timedelta(days=days - 1)
     end = day_start(now) + timedelta(days=1)
     conditions = [*_rollups(tenant_id, start, end), UsageRollup.source == "api"]
-    calls, errors, limited, tokens, cost, duration = db.session.execute(
-        select(
-            func.coalesce(func.sum(UsageRollup.calls), 0),
-            func.coalesce(func.sum(UsageRollup.errors), 0),
-            func.coalesce(func.sum(UsageRollup.rate_limited), 0),
-            func.coalesce(func.sum(UsageRollup.tokens_in + UsageRollup.tokens_out), 0),
-            func.coalesce(func.sum(UsageRollup.cost), 0),
-            func.coalesce(func.sum(UsageRollup.duration_ms_sum), 0),
-        ).where(*conditions)
-    ).one()
-    calls, errors, limited = int(calls), int(errors), int(limited)
+    sums = analytics.totals(tenant_id, start, end, source="api")
+    calls, errors, limited = sums.calls, sums.errors, sums.rate_limited
     trends = [
         {"date": bucket.date().isoformat(), "requests": int(c), "errors": int(e), "tokens": int(t)}
         for bucket, c, e, t in db.session.execute(
@@ -382,9 +371,9 @@ def api_usage(redis, tenant_id: int, now: datetime, days: int) -> dict:
         "summary": {
             "totalRequests": calls,
             "successRate": round((calls - errors) / calls * 100, 2) if calls else 0.0,
-            "totalTokens": int(tokens),
-            "averageResponseTime": round(int(duration) / calls, 1) if calls else 0.0,
-            "estimatedCost": money(cost),
+            "totalTokens": sums.tokens,
+            "averageResponseTime": round(sums.avg_duration_ms, 1),
+            "estimatedCost": money(sums.cost),
         },
         "rateLimit": {
             "currentUsage": used,

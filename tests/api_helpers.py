@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
 from flask import Flask
 
 from portal.accounts import create_tenant
@@ -85,3 +87,20 @@ def drain(app: Flask) -> int:
         result = ingest_usage(get_redis(app), claim_idle_ms=0)
         db.session.remove()
     return result.stored
+
+
+@pytest.fixture
+def clock(app):
+    """The API's clock, under the test's control (restored afterwards)."""
+    clock = Clock()
+    install_clock(app, clock)
+    yield clock
+    gate(app).clock = time.time
+
+
+@pytest.fixture
+def acme(app, clock):
+    """A starter-plan tenant with one key; what its calls left in the stream is stored after."""
+    tenant = make_api_tenant(app, "Acme")
+    yield tenant
+    drain(app)

@@ -26,6 +26,9 @@ from portal.embedded_redis import stop_embedded_redis
 from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
+# Fixtures shared by the API tests (clock, acme).
+pytest_plugins = ["tests.api_helpers"]
+
 # Tables whose rows come from migrations and stay between tests.
 REFERENCE_TABLES = {"plans", "model_prices", "alembic_version"}
 TEST_SECRET_KEY = "test-secret-key-not-for-production"

@@ -10,26 +10,11 @@ from portal.api.guard import gate
 from portal.extensions import db
 from portal.models import ApiKey, Subscription, Tenant, utcnow
 
-from .api_helpers import Clock, add_key, drain, install_clock, make_api_tenant, set_limits
+from .api_helpers import add_key, drain, make_api_tenant, set_limits
 from .conftest import PASSWORD
 
 WINDOW_HEADERS = [f"X-RateLimit-{w}-{f}" for w in ("Minute", "Hour", "Day") for f in ("Limit", "Remaining", "Reset")]
 QUOTA_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
-
-
-@pytest.fixture
-def clock(app):
-    clock = Clock()
-    install_clock(app, clock)
-    yield clock
-    gate(app).clock = __import__("time").time
-
-
-@pytest.fixture
-def acme(app, clock):
-    tenant = make_api_tenant(app, "Acme")
-    yield tenant
-    drain(app)
 
 
 def ping(client, headers):

@@ -13,22 +13,7 @@ from portal.ingest import GROUP, ingest_usage
 from portal.keys import set_key_active
 from portal.models import ApiKey, UsageRecord, UsageRollup
 
-from .api_helpers import Clock, drain, install_clock, make_api_tenant, set_limits
-
-
-@pytest.fixture
-def clock(app):
-    clock = Clock()
-    install_clock(app, clock)
-    yield clock
-    gate(app).clock = __import__("time").time
-
-
-@pytest.fixture
-def acme(app, clock):
-    tenant = make_api_tenant(app, "Acme")
-    yield tenant
-    drain(app)
+from .api_helpers import drain, set_limits
 
 
 def records(app, tenant_id):

@@ -7,9 +7,9 @@ from flask_login import current_user, login_required
 
 from .. import analytics, charts
 from ..extensions import db
-from ..models import ApiKey, AuditEvent, utcnow
+from ..models import AuditEvent, utcnow
 from . import bp
-from .tenancy import get_owned_or_404, owned
+from .tenancy import owned
 
 
 @bp.route("/")
@@ -54,20 +54,6 @@ def dashboard():
         quota_fraction=None if not quota else min(api.calls / quota, 1.0),
         bars=charts.daily_bars(days),
     )
-
-
-@bp.route("/keys")
-@login_required
-def keys():
-    rows = db.session.scalars(owned(ApiKey).order_by(ApiKey.created_at.desc())).all()
-    return render_template("web/keys.html", keys=rows, now=utcnow())
-
-
-@bp.route("/keys/<int:key_id>")
-@login_required
-def key_detail(key_id: int):
-    key = get_owned_or_404(ApiKey, key_id)
-    return render_template("web/key_detail.html", key=key, now=utcnow())
 
 
 @bp.route("/activity")

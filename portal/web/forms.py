@@ -1,0 +1,36 @@
+"""Portal forms."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from flask_wtf import FlaskForm
+from wtforms import DateField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
+
+from ..models import utcnow
+
+
+def _strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+def first_expiry_date() -> date:
+    """The earliest date a new key may expire on: tomorrow (UTC)."""
+    return utcnow().date() + timedelta(days=1)
+
+
+class ApiKeyForm(FlaskForm):
+    name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=120)])
+    description = TextAreaField("Description", filters=[_strip], validators=[Optional(), Length(max=500)])
+    expires_on = DateField("Expires on (UTC)", validators=[Optional()])
+
+    def validate_expires_on(self, field: DateField) -> None:
+        if field.data is not None and field.data < first_expiry_date():
+            raise ValidationError("Choose a date in the future.")
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """The key stops working at the start (00:00 UTC) of the chosen day."""
+        day = self.expires_on.data
+        return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
