@@ -67,7 +67,7 @@ def revoke_api_key_command(tenant_slug: str, name_or_prefix: str) -> None:
         tenant = get_tenant(tenant_slug)
         key = revoke_api_key(find_tenant_key(tenant, name_or_prefix))
         db.session.commit()
-    except (AccountError, ApiKeyNotFound) as exc:
+    except (AccountError, ApiKeyNotFound, ValueError) as exc:
         raise _fail(exc) from None
     click.echo(f"Revoked key {key.name!r} ({key.prefix}) of {tenant.slug}.")
 

@@ -77,6 +77,9 @@ def find_tenant_key(tenant: Tenant, name_or_prefix: str) -> ApiKey:
 
 
 def revoke_api_key(key: ApiKey, now: datetime | None = None) -> ApiKey:
+    """Revoke ``key`` for good; it stops working on the next call everywhere."""
+    if key.revoked_at is not None:
+        raise ValueError("the key is already revoked")
     key.revoked_at = now or utcnow()
     key.is_active = False
     mark_access_changed()
@@ -86,7 +89,9 @@ def revoke_api_key(key: ApiKey, now: datetime | None = None) -> ApiKey:
 def set_key_active(key: ApiKey, active: bool) -> ApiKey:
     """Deactivate or reactivate a key (a revoked key stays revoked)."""
     if key.revoked_at is not None:
-        raise ValueError("a revoked key cannot be reactivated; create a new one")
+        raise ValueError(
+            "a revoked key cannot be reactivated; create a new one" if active else "the key is already revoked"
+        )
     key.is_active = active
     mark_access_changed()
     return key
