@@ -217,6 +217,10 @@ def main() -> None:
     print(f"Redis held by one tenant's windows and quota: {tenant_bytes} bytes in {tenant_keys} keys (target <= 2 KB)")
     # Warm-up calls are metered too; every measured call must be in the stream or in flight.
     print(f"metered calls in Redis: {calls_seen} (measured calls: {total_calls}, plus warm-up)")
+    if not args.redis_url:
+        from portal.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis(instance)
     shutil.rmtree(instance, ignore_errors=True)
 
 

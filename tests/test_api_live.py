@@ -75,8 +75,13 @@ class Servers:
             )
             self.processes.append(process)
             self.urls.append(f"http://127.0.0.1:{port}")
-        for url in self.urls:
-            self._wait(url)
+        try:
+            for url in self.urls:
+                self._wait(url)
+        except RuntimeError:
+            for process in self.processes:
+                process.kill()
+            raise
 
     @staticmethod
     def _wait(url: str) -> None:
