@@ -108,6 +108,17 @@ def two_servers(server_env):
     servers.stop()
 
 
+def start_worker(env: dict) -> subprocess.Popen:
+    """A long-running ``flask worker`` process (the usage stream is read every 2 seconds)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def seconds_to_next_hour() -> float:
     now = time.time()
     return 3600 - now % 3600
@@ -143,13 +154,7 @@ def test_revocation_reaches_every_process_at_once(app, two_servers):
 def test_records_reach_the_api_queries_within_seconds(app, server_env):
     acme = make_api_tenant(app, "Prompt Co")
     servers = Servers(server_env, 1)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
-        cwd=ROOT,
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(server_env)
     try:
         url = servers.urls[0]
         for _ in range(5):
@@ -254,13 +259,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(app, redis, s
 def test_worker_killed_at_any_moment_loses_nothing(app, redis, server_env):
     acme = make_api_tenant(app, "Crash Anytime")
     fill_stream(redis, acme.tenant_id, acme.key_id, 6000)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
-        cwd=ROOT,
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(server_env)
     # Kill it once it has started storing, wherever in a batch it is.
     deadline = time.monotonic() + 60
     while stored_counts(app, acme.tenant_id)[0] == 0 and time.monotonic() < deadline:
