@@ -8,6 +8,7 @@ from flask_login import current_user, login_required
 from .. import analytics, charts
 from ..extensions import db
 from ..models import AuditEvent, utcnow
+from ..plans import billing_period
 from . import bp
 from .tenancy import owned
 
@@ -31,8 +32,10 @@ def dashboard():
     subscription = tenant.subscription
     plan = subscription.plan
     now = utcnow()
-    start, end = subscription.current_period_start, subscription.current_period_end
+    start, end = billing_period(now)
     api = analytics.totals(tenant.id, start, end, source="api")
+    # Refused calls (429) are metered but use no quota.
+    used = api.calls - api.rate_limited
     everything = analytics.totals(tenant.id, start, end)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     chart_start = today - timedelta(days=29)
@@ -49,9 +52,9 @@ def dashboard():
         api=api,
         everything=everything,
         quota=quota,
-        quota_used=api.calls,
-        quota_remaining=None if quota is None else max(quota - api.calls, 0),
-        quota_fraction=None if not quota else min(api.calls / quota, 1.0),
+        quota_used=used,
+        quota_remaining=None if quota is None else max(quota - used, 0),
+        quota_fraction=None if not quota else min(used / quota, 1.0),
         bars=charts.daily_bars(days),
     )
 
