@@ -8,17 +8,18 @@ keys' counters, so delivering a batch twice counts nothing twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .extensions import db
-from .models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, ApiKey, UsageRecord, UsageRollup
+from .models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, ApiKey, Tenant, UsageRecord, UsageRollup
 
 RECORD_FIELDS = (
     "tenant_id",
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
 DIMENSIONS = ("source", "service", "endpoint", "method", "category", "model", "api_key_id", "end_user")
 SUMS = ("calls", "errors", "rate_limited", "tokens_in", "tokens_out", "quota_units", "duration_ms_sum")
 CHUNK = 2000
+log = logging.getLogger("tollgate.metering")
 
 
 @dataclass
@@ -199,14 +201,33 @@ def _bump_key_counters(records: Iterable[dict[str, Any]]) -> None:
         )
 
 
+def _drop_orphans(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of tenants deleted meanwhile are dropped; a deleted key's calls keep no key."""
+    tenants = set(db.session.scalars(select(Tenant.id).where(Tenant.id.in_({r["tenant_id"] for r in rows}))))
+    key_ids = {r["api_key_id"] for r in rows if r["api_key_id"] is not None}
+    keys = set(db.session.scalars(select(ApiKey.id).where(ApiKey.id.in_(key_ids)))) if key_ids else set()
+    kept = []
+    for row in rows:
+        if row["tenant_id"] not in tenants:
+            continue
+        if row["api_key_id"] is not None and row["api_key_id"] not in keys:
+            row["api_key_id"] = None
+        kept.append(row)
+    if len(kept) < len(rows):
+        log.warning("dropped %d usage records of deleted tenants", len(rows) - len(kept))
+    return kept
+
+
 def store_usage(records: Iterable[dict[str, Any]]) -> int:
     """Store records not stored before, with their rollups and key counters.
 
     Runs in the caller's transaction (commit after); returns how many records were new.
+    Records of a tenant deleted meanwhile are dropped (so one cannot block a batch).
     """
     rows = [normalise(r) for r in records]
     # A batch may carry the same record twice (a redelivery): keep the first.
     unique = list({(r["tenant_id"], r["idempotency_key"]): r for r in reversed(rows)}.values())
+    unique = _drop_orphans(unique) if unique else unique
     if not unique:
         return 0
     inserted = _insert_new_records(unique)

@@ -3,9 +3,7 @@ revocation seen everywhere, the worker killed mid-batch, records reaching the qu
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,83 +20,10 @@ from portal.admission import STREAM, pack_record
 from portal.extensions import db
 from portal.models import ApiKey, UsageRecord, UsageRollup
 
-from .api_helpers import drain, make_api_tenant, set_limits
+from .api_helpers import Servers, drain, make_api_tenant, set_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def server_env(app, tmp_path):
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
-        REDIS_URL=app.config["REDIS_URL_RESOLVED"],
-        SECRET_KEY="live-server-secret-key",
-        TOLLGATE_INSTANCE_PATH=str(tmp_path),
-        USAGE_CLAIM_IDLE_MS="0",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-class Servers:
-    def __init__(self, env: dict, count: int) -> None:
-        self.processes = []
-        self.urls = []
-        for _ in range(count):
-            port = free_port()
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--workers",
-                    "1",
-                    "--threads",
-                    "8",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--log-level",
-                    "warning",
-                    "--no-control-socket",
-                    "wsgi:app",
-                ],
-                cwd=ROOT,
-                env=env,
-            )
-            self.processes.append(process)
-            self.urls.append(f"http://127.0.0.1:{port}")
-        try:
-            for url in self.urls:
-                self._wait(url)
-        except RuntimeError:
-            for process in self.processes:
-                process.kill()
-            raise
-
-    @staticmethod
-    def _wait(url: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.1)
-        raise RuntimeError(f"server at {url} did not start")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            process.wait(timeout=30)
 
 
 @pytest.fixture

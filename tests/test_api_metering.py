@@ -13,7 +13,7 @@ from portal.ingest import GROUP, ingest_usage
 from portal.keys import set_key_active
 from portal.models import ApiKey, UsageRecord, UsageRollup
 
-from .api_helpers import drain, set_limits
+from .api_helpers import drain, make_api_tenant, set_limits
 
 
 def records(app, tenant_id):
@@ -157,3 +157,19 @@ def test_usage_reaches_the_api_queries(app, client, acme):
     stats = client.get("/api/v1/usage/stats?days=1", headers=acme.headers).json["stats"]
     assert stats["total_calls"] == 4  # three pings and the logs call
     assert stats["by_service"]["tollgate"]["calls"] == 4
+
+
+def test_records_of_a_deleted_tenant_do_not_block_the_batch(app, client, redis, acme):
+    other = make_api_tenant(app, "Gone Co")
+    client.get("/api/v1/ping", headers=acme.headers)
+    client.get("/api/v1/ping", headers=other.headers)
+    gate(app).admission.flush_if_idle(0)
+    with app.app_context():
+        from portal.models import Tenant
+
+        db.session.delete(db.session.get(Tenant, other.tenant_id))
+        db.session.commit()
+        result = ingest_usage(redis, claim_idle_ms=0)
+    assert (result.entries, result.stored) == (2, 1)
+    assert redis.xlen(STREAM) == 0
+    assert len(records(app, acme.tenant_id)) == 1

@@ -62,9 +62,12 @@ class Tenant(db.Model):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    users: Mapped[list[User]] = relationship(back_populates="tenant")
+    # Deleting a tenant deletes what it owns (ON DELETE CASCADE in the database).
+    users: Mapped[list[User]] = relationship(
+        back_populates="tenant", cascade="all, delete-orphan", passive_deletes=True
+    )
     subscriptions: Mapped[list[Subscription]] = relationship(
-        back_populates="tenant", order_by="Subscription.started_at"
+        back_populates="tenant", order_by="Subscription.started_at", cascade="all, delete-orphan", passive_deletes=True
     )
 
     @property
