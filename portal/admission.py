@@ -31,7 +31,7 @@ from redis import Redis
 
 from .billing_info import quota_key
 from .changes import CONFIG_VERSION
-from .plans import PlanLimits, billing_period
+from .plans import PlanLimits, period_bounds
 
 STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"
@@ -221,21 +221,20 @@ class Admission:
     ) -> Decision:
         """Check and count one call; raises :class:`StaleConfig` when ``version`` is old."""
         now = time.time() if now is None else now
-        at = datetime.fromtimestamp(now, UTC)
-        period_end = billing_period(at)[1]
+        period = period_bounds(now)
         second = int(now)
         keys = [
             CONFIG_VERSION,
             f"tollgate:w:{tenant_id}:m:{second // 60}",
             f"tollgate:w:{tenant_id}:h:{second // 3600}",
             f"tollgate:w:{tenant_id}:d:{second // 86400}",
-            quota_key(tenant_id, at),
+            quota_key(tenant_id, now),
             STREAM,
             INFLIGHT,
         ]
         quota = -1 if limits.quota is None else limits.quota
         # The quota counter outlives its period by a day, for the headers of late stragglers.
-        quota_ttl = int((period_end - at).total_seconds()) + 86400
+        quota_ttl = int(period.end - now) + 86400
         done = self._take_pending()
         try:
             reply = self._admit(

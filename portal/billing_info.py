@@ -9,12 +9,13 @@ from sqlalchemy import func, select
 
 from .extensions import db
 from .models import Subscription, UsageRollup
-from .plans import billing_period
+from .plans import billing_period, period_bounds
 
 
-def quota_key(tenant_id: int, at: datetime) -> str:
+def quota_key(tenant_id: int, at: datetime | float) -> str:
     """The Redis counter of calls admitted in the billing period containing ``at``."""
-    return f"tollgate:q:{tenant_id}:{billing_period(at)[0]:%Y%m}"
+    month = period_bounds(at if isinstance(at, float | int) else at.timestamp()).month
+    return f"tollgate:q:{tenant_id}:{month}"
 
 
 def quota_used(redis: Redis, tenant_id: int, at: datetime) -> int:

@@ -61,6 +61,31 @@ def billing_period(at: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+@dataclass(frozen=True)
+class PeriodBounds:
+    """A billing period as the hot path needs it: epoch seconds and its texts."""
+
+    start: float
+    end: float
+    month: str  # "YYYYMM", names the period's quota counter
+    end_iso: str  # when it ends (the quota resets), ISO 8601 UTC
+
+
+_last_period = PeriodBounds(0.0, 0.0, "", "")
+
+
+def period_bounds(now: float) -> PeriodBounds:
+    """The billing period containing the epoch time ``now`` (the last one is remembered)."""
+    global _last_period
+    period = _last_period
+    if not period.start <= now < period.end:
+        start, end = billing_period(datetime.fromtimestamp(now, UTC))
+        period = _last_period = PeriodBounds(
+            start.timestamp(), end.timestamp(), f"{start:%Y%m}", f"{end:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    return period
+
+
 def get_plan(code: str) -> Plan:
     plan = db.session.scalar(select(Plan).where(Plan.code == code))
     if plan is None:

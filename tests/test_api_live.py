@@ -3,6 +3,7 @@ revocation seen everywhere, the worker killed mid-batch, records reaching the qu
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def start_worker(env: dict) -> subprocess.Popen:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: a kill reaches RQ's scheduler child too
     )
 
 
@@ -189,7 +191,7 @@ def test_worker_killed_at_any_moment_loses_nothing(app, redis, server_env):
     deadline = time.monotonic() + 60
     while stored_counts(app, acme.tenant_id)[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    worker.send_signal(signal.SIGKILL)
+    os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=30)
     run_burst_worker(server_env)
     assert stored_counts(app, acme.tenant_id) == (6000, 6000, 6000)

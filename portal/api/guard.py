@@ -24,7 +24,7 @@ from redis import Redis, RedisError
 
 from ..admission import STREAM, Admission, Decision, StaleConfig, pack_record
 from ..keys import KeyDirectory, KeyEntry, hash_secret
-from ..plans import billing_period
+from ..plans import billing_period, period_bounds
 from ..redis_store import get_redis
 from ..spool import Spool
 
@@ -235,25 +235,11 @@ def rate_limited(window: str) -> Response:
     return response
 
 
-_period = (0.0, 0.0, "")  # (start, end, end as ISO text) of the last billing period seen
-
-
-def period_end_text(now: float) -> str:
-    """When the billing period containing ``now`` ends, as ISO 8601 UTC (cached per period)."""
-    global _period
-    start, end, text = _period
-    if not start <= now < end:
-        period_start, period_end = billing_period(datetime.fromtimestamp(now, UTC))
-        text = f"{period_end:%Y-%m-%dT%H:%M:%SZ}"
-        _period = (period_start.timestamp(), period_end.timestamp(), text)
-    return text
-
-
 def add_rate_limit_headers(response: Response, call: ApiCall) -> None:
     decision = call.decision
     limits = call.entry.limits
     now = int(decision.now)
-    period_end = period_end_text(decision.now)
+    period_end = period_bounds(decision.now).end_iso
     if limits.shown_quota is None:
         quota = remaining = "unlimited"
     else:
