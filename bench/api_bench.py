@@ -61,7 +61,7 @@ def ensure_wrk() -> str:
     return found
 
 
-def gunicorn(app_spec: str, port: int, env: dict, workers: int) -> subprocess.Popen:
+def gunicorn(app_spec: str, port: int, env: dict, workers: int, threads: int = 1) -> subprocess.Popen:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -69,6 +69,8 @@ def gunicorn(app_spec: str, port: int, env: dict, workers: int) -> subprocess.Po
             "gunicorn",
             "--workers",
             str(workers),
+            "--threads",
+            str(threads),
             "--bind",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -157,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
     parser.add_argument("--rounds", type=int, default=2, help="alternate bare/protected this many times; best kept")
     parser.add_argument("--redis-url", default=None, help="a Redis server (default: the embedded Redis)")
     args = parser.parse_args()
@@ -182,8 +185,8 @@ def main() -> None:
         redis.Redis.from_url(redis_url).delete("tollgate:usage", "tollgate:inflight")
 
     bare_port, tollgate_port = free_port(), free_port()
-    bare = gunicorn("bench.bare_app:app", bare_port, env, args.workers)
-    tollgate = gunicorn("wsgi:app", tollgate_port, env, args.workers)
+    bare = gunicorn("bench.bare_app:app", bare_port, env, args.workers, args.threads)
+    tollgate = gunicorn("wsgi:app", tollgate_port, env, args.workers, args.threads)
     headers = {"X-API-Key": secret}
     try:
         # Warm both (imports, first connections, the key cache).
@@ -207,7 +210,10 @@ def main() -> None:
     bare_best = max(bare_runs, key=lambda r: r.rps)
     protected_best = max(protected_runs, key=lambda r: r.rps)
     print(f"machine: {platform.node()} · {psutil.cpu_count()} cores · Python {platform.python_version()}")
-    print(f"gunicorn -w {args.workers} (sync) · wrk -t2 -c{args.connections} -d{args.seconds}s · best of {args.rounds}")
+    kind = "sync" if args.threads == 1 else f"gthread, {args.threads} threads"
+    print(
+        f"gunicorn -w {args.workers} ({kind}) · wrk -t2 -c{args.connections} -d{args.seconds}s · best of {args.rounds}"
+    )
     print(f"{'':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
     for name, result in (("bare Flask /ping", bare_best), ("Tollgate /api/v1/ping", protected_best)):
         print(f"{name:<22}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}{result.non_2xx:>10}")
