@@ -56,6 +56,10 @@ def flask(*args: str, env: dict | None = None, check: bool = True) -> subprocess
     return subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env, check=check)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run() -> int:
     install("requirements.txt")
     env = dict(os.environ)
@@ -87,6 +91,8 @@ def run() -> int:
         f"\n    Tollgate is running at {env['PORTAL_BASE_URL']}/ — sign in with the e-mail and password above.\n",
         flush=True,
     )
+    # A SIGTERM (a service manager, `timeout`) stops everything as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while portal.poll() is None and worker.poll() is None:
             time.sleep(0.5)
@@ -101,6 +107,10 @@ def run() -> int:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if not env.get("REDIS_URL"):
+            say("stopping the embedded Redis")
+            stop = "from portal.embedded_redis import stop_embedded_redis as s; s('instance')"
+            subprocess.run([str(PYTHON), "-c", stop], cwd=ROOT, check=False)
     return 0
 
 
