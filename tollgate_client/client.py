@@ -1,168 +1,282 @@
-"""The client itself: one method per endpoint, typed errors, careful retries."""
+"""The client: one method per endpoint, typed errors, Retry-After-aware retries and pacing."""
 
 from __future__ import annotations
 
+import json as jsonlib
 import random
 import time
-from collections.abc import Callable, Iterator
-from datetime import date
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
+from .backoff import full_jitter
 from .errors import ConnectionFailed, QuotaExceeded, RateLimited, ServerError, TollgateError, error_for
 from .ratelimit import RateLimitInfo
 
+VERSION = "0.1.0"
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+# Methods a client may repeat after a 5xx or a lost connection without doing the work twice.
+REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Network failures worth another try (a certificate problem is not one).
+TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+JSON = dict[str, Any]
+
 
 class TollgateClient:
-    """A client for one API key.
+    """A client of the Tollgate API for one API key.
 
-    ``max_retries`` bounds the retries of one call: after a window's 429 (waiting
-    ``Retry-After``), and, for GET requests, after a 5xx or a network failure (waiting
-    ``backoff_base * 2**attempt`` seconds at most, with full jitter, capped at ``backoff_max``).
-    With ``pace`` on, a call waits for a window's reset when the previous response said it had
-    no calls left. ``sleep`` does the waiting (tests pass their own).
+    Retries (at most ``max_retries`` per call):
+
+    * a 429 for a plan window: after the server's ``Retry-After`` (capped at ``backoff_max``);
+    * a 429 for the monthly quota: never, :class:`QuotaExceeded` is raised at once;
+    * a 5xx or a network failure of a GET: after ``full_jitter(attempt)`` — a random wait up to
+      ``min(backoff_max, backoff_base * 2**attempt)`` — but no sooner than a ``Retry-After``
+      the server sent (capped at ``backoff_max``);
+    * any other 4xx: never.
+
+    With ``pace`` on, a call whose previous response said a window had no calls left first waits
+    for that window to reset (at most ``backoff_max``) instead of being refused. All waiting
+    goes through ``sleep``; ``jitter`` returns a number in [0, 1] (tests pass a constant).
     """
 
     def __init__(
         self,
         api_key: str,
-        base_url: str = "http://127.0.0.1:5000",
+        base_url: str = DEFAULT_BASE_URL,
         *,
-        timeout: float = 10,
+        timeout: float | tuple[float, float] = 10,
         max_retries: int = 3,
         backoff_base: float = 0.5,
         backoff_max: float = 60,
         pace: bool = True,
-        sleep: Callable[[float], Any] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
         session: requests.Session | None = None,
-        random_fraction: Callable[[], float] = random.random,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.base_url = base_url.rstrip("/") + "/api/v1"
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.base_url = base_url.rstrip("/")
+        self.api_url = self.base_url + "/api/v1"
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.pace = pace
         self.sleep = sleep
-        self.random_fraction = random_fraction
-        self.session = session or requests.Session()
-        self.session.headers["X-API-Key"] = api_key
+        self.jitter = jitter
+        self._owns_session = session is None
+        self.session = session if session is not None else requests.Session()
+        # Sent with each request (a caller's session is left as it was).
+        self._headers = {
+            "X-API-Key": api_key,
+            "Accept": "application/json",
+            "User-Agent": f"tollgate-client/{VERSION}",
+        }
+        #: The rate-limit headers of the latest response (all None before the first one).
         self.last_rate_limit = RateLimitInfo()
-        self._last_seen = time.monotonic()
+        # time.monotonic() before which pacing holds the next call back.
+        self._not_before: float | None = None
 
-    # -- transport -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"TollgateClient({self.base_url!r})"  # never the key
+
+    def close(self) -> None:
+        """Close the HTTP session, unless the caller passed it in."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> TollgateClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------------
+
     def backoff_delay(self, attempt: int) -> float:
-        """Full jitter: a random wait up to ``backoff_base * 2**attempt``, capped."""
-        return min(self.backoff_max, self.backoff_base * 2**attempt) * self.random_fraction()
+        """The wait before retry number ``attempt + 1`` after a 5xx or a network failure."""
+        return full_jitter(attempt, self.backoff_base, self.backoff_max, self.jitter)
 
-    def _wait_for_exhausted_window(self) -> None:
-        exhausted = self.last_rate_limit.exhausted_window()
-        if not self.pace or exhausted is None:
-            return
-        _, reset = exhausted
-        remaining = reset - (time.monotonic() - self._last_seen)
-        if remaining > 0:
-            self.sleep(min(remaining, self.backoff_max))
-
-    def request(self, method: str, path: str, params: dict[str, Any] | None = None) -> dict:
-        """Call ``path`` (under ``/api/v1``) and return the JSON body, or raise a typed error."""
-        params = {k: v for k, v in (params or {}).items() if v is not None}
-        idempotent = method.upper() in ("GET", "HEAD")
+    def request(self, method: str, path: str, params: Mapping[str, Any] | None = None, json: Any = None) -> JSON:
+        """Call ``path`` (relative to ``/api/v1``) and return the JSON body, or raise a
+        :class:`TollgateError`. Parameters whose value is None are not sent."""
+        method = method.upper()
+        url = f"{self.api_url}/{path.lstrip('/')}"
+        query = {name: _query_value(value) for name, value in (params or {}).items() if value is not None}
+        repeatable = method in REPEATABLE
         attempt = 0
         while True:
-            self._wait_for_exhausted_window()
+            if self.pace:
+                self._wait_for_windows()
             try:
-                response = self.session.request(method, self.base_url + path, params=params, timeout=self.timeout)
+                response = self.session.request(
+                    method, url, params=query, json=json, headers=self._headers, timeout=self.timeout
+                )
             except requests.RequestException as exc:
-                if idempotent and attempt < self.max_retries:
+                transient = isinstance(exc, TRANSIENT) and not isinstance(exc, requests.exceptions.SSLError)
+                if repeatable and transient and attempt < self.max_retries:
                     self.sleep(self.backoff_delay(attempt))
                     attempt += 1
                     continue
-                raise ConnectionFailed(f"could not reach {self.base_url}: {exc}") from exc
-            self.last_rate_limit = RateLimitInfo.from_headers(response.headers)
-            self._last_seen = time.monotonic()
+                raise ConnectionFailed(f"{method} {url} failed after {attempt + 1} attempt(s): {exc}") from exc
+            info = self._note_rate_limit(response)
             if response.status_code < 400:
-                return response.json()
-            error = error_for(response.status_code, _detail(response), self.last_rate_limit)
-            if attempt < self.max_retries and self._should_retry(error, idempotent):
-                self.sleep(self._retry_delay(error, attempt))
-                attempt += 1
-                continue
-            raise error
+                return _json_body(response, info)
+            error = error_for(response.status_code, _detail(response), info)
+            delay = self._retry_delay(error, attempt, repeatable)
+            if delay is None:
+                raise error
+            self.sleep(delay)
+            self._not_before = None  # that wait was for this very refusal
+            attempt += 1
 
-    @staticmethod
-    def _should_retry(error: TollgateError, idempotent: bool) -> bool:
-        if isinstance(error, QuotaExceeded):
-            return False  # resets at the next billing period, not in seconds
+    def _note_rate_limit(self, response: requests.Response) -> RateLimitInfo:
+        info = RateLimitInfo.from_headers(response.headers, received_at=time.monotonic())
+        self.last_rate_limit = info
+        wait = info.seconds_until_allowed(info.received_at)
+        self._not_before = info.received_at + wait if wait > 0 and info.received_at is not None else None
+        return info
+
+    def _wait_for_windows(self) -> None:
+        """Pacing: hold the call back until the windows the last response exhausted reset."""
+        if self._not_before is None:
+            return
+        wait = self._not_before - time.monotonic()
+        self._not_before = None
+        if wait > 0:
+            self.sleep(min(wait, self.backoff_max))
+
+    def _retry_delay(self, error: TollgateError, attempt: int, repeatable: bool) -> float | None:
+        """Seconds to wait before retrying after ``error``, or None not to retry."""
+        if attempt >= self.max_retries or isinstance(error, QuotaExceeded):
+            return None
+        server_asked = error.rate_limit.retry_after
         if isinstance(error, RateLimited):
-            return True
-        return isinstance(error, ServerError) and idempotent
+            if server_asked is None:
+                fallback = error.rate_limit.seconds_until_allowed(error.rate_limit.received_at)
+                return min(fallback, self.backoff_max) if fallback > 0 else self.backoff_delay(attempt)
+            return min(float(server_asked), self.backoff_max)
+        if isinstance(error, ServerError) and repeatable:
+            delay = self.backoff_delay(attempt)
+            if server_asked is not None:
+                delay = max(delay, min(float(server_asked), self.backoff_max))
+            return delay
+        return None
 
-    def _retry_delay(self, error: TollgateError, attempt: int) -> float:
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return min(float(error.retry_after), self.backoff_max)
-        return self.backoff_delay(attempt)
+    # -- endpoints -----------------------------------------------------------------------------
 
-    # -- endpoints -------------------------------------------------------------------------------
-    def ping(self) -> dict:
+    def ping(self) -> JSON:
+        """``GET /ping``: check the key; ``{"ok": True}``."""
         return self.request("GET", "/ping")
 
-    def usage_stats(self, service: str | None = None, days: int = 30) -> dict:
+    def usage_stats(self, service: str | None = None, days: int = 30) -> JSON:
+        """``GET /usage/stats``: totals by service and by day."""
         return self.request("GET", "/usage/stats", {"service": service, "days": days})
 
-    def usage_logs(self, service: str | None = None, limit: int = 50, offset: int = 0) -> dict:
+    def usage_logs(self, service: str | None = None, limit: int = 50, offset: int = 0) -> JSON:
+        """``GET /usage/logs``: one page of metered calls, newest first, with ``total``."""
         return self.request("GET", "/usage/logs", {"service": service, "limit": limit, "offset": offset})
 
-    def iter_usage_logs(self, service: str | None = None, page_size: int = 100) -> Iterator[dict]:
-        """Every log record, newest first, page by page."""
+    def iter_usage_logs(self, service: str | None = None, page_size: int = 100) -> Iterator[JSON]:
+        """Every log record, newest first, fetched ``page_size`` at a time.
+
+        Records stored while paging push older ones to later offsets; a record already yielded
+        is not yielded again.
+        """
         offset = 0
+        seen: set[Any] = set()
         while True:
             page = self.usage_logs(service, limit=page_size, offset=offset)
-            yield from page["logs"]
-            offset += len(page["logs"])
-            if not page["logs"] or offset >= page["total"]:
+            logs = page.get("logs") or []
+            for log in logs:
+                if log.get("id") is None or log["id"] not in seen:
+                    seen.add(log.get("id"))
+                    yield log
+            offset += len(logs)
+            if not logs or offset >= int(page.get("total", 0)):
                 return
 
-    def usage_summary(self) -> dict:
+    def usage_summary(self) -> JSON:
+        """``GET /usage/summary``: today, this month, and the outside services' limits."""
         return self.request("GET", "/usage/summary")
 
-    def rate_limits(self, service: str | None = None) -> dict:
+    def rate_limits(self, service: str | None = None) -> JSON:
+        """``GET /usage/rate-limits``: every limit on an outside service and its use."""
         return self.request("GET", "/usage/rate-limits", {"service": service})
 
-    def rate_limit(self, service: str, limit_type: str = "minute") -> dict:
-        return self.request("GET", f"/usage/rate-limits/{service}", {"limit_type": limit_type})
+    def rate_limit(self, service: str, limit_type: str = "minute") -> JSON:
+        """``GET /usage/rate-limits/{service}``: whether the service may be called now."""
+        return self.request("GET", f"/usage/rate-limits/{quote(service, safe='')}", {"limit_type": limit_type})
 
     def account_usage(
         self,
-        start_date: date | None = None,
-        end_date: date | None = None,
+        start_date: date | str | None = None,
+        end_date: date | str | None = None,
         interval: str = "daily",
         category: str | None = None,
-    ) -> dict:
-        return self.request(
-            "GET",
-            "/account/usage",
-            {
-                "startDate": start_date.isoformat() if start_date else None,
-                "endDate": end_date.isoformat() if end_date else None,
-                "interval": interval,
-                "category": category,
-            },
-        )
+    ) -> JSON:
+        """``GET /account/usage``: API requests per interval (hourly, daily, weekly, monthly)."""
+        params = {
+            "startDate": _date_param(start_date),
+            "endDate": _date_param(end_date),
+            "interval": interval,
+            "category": category,
+        }
+        return self.request("GET", "/account/usage", params)
 
-    def billing_usage(self) -> dict:
+    def billing_usage(self) -> JSON:
+        """``GET /billing/usage``: use of each plan limit this billing period."""
         return self.request("GET", "/billing/usage")
 
-    def billing_subscription(self) -> dict:
+    def billing_subscription(self) -> JSON:
+        """``GET /billing/subscription``: the subscription, its plan and period."""
         return self.request("GET", "/billing/subscription")
 
-    def billing_api_usage(self, days: int = 30) -> dict:
+    def billing_api_usage(self, days: int = 30) -> JSON:
+        """``GET /billing/api-usage``: analytics of the API's use over ``days``."""
         return self.request("GET", "/billing/api-usage", {"days": days})
 
 
+def _query_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _date_param(value: date | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        value = value.date()
+    return value.isoformat()
+
+
 def _detail(response: requests.Response) -> str:
+    """The ``detail`` of an error body, or the reason phrase when the body is not ours."""
     try:
-        return str(response.json().get("detail", response.reason))
+        body = response.json()
     except ValueError:
-        return response.reason or f"HTTP {response.status_code}"
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else jsonlib.dumps(detail)
+    return response.reason or f"HTTP {response.status_code}"
+
+
+def _json_body(response: requests.Response, info: RateLimitInfo) -> JSON:
+    if response.status_code == 204 or not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError as exc:
+        kind = response.headers.get("Content-Type", "no content type")
+        raise TollgateError(f"expected a JSON response, got {kind}", response.status_code, info) from exc
+    if not isinstance(body, dict):
+        raise TollgateError("expected a JSON object", response.status_code, info)
+    return body

@@ -1,24 +1,29 @@
-"""The errors a Tollgate call can raise; each carries the status, the server's detail and the
-rate-limit headers of the response."""
+"""The errors a Tollgate call raises. Each carries ``status`` (None when no response came),
+the server's ``detail`` and the response's :class:`RateLimitInfo` as ``rate_limit``."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
 
-from .ratelimit import RateLimitInfo
+from .ratelimit import WINDOWS, RateLimitInfo, parse_datetime
+
+_WINDOW_IN_DETAIL = re.compile(r"exceeded for (minute|hour|day)\b", re.IGNORECASE)
+_RESET_IN_DETAIL = re.compile(r"resets at (\S+)", re.IGNORECASE)
 
 
 class TollgateError(Exception):
+    """Base class of every error the client raises."""
+
     def __init__(self, detail: str, status: int | None = None, rate_limit: RateLimitInfo | None = None) -> None:
-        super().__init__(detail if status is None else f"{status}: {detail}")
+        super().__init__(detail if status is None else f"{status} {detail}")
         self.detail = detail
         self.status = status
-        self.rate_limit = rate_limit or RateLimitInfo()
+        self.rate_limit = rate_limit if rate_limit is not None else RateLimitInfo()
 
 
 class ConnectionFailed(TollgateError):
-    """The server could not be reached (after the retries)."""
+    """No response: the server could not be reached, or timed out (after the retries)."""
 
 
 class AuthenticationError(TollgateError):
@@ -26,19 +31,19 @@ class AuthenticationError(TollgateError):
 
 
 class MissingApiKey(AuthenticationError):
-    pass
+    """401 ``Missing API key``."""
 
 
 class InvalidApiKey(AuthenticationError):
-    pass
+    """401 ``Invalid API key``."""
 
 
 class InactiveApiKey(TollgateError):
-    """403: the key was deactivated, revoked or has expired."""
+    """403 ``API key is inactive``: deactivated, revoked or expired."""
 
 
 class NotFound(TollgateError):
-    pass
+    """404."""
 
 
 class InvalidRequest(TollgateError):
@@ -46,33 +51,49 @@ class InvalidRequest(TollgateError):
 
 
 class ServerError(TollgateError):
-    """5xx, after the retries."""
+    """5xx (after the retries, for GET requests)."""
 
 
 class RateLimited(TollgateError):
-    """429 for a plan window: ``window`` is minute, hour or day; ``retry_after`` in seconds."""
+    """429 for a plan window. ``window`` is "minute", "hour" or "day" (None if the server did
+    not say); ``retry_after`` is the seconds the server asked to wait."""
 
-    def __init__(self, detail: str, status: int = 429, rate_limit: RateLimitInfo | None = None) -> None:
+    def __init__(self, detail: str, status: int | None = 429, rate_limit: RateLimitInfo | None = None) -> None:
         super().__init__(detail, status, rate_limit)
-        match = re.search(r"exceeded for (\w+)", detail)
-        self.window = match.group(1) if match else None
-        self.retry_after = self.rate_limit.retry_after
+        self.retry_after: int | None = self.rate_limit.retry_after
+        self.window: str | None = _refused_window(detail, self.rate_limit)
 
 
 class QuotaExceeded(RateLimited):
-    """429 for the monthly quota; ``resets_at`` is when it resets. Not retried."""
+    """429 for the monthly quota (``window`` is "month"). Never retried: it resets at
+    ``resets_at`` (an aware UTC datetime), at the start of the next billing period."""
 
-    def __init__(self, detail: str, status: int = 429, rate_limit: RateLimitInfo | None = None) -> None:
+    def __init__(self, detail: str, status: int | None = 429, rate_limit: RateLimitInfo | None = None) -> None:
         super().__init__(detail, status, rate_limit)
         self.window = "month"
-        match = re.search(r"resets at (\S+)", detail)
-        self.resets_at = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")) if match else None
+        match = _RESET_IN_DETAIL.search(detail)
+        resets_at: datetime | None = parse_datetime(match.group(1).rstrip(".")) if match else None
+        self.resets_at = resets_at or self.rate_limit.monthly_reset
 
 
-def error_for(status: int, detail: str, rate_limit: RateLimitInfo) -> TollgateError:
-    """The typed error for an error response."""
+def _refused_window(detail: str, info: RateLimitInfo) -> str | None:
+    match = _WINDOW_IN_DETAIL.search(detail)
+    if match:
+        return match.group(1).lower()
+    exhausted = [name for name, _ in info.exhausted_windows()]
+    return exhausted[0] if exhausted else None
+
+
+def _is_quota(detail: str) -> bool:
+    lowered = detail.lower()
+    return "quota" in lowered and not any(f"exceeded for {w}" in lowered for w in WINDOWS)
+
+
+def error_for(status: int, detail: str, rate_limit: RateLimitInfo | None = None) -> TollgateError:
+    """The typed error for an error response's status and detail."""
+    kind: type[TollgateError]
     if status == 401:
-        kind = MissingApiKey if detail == "Missing API key" else InvalidApiKey
+        kind = MissingApiKey if detail.lower().startswith("missing") else InvalidApiKey
     elif status == 403:
         kind = InactiveApiKey
     elif status == 404:
@@ -80,7 +101,7 @@ def error_for(status: int, detail: str, rate_limit: RateLimitInfo) -> TollgateEr
     elif status in (400, 422):
         kind = InvalidRequest
     elif status == 429:
-        kind = QuotaExceeded if detail.startswith("Monthly quota") else RateLimited
+        kind = QuotaExceeded if _is_quota(detail) else RateLimited
     elif status >= 500:
         kind = ServerError
     else:
