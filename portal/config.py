@@ -8,10 +8,13 @@ A bad value stops start-up with a message that names the variable.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import tempfile
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -65,7 +68,9 @@ def database_uri(env: Mapping[str, str], instance_path: Path) -> str:
     try:
         url = make_url(raw)
     except ArgumentError:
-        raise ConfigError("DATABASE_URL", f"not a database URL: {raw!r}") from None
+        raise ConfigError("DATABASE_URL", f"not a database URL: {shown(raw)!r}") from None
+    except ValueError:
+        raise ConfigError("DATABASE_URL", f"bad port in {shown(raw)!r}") from None
     backend = url.get_backend_name()
     if backend == "postgres":  # the Heroku-style spelling
         backend = "postgresql"
@@ -78,6 +83,14 @@ def database_uri(env: Mapping[str, str], instance_path: Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def shown(url: str) -> str:
+    """``url`` fit for an error message: the password, if any, masked."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
+
+
 def redis_url(env: Mapping[str, str]) -> str | None:
     """The Redis server's URL, or None for the embedded Redis."""
     raw = env.get("REDIS_URL", "").strip()
@@ -85,11 +98,20 @@ def redis_url(env: Mapping[str, str]) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError("REDIS_URL", f"expected redis://, rediss:// or unix://; got {raw!r}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError("REDIS_URL", f"no host in {raw!r}")
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError("REDIS_URL", f"expected redis://, rediss:// or unix://; got {shown(raw)!r}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError("REDIS_URL", f"no socket path in {shown(raw)!r}; e.g. unix:///run/redis.sock")
+        db = parse_qs(parts.query).get("db", [""])[0]
+    else:
+        if not parts.hostname:
+            raise ConfigError("REDIS_URL", f"no host in {shown(raw)!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ConfigError("REDIS_URL", f"bad port in {shown(raw)!r}") from None
+        db = parts.path.strip("/") or parse_qs(parts.query).get("db", [""])[0]
+    if db and not db.isdigit():
         raise ConfigError("REDIS_URL", f"the database number must be a whole number; got {db!r}")
     return raw
 
@@ -102,16 +124,21 @@ def secret_key(env: Mapping[str, str], instance_path: Path) -> str:
             raise ConfigError("SECRET_KEY", "must be at least 16 characters long")
         return raw
     key_file = instance_path / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when two processes race here, the loser reads the winner's key.
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return key_file.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
+    if not key_file.exists():
+        # Written whole to a private file, then linked into place: os.link fails when another
+        # process got there first, so every process reads one complete key, never a half-written one.
+        instance_path.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=instance_path, prefix=".secret_key.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+            with suppress(FileExistsError):
+                os.link(scratch, key_file)
+        finally:
+            os.unlink(scratch)
+    key = key_file.read_text().strip()
+    if len(key) < 16:
+        raise ConfigError("SECRET_KEY", f"{key_file} holds no usable key; delete it or set SECRET_KEY")
     return key
 
 
@@ -121,11 +148,11 @@ def smtp_url(env: Mapping[str, str]) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-        raise ConfigError("SMTP_URL", f"expected smtp://host:port or smtps://host:port; got {raw!r}")
+        raise ConfigError("SMTP_URL", f"expected smtp://host:port or smtps://host:port; got {shown(raw)!r}")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigError("SMTP_URL", f"bad port in {raw!r}") from None
+        raise ConfigError("SMTP_URL", f"bad port in {shown(raw)!r}") from None
     return raw
 
 
@@ -133,7 +160,7 @@ def base_url(env: Mapping[str, str]) -> str:
     raw = env.get("PORTAL_BASE_URL", "").strip() or "http://127.0.0.1:5000"
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigError("PORTAL_BASE_URL", f"expected an http:// or https:// URL; got {raw!r}")
+        raise ConfigError("PORTAL_BASE_URL", f"expected an http:// or https:// URL; got {shown(raw)!r}")
     return raw.rstrip("/")
 
 

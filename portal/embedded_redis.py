@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def ensure_embedded_redis(instance_path: str | Path, timeout: float = 10.0) -> s
     folder = Path(instance_path).resolve() / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     socket_path = folder / SOCKET_NAME
-    if len(str(socket_path)) > MAX_SOCKET_PATH:
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:  # the kernel counts bytes
         raise ConfigError(
             "REDIS_URL",
             f"unset, and the embedded Redis socket path {socket_path} is too long for a unix "

@@ -129,17 +129,23 @@ def update_plan_limits(
     """Change a plan's numbers; every tenant on it gets them on their next call."""
     if unlimited_quota and monthly_quota is not None:
         raise ValueError("give either --monthly-quota or --unlimited, not both")
+    changes = {
+        name: value
+        for name, value in (
+            ("monthly_quota", monthly_quota),
+            ("per_minute", per_minute),
+            ("per_hour", per_hour),
+            ("per_day", per_day),
+        )
+        if value is not None
+    }
+    # Every number is checked before any is applied: a refused change leaves nothing behind.
+    for name, value in changes.items():
+        if value < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be at least 1; got {value}")
     plan = get_plan(code)
-    for name, value in (
-        ("monthly_quota", monthly_quota),
-        ("per_minute", per_minute),
-        ("per_hour", per_hour),
-        ("per_day", per_day),
-    ):
-        if value is not None:
-            if value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1; got {value}")
-            setattr(plan, name, value)
+    for name, value in changes.items():
+        setattr(plan, name, value)
     if unlimited_quota:
         plan.monthly_quota = None
     plan.updated_at = utcnow()
