@@ -32,6 +32,7 @@ from redis import Redis
 from .billing_info import quota_key
 from .changes import CONFIG_VERSION
 from .plans import PlanLimits, period_bounds
+from .redis_store import ThreadScript
 
 STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"
@@ -167,8 +168,8 @@ class Admission:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._admit = redis.register_script(ADMIT_SCRIPT)
-        self._complete = redis.register_script(COMPLETE_SCRIPT)
+        self._admit = ThreadScript(redis, ADMIT_SCRIPT)
+        self._complete = ThreadScript(redis, COMPLETE_SCRIPT)
         self._pending: list[str] = []
         self._pending_since = 0.0
         self._lock = threading.Lock()

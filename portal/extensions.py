@@ -1,6 +1,5 @@
 """Flask extensions, created unbound and initialised in :func:`portal.create_app`."""
 
-from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
@@ -9,6 +8,8 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
+
+from .limit_manager import Limiter
 
 # Named constraints let Alembic alter them later (SQLite batch mode needs the names).
 NAMING_CONVENTION = {
