@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.accounts import create_user
 from portal.extensions import db as _db
@@ -29,18 +30,29 @@ def shown_secret(html: str) -> str:
     return match.group(1)
 
 
+def submission_token(html: str) -> str | None:
+    match = re.search(r'name="submission" type="hidden" value="([^"]+)"', html) or re.search(
+        r'name="submission" value="([^"]+)"', html
+    )
+    return match.group(1) if match else None
+
+
 def create_key(client, name="backend", description="", expires_on="", csrf=True):
     page = client.get("/keys")
     data = {"name": name, "description": description, "expires_on": expires_on}
+    data["submission"] = submission_token(page.text)
     if csrf:
         data["csrf_token"] = csrf_token(page.text)
     return client.post("/keys", data=data)
 
 
-def act(client, key_id: int, action: str, csrf=True):
-    """Press a button on a key's page (the token comes from a page the user can see)."""
-    page = client.get("/keys")
+def act(client, key_id: int, action: str, csrf=True, submission: str | None = None):
+    """Press a button on a key's page (the tokens come from a page the user can see; a page
+    opened before the key changed, when the key's page no longer offers the button)."""
+    page = client.get(f"/keys/{key_id}")
     data = {"csrf_token": csrf_token(page.text)} if csrf else {}
+    if action == "rotate":
+        data["submission"] = submission or submission_token(page.text) or secrets.token_urlsafe(18)
     return client.post(f"/keys/{key_id}/{action}", data=data)
 
 
@@ -180,6 +192,54 @@ def test_invalid_form_shows_errors_and_creates_nothing(client, db, owner, form, 
 
 
 # -- deactivating, reactivating, revoking, rotating ----------------------------------------------
+
+
+def test_sending_the_create_form_again_makes_no_second_key(client, db, owner):
+    page = client.get("/keys")
+    data = {
+        "name": "backend",
+        "description": "",
+        "expires_on": "",
+        "csrf_token": csrf_token(page.text),
+        "submission": submission_token(page.text),
+    }
+    first = client.post("/keys", data=data)
+    assert first.status_code == 201
+    secret = shown_secret(first.text)
+    # A reload of the secret page, or a double click: the same form arrives again.
+    again = client.post("/keys", data=data, follow_redirects=True)
+    assert again.status_code == 200
+    assert "That form was already sent, and its key was made then." in again.text
+    assert ONCE_NOTE not in again.text and secret not in again.text
+    assert db.session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == owner)) == 1
+    assert [event.action for event in audit(db, owner)] == ["api_key.created"]
+    # A form from a fresh page makes another key.
+    assert create_key(client, "second").status_code == 201
+
+
+def test_a_create_form_without_its_submission_token_is_refused(client, db, owner):
+    page = client.get("/keys")
+    response = client.post("/keys", data={"name": "backend", "csrf_token": csrf_token(page.text)})
+    assert response.status_code == 400
+    assert "This form has expired. Please fill it in again." in response.text
+    assert submission_token(response.text)  # the page offers a fresh form
+    assert key_id_of(db, "backend") is None
+
+
+def test_sending_the_rotate_form_again_keeps_the_secret_just_shown(client, db, owner, made):
+    key_id, _ = made
+    token = submission_token(client.get(f"/keys/{key_id}").text)
+    first = act(client, key_id, "rotate", submission=token)
+    assert first.status_code == 200
+    secret = shown_secret(first.text)
+
+    again = act(client, key_id, "rotate", submission=token)
+    assert again.status_code == 302
+    category, message = flashes(client)[0]
+    assert category == "info"
+    assert message.startswith("Key “backend” was already rotated by that form.")
+    assert ping(client, secret).status_code == 200
+    assert [event.action for event in audit(db, owner)].count("api_key.rotated") == 1
 
 
 def test_deactivate_and_reactivate_reach_the_api_on_the_next_call(client, db, owner, made):

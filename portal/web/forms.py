@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, StringField, TextAreaField
+from wtforms import DateField, HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from ..models import utcnow
+from .once import new_submission_token
 
 
 def _strip(value: str | None) -> str | None:
@@ -24,6 +25,8 @@ class ApiKeyForm(FlaskForm):
     name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=120)])
     description = TextAreaField("Description", filters=[_strip], validators=[Optional(), Length(max=500)])
     expires_on = DateField("Expires on (UTC)", validators=[Optional()])
+    # Lets a reload or a double click of the form make one key, not two (see portal.web.once).
+    submission = HiddenField(default=new_submission_token)
 
     def validate_expires_on(self, field: DateField) -> None:
         if field.data is not None and field.data < first_expiry_date():

@@ -18,6 +18,7 @@ from ..keys import create_api_key, revoke_api_key, rotate_api_key, set_key_activ
 from ..models import ApiKey, utcnow
 from . import bp
 from .forms import ApiKeyForm, first_expiry_date
+from .once import claim, new_submission_token, submitted_token
 from .tenancy import get_owned_or_404, owned
 
 KEY_MANAGER_ROLES = frozenset({"owner", "admin"})
@@ -91,6 +92,18 @@ def create_key():
     form = ApiKeyForm()
     if not form.validate_on_submit():
         return _render_list(form, 400)
+    token = submitted_token()
+    if token is None:
+        form.form_errors.append("This form has expired. Please fill it in again.")
+        form.submission.data = new_submission_token()
+        return _render_list(form, 400)
+    if not claim(token):
+        flash(
+            "That form was already sent, and its key was made then. A secret is shown only once: "
+            "if you did not copy it, rotate the key for a new one.",
+            "info",
+        )
+        return redirect(url_for("web.keys"))
     key, secret = create_api_key(
         current_user.tenant,
         form.name.data,
@@ -162,6 +175,17 @@ def revoke_key(key_id: int):
 @key_manager_required
 def rotate_key(key_id: int):
     key = get_owned_or_404(ApiKey, key_id)
+    token = submitted_token()
+    if token is None:
+        flash("That form has expired. Please try again.", "error")
+        return _back_to(key)
+    if not claim(token):
+        flash(
+            f"Key “{key.name}” was already rotated by that form. The new secret was shown only once: "
+            "if you did not copy it, rotate the key again.",
+            "info",
+        )
+        return _back_to(key)
     old_prefix = key.prefix
     try:
         secret = rotate_api_key(key)
