@@ -7,7 +7,7 @@ workers, Redis server, wrk) and the hypervisor's steal, each Tollgate worker's r
 after the run, the Redis memory one tenant's windows and quota hold, and a check that every call
 was metered.
 
-    python3 bench/api_bench.py [--seconds 10] [--connections 16] [--rounds 3] [--workers 2]
+    python3 bench/api_bench.py [--seconds 10] [--connections 16] [--rounds 5] [--workers 2]
 
 Run it with the project's virtualenv (``.venv/bin/python bench/api_bench.py``); it needs
 Debian's ``wrk`` (installed with apt when missing and possible).
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternate bare/protected this many times (rounds are compared in pairs)"
+        "--rounds", type=int, default=5, help="alternate bare/protected this many times (rounds are compared in pairs)"
     )
     parser.add_argument("--redis-url", default=None, help="a Redis server (default: the embedded Redis)")
     args = parser.parse_args()
