@@ -100,3 +100,33 @@ def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
     assert "You are signed out." in page.locator(".flashes").inner_text()
     page.goto(f"{live_url}/dashboard")
     assert "/login" in page.url
+
+
+def test_reloading_the_new_key_page_makes_no_second_key(app, make_tenant, live_url, page):
+    _, email, tenant_id = make_tenant("Reload Co")
+    page.goto(f"{live_url}/login")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("button.primary")
+    page.wait_for_url("**/dashboard")
+
+    page.goto(f"{live_url}/keys")
+    page.fill("#key-name", "production backend")
+    page.click("text=Create key")
+    page.wait_for_selector("#secret")
+    secret = page.locator("#secret").inner_text()
+    assert secret.startswith("tg_")
+
+    # The browser sends the form again on reload; the answer is the key list, not a new key.
+    page.reload()
+    page.wait_for_url("**/keys")
+    assert "That form was already sent, and its key was made then." in page.locator(".flashes").inner_text()
+    assert page.locator("#secret").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "keys-after-reload.png"), full_page=True)
+    with app.app_context():
+        from sqlalchemy import func, select
+
+        from portal.models import ApiKey
+
+        assert db.session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == tenant_id)) == 1
+        db.session.remove()
