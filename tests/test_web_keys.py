@@ -80,6 +80,13 @@ def flashes(client) -> list[tuple[str, str]]:
         return list(session.get("_flashes", []))
 
 
+def add_user(app, tenant_id: int, email: str, role: str) -> None:
+    with app.app_context():
+        create_user(_db.session.get(Tenant, tenant_id), email, PASSWORD, role=role)
+        _db.session.commit()
+        _db.session.remove()
+
+
 @pytest.fixture(autouse=True)
 def _drain_usage(app):
     yield
@@ -364,10 +371,7 @@ def test_another_tenants_key_is_not_found(client, db, owner, other_tenants_key):
 
 def test_a_member_sees_keys_but_cannot_manage_them(app, client, auth, db, make_tenant):
     _, owner_email, tenant_id = make_tenant("Initech")
-    with app.app_context():
-        create_user(_db.session.get(Tenant, tenant_id), "member@initech.example", PASSWORD, role="member")
-        _db.session.commit()
-        _db.session.remove()
+    add_user(app, tenant_id, "member@initech.example", role="member")
 
     auth.login(owner_email, PASSWORD)
     create_key(client, "backend")
@@ -395,10 +399,7 @@ def test_a_member_sees_keys_but_cannot_manage_them(app, client, auth, db, make_t
 
 def test_an_admin_may_manage_keys(app, client, auth, db, make_tenant):
     _, _, tenant_id = make_tenant("Initech")
-    with app.app_context():
-        create_user(_db.session.get(Tenant, tenant_id), "admin@initech.example", PASSWORD, role="admin")
-        _db.session.commit()
-        _db.session.remove()
+    add_user(app, tenant_id, "admin@initech.example", role="admin")
     auth.login("admin@initech.example", PASSWORD)
     assert create_key(client, "backend").status_code == 201
     assert act(client, key_id_of(db, "backend"), "deactivate").status_code == 302

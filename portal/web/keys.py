@@ -18,7 +18,7 @@ from ..keys import create_api_key, revoke_api_key, rotate_api_key, set_key_activ
 from ..models import ApiKey, utcnow
 from . import bp
 from .forms import ApiKeyForm, first_expiry_date
-from .once import claim, new_submission_token, submitted_token
+from .once import first_submission, new_submission_token
 from .tenancy import get_owned_or_404, owned
 
 KEY_MANAGER_ROLES = frozenset({"owner", "admin"})
@@ -92,12 +92,12 @@ def create_key():
     form = ApiKeyForm()
     if not form.validate_on_submit():
         return _render_list(form, 400)
-    token = submitted_token()
-    if token is None:
+    first = first_submission()
+    if first is None:
         form.form_errors.append("This form has expired. Please fill it in again.")
         form.submission.data = new_submission_token()
         return _render_list(form, 400)
-    if not claim(token):
+    if not first:
         flash(
             "That form was already sent, and its key was made then. A secret is shown only once: "
             "if you did not copy it, rotate the key for a new one.",
@@ -175,11 +175,11 @@ def revoke_key(key_id: int):
 @key_manager_required
 def rotate_key(key_id: int):
     key = get_owned_or_404(ApiKey, key_id)
-    token = submitted_token()
-    if token is None:
+    first = first_submission()
+    if first is None:
         flash("That form has expired. Please try again.", "error")
         return _back_to(key)
-    if not claim(token):
+    if not first:
         flash(
             f"Key “{key.name}” was already rotated by that form. The new secret was shown only once: "
             "if you did not copy it, rotate the key again.",

@@ -28,14 +28,12 @@ def new_submission_token() -> str:
     return secrets.token_urlsafe(18)
 
 
-def submitted_token() -> str | None:
-    """The form's submission token, or None when it is missing or malformed."""
+def first_submission() -> bool | None:
+    """True the first time this form's token arrives from this user, False on a repeat, and None
+    when the form carries no valid token (a page from before the token, or a forged form)."""
     token = request.form.get(FIELD, "")
-    return token if _TOKEN.fullmatch(token) else None
-
-
-def claim(token: str) -> bool:
-    """True the first time ``token`` is presented by this user; False on a repeat."""
+    if not _TOKEN.fullmatch(token):
+        return None
     try:
         return bool(get_redis().set(f"tollgate:once:{current_user.id}:{token}", 1, nx=True, ex=CLAIM_SECONDS))
     except RedisError:
