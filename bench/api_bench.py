@@ -160,10 +160,10 @@ def prepare(instance: Path, env: dict) -> tuple[str, int]:
     from flask_migrate import upgrade
 
     from portal import create_app
-    from portal.accounts import create_tenant
+    from portal.billing.plans import update_plan_limits
     from portal.extensions import db
-    from portal.keys import create_api_key
-    from portal.plans import update_plan_limits
+    from portal.tenancy.accounts import create_tenant
+    from portal.tenancy.keys import create_api_key
 
     app = create_app()
     with app.app_context():

@@ -9,11 +9,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from .accounts import AccountError, create_tenant, get_tenant
+from .billing.plans import UnknownPlan, update_plan_limits
 from .extensions import db
-from .keys import ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 from .models import utcnow
-from .plans import UnknownPlan, update_plan_limits
+from .tenancy.accounts import AccountError, create_tenant, get_tenant
+from .tenancy.keys import ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 
 
 def _fail(error: Exception) -> click.ClickException:

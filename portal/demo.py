@@ -1,6 +1,6 @@
 """Realistic synthetic usage: the demo tenant's history and benchmark data.
 
-Both go through :func:`portal.metering.store_usage`, the same write path as live traffic, so
+Both go through :func:`portal.metering.store.store_usage`, the same write path as live traffic, so
 rows, rollups and key counters agree exactly.
 """
 
@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .accounts import create_tenant, create_user, find_user_by_email
+from .costs.prices import PriceBook
 from .extensions import db
-from .keys import create_api_key, revoke_api_key
-from .metering import store_usage
+from .metering.store import store_usage
 from .models import ApiKey, ServiceLimit, Tenant, utcnow
-from .passwords import hash_password
-from .pricing import PriceBook
+from .tenancy.accounts import create_tenant, create_user, find_user_by_email
+from .tenancy.keys import create_api_key, revoke_api_key
+from .tenancy.passwords import hash_password
 
 DEMO_TENANT = "Acme Analytics"
 DEMO_EMAIL = "admin@acme.example"

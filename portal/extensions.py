@@ -9,7 +9,7 @@ from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 
-from .limit_manager import Limiter
+from .limits.limit_manager import Limiter
 
 # Named constraints let Alembic alter them later (SQLite batch mode needs the names).
 NAMING_CONVENTION = {

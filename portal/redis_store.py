@@ -13,8 +13,8 @@ from redis.connection import Connection
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from . import limiter_storage
 from .embedded_redis import ensure_embedded_redis
+from .limits import limiter_storage
 
 EXTENSION_KEY = "tollgate.redis"
 

@@ -16,13 +16,13 @@ import pytest
 import requests
 from flask import Flask
 
-from portal.accounts import create_tenant
 from portal.api.guard import gate
+from portal.billing.plans import update_plan_limits
 from portal.extensions import db
-from portal.ingest import ingest_usage
-from portal.keys import create_api_key
-from portal.plans import update_plan_limits
+from portal.metering.ingest import ingest_usage
 from portal.redis_store import get_redis
+from portal.tenancy.accounts import create_tenant
+from portal.tenancy.keys import create_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
 

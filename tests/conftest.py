@@ -172,7 +172,7 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture
 def make_tenant(app: Flask):
     """Create a tenant with an owner (password ``PASSWORD``); returns (slug, email, tenant id)."""
-    from portal.accounts import create_tenant
+    from portal.tenancy.accounts import create_tenant
 
     counter = iter(range(1, 10_000))
 

@@ -75,7 +75,7 @@ def test_unknown_api_path_is_a_json_404(client, acme):
 
 
 def test_deactivated_revoked_and_expired_keys_are_inactive(app, client, acme, clock):
-    from portal.keys import revoke_api_key, set_key_active
+    from portal.tenancy.keys import revoke_api_key, set_key_active
 
     assert ping(client, acme.headers).status_code == 200
     with app.app_context():
@@ -100,7 +100,7 @@ def test_deactivated_revoked_and_expired_keys_are_inactive(app, client, acme, cl
 
 
 def test_rotation_stops_the_old_secret(app, client, acme):
-    from portal.keys import rotate_api_key
+    from portal.tenancy.keys import rotate_api_key
 
     with app.app_context():
         new_secret = rotate_api_key(db.session.get(ApiKey, acme.key_id))
@@ -110,7 +110,7 @@ def test_rotation_stops_the_old_secret(app, client, acme):
 
 
 def test_failed_authentications_are_counted(app, client, redis, acme, clock):
-    from portal.keys import set_key_active
+    from portal.tenancy.keys import set_key_active
 
     for _ in range(3):
         ping(client, {"X-API-Key": "tg_wrong"})
@@ -197,7 +197,7 @@ def test_enterprise_quota_is_unlimited(app, client, clock):
 def test_overage_lets_calls_go_on_up_to_the_cap(app, client, acme, clock):
     from decimal import Decimal
 
-    from portal.plans import set_overage
+    from portal.billing.plans import set_overage
 
     set_limits(app, "starter", monthly_quota=2)
     with app.app_context():
@@ -210,7 +210,7 @@ def test_overage_lets_calls_go_on_up_to_the_cap(app, client, acme, clock):
 
 
 def test_overage_needs_a_paid_plan(app, make_tenant):
-    from portal.plans import set_overage
+    from portal.billing.plans import set_overage
 
     _, _, tenant_id = make_tenant(plan="free")
     with app.app_context(), pytest.raises(ValueError, match="Free plan has no overage"):
@@ -225,7 +225,7 @@ def test_plan_change_applies_to_the_next_call(app, client, acme, clock):
     assert response.headers["X-RateLimit-Minute-Remaining"] == "0"
     assert ping(client, acme.headers).status_code == 429
 
-    from portal.plans import get_plan, subscribe
+    from portal.billing.plans import get_plan, subscribe
 
     with app.app_context():
         subscribe(db.session.get(Tenant, acme.tenant_id), get_plan("professional"))
@@ -265,7 +265,7 @@ def test_bad_query_parameters_get_422_naming_them(client, acme):
 
 
 def test_unexpected_error_is_a_plain_500_and_metered(app, client, acme, monkeypatch):
-    from portal import reports
+    from portal.analytics import reports
 
     def broken(*args, **kwargs):
         raise RuntimeError("database on fire")

@@ -17,8 +17,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from portal.admission import STREAM, pack_record
 from portal.extensions import db
+from portal.metering.admission import STREAM, pack_record
 from portal.models import ApiKey, UsageRecord, UsageRollup
 
 from .api_helpers import Servers, drain, make_api_tenant, set_limits
@@ -65,7 +65,7 @@ def test_exactly_the_limit_is_admitted_across_two_processes(app, two_servers):
 
 
 def test_revocation_reaches_every_process_at_once(app, two_servers):
-    from portal.keys import revoke_api_key
+    from portal.tenancy.keys import revoke_api_key
 
     acme = make_api_tenant(app, "Revoked Co")
     for url in two_servers.urls:
@@ -117,10 +117,10 @@ def fill_stream(redis, tenant_id: int, key_id: int, count: int) -> None:
 VICTIM = """
 import os, signal, sys
 from portal import create_app
-from portal.admission import STREAM, unpack_record
+from portal.metering.admission import STREAM, unpack_record
 from portal.extensions import db
-from portal.ingest import GROUP, ensure_group
-from portal.metering import store_usage
+from portal.metering.ingest import GROUP, ensure_group
+from portal.metering.store import store_usage
 from portal.redis_store import get_redis
 
 app = create_app()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from portal.admission import INFLIGHT, STREAM, flush_abandoned
 from portal.api.guard import gate
 from portal.extensions import db
-from portal.ingest import GROUP, ingest_usage
-from portal.keys import set_key_active
+from portal.metering.admission import INFLIGHT, STREAM, flush_abandoned
+from portal.metering.ingest import GROUP, ingest_usage
 from portal.models import ApiKey, UsageRecord, UsageRollup
+from portal.tenancy.keys import set_key_active
 
 from .api_helpers import drain, make_api_tenant, set_limits
 
@@ -112,7 +112,7 @@ def test_redelivered_batch_counts_nothing_twice(app, client, redis, acme):
         client.get("/api/v1/ping", headers=acme.headers)
     gate(app).admission.flush_if_idle(0)
     with app.app_context():
-        from portal.ingest import ensure_group
+        from portal.metering.ingest import ensure_group
 
         ensure_group(redis)
         # A reader takes the batch and dies before acknowledging it...
@@ -121,8 +121,8 @@ def test_redelivered_batch_counts_nothing_twice(app, client, redis, acme):
         result = ingest_usage(redis, claim_idle_ms=0)  # ...the next one claims it
         assert (result.entries, result.stored) == (5, 5)
         # The same entries delivered again (a lost acknowledgement) change nothing.
-        from portal.admission import unpack_record
-        from portal.metering import store_usage
+        from portal.metering.admission import unpack_record
+        from portal.metering.store import store_usage
 
         assert store_usage([unpack_record(fields) for _, fields in taken[0][1]]) == 0
         db.session.commit()

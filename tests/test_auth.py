@@ -132,7 +132,7 @@ def test_sign_out_needs_a_post_with_csrf(client, auth, make_tenant, db):
 
 def test_password_change_ends_existing_sessions(app, client, auth, make_tenant):
     from portal.extensions import db
-    from portal.passwords import hash_password
+    from portal.tenancy.passwords import hash_password
 
     _, email, _ = make_tenant()
     auth.login(email, PASSWORD)

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.extensions import db as _db
-from portal.keys import hash_secret
 from portal.models import ApiKey, Plan, Subscription, Tenant, UsageRecord, UsageRollup, User, utcnow
-from portal.passwords import verify_password
+from portal.tenancy.keys import hash_secret
+from portal.tenancy.passwords import verify_password
 
 from .conftest import PASSWORD
 

@@ -20,10 +20,10 @@ import pytest
 import requests
 
 from portal.extensions import db
-from portal.keys import set_key_active
-from portal.metering import store_usage
+from portal.metering.store import store_usage
 from portal.models import ApiKey
 from portal.models.pricing import ServiceLimit
+from portal.tenancy.keys import set_key_active
 from tollgate_client import (
     AuthenticationError,
     ConnectionFailed,

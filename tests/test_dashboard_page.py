@@ -10,11 +10,11 @@ from decimal import Decimal
 
 import pytest
 
+from portal.billing.plans import billing_period
 from portal.extensions import db
-from portal.keys import create_api_key
-from portal.metering import store_usage
+from portal.metering.store import store_usage
 from portal.models import Tenant, utcnow
-from portal.plans import billing_period
+from portal.tenancy.keys import create_api_key
 
 from .conftest import PASSWORD
 
@@ -123,7 +123,7 @@ def test_another_tenants_key_is_a_404(app, client, signed_in, make_tenant):
 
 
 def test_activity_shows_only_this_tenants_events(app, auth, make_tenant):
-    from portal.audit import record_event
+    from portal.tenancy.audit import record_event
 
     _, email, tenant_id = make_tenant("Watcher")
     _, _, other = make_tenant("Stranger")

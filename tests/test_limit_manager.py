@@ -6,7 +6,7 @@ import flask_limiter
 import pytest
 from flask import Blueprint, Flask
 
-from portal.limit_manager import MAX_REMEMBERED, Limiter, RememberingLimitManager
+from portal.limits.limit_manager import MAX_REMEMBERED, Limiter, RememberingLimitManager
 
 
 def build(limiter_class, limits: dict[str, str]) -> tuple[Flask, flask_limiter.Limiter]:

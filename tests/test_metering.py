@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from portal.keys import create_api_key
-from portal.metering import store_usage
+from portal.costs.prices import PriceBook
+from portal.metering.store import store_usage
 from portal.models import LATENCY_COLUMNS, ApiKey, ModelPrice, Tenant, UsageRecord, UsageRollup
-from portal.pricing import PriceBook
+from portal.tenancy.keys import create_api_key
 
 T0 = datetime(2026, 3, 10, 10, 15, tzinfo=UTC)
 ROLLUP_FIGURES = (

@@ -10,7 +10,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from portal.extensions import db
-from portal.metering import store_usage
+from portal.metering.store import store_usage
 from portal.models import utcnow
 
 from .conftest import PASSWORD

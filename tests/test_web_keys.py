@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from portal.accounts import create_user
 from portal.extensions import db as _db
-from portal.keys import hash_secret
 from portal.models import ApiKey, AuditEvent, Tenant
+from portal.tenancy.accounts import create_user
+from portal.tenancy.keys import hash_secret
 
 from .api_helpers import drain
 from .conftest import PASSWORD, csrf_token
@@ -347,7 +347,7 @@ def test_deactivating_an_inactive_key_changes_nothing(client, db, owner, made):
 
 @pytest.fixture
 def other_tenants_key(app, make_tenant):
-    from portal.keys import create_api_key
+    from portal.tenancy.keys import create_api_key
 
     _, _, tenant_id = make_tenant("Globex")
     with app.app_context():

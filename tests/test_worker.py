@@ -15,7 +15,7 @@ from rq.job import Job
 from sqlalchemy import func, select
 
 from portal.extensions import db as _db
-from portal.metering import store_usage
+from portal.metering.store import store_usage
 from portal.models import UsageRecord, UsageRollup, utcnow
 from worker import queues
 from worker.runner import enqueue_due, enqueue_periodic

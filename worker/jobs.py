@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 from flask import current_app
 
-from portal.ingest import ingest_usage
+from portal.metering.ingest import ingest_usage
+from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
 from portal.redis_store import get_redis
-from portal.retention import delete_expired_usage
 
 
 def cleanup() -> dict:

@@ -3,7 +3,7 @@
 Before the view: the key is resolved (from ``X-API-Key`` or ``Authorization: Bearer``, never
 from the session cookie), then one admission script call checks and counts the plan windows and
 the monthly quota and records the call. Flask-Limiter's own check runs next and enforces the
-windows from that decision (see :mod:`portal.limiter_storage`). After the view: rate-limit
+windows from that decision (see :mod:`portal.limits.limiter_storage`). After the view: rate-limit
 headers, and the call's final status and duration go to the admission's completion buffer.
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis, RedisError
 
-from ..admission import STREAM, Admission, Decision, StaleConfig, pack_record
-from ..keys import KeyDirectory, KeyEntry, hash_secret
-from ..plans import billing_period, period_bounds
+from ..billing.plans import billing_period, period_bounds
+from ..metering.admission import STREAM, Admission, Decision, StaleConfig, pack_record
+from ..metering.spool import Spool
 from ..redis_store import get_redis
-from ..spool import Spool
+from ..tenancy.keys import KeyDirectory, KeyEntry, hash_secret
 
 log = logging.getLogger("tollgate.api")
 EXTENSION_KEY = "tollgate.admission"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from flask import current_app, g
 
-from .. import reports
-from ..billing_info import billing_usage, subscription_info
+from ..analytics import reports
+from ..billing.usage import billing_usage, subscription_info
 from ..redis_store import get_redis
 from . import bp, docs_bp
 from .guard import api_error, gate, rate_limited

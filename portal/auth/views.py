@@ -5,11 +5,11 @@ import time
 from flask import current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ..accounts import find_user_by_email
-from ..audit import record_event
 from ..extensions import db, limiter
 from ..models import utcnow
-from ..passwords import DUMMY_HASH, verify_password
+from ..tenancy.accounts import find_user_by_email
+from ..tenancy.audit import record_event
+from ..tenancy.passwords import DUMMY_HASH, verify_password
 from . import bp
 from .forms import LoginForm
 from .session import is_safe_next

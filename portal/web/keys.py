@@ -12,10 +12,10 @@ from functools import wraps
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from ..audit import record_event
 from ..extensions import db
-from ..keys import create_api_key, revoke_api_key, rotate_api_key, set_key_active
 from ..models import ApiKey, utcnow
+from ..tenancy.audit import record_event
+from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_key_active
 from . import bp
 from .forms import ApiKeyForm, first_expiry_date
 from .once import first_submission, new_submission_token

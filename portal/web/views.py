@@ -5,10 +5,12 @@ from datetime import timedelta
 from flask import redirect, render_template, url_for
 from flask_login import current_user, login_required
 
-from .. import analytics, charts
+from ..analytics import charts
+from ..analytics.totals import calls_per_day
+from ..analytics.totals import totals as usage_totals
+from ..billing.plans import billing_period
 from ..extensions import db
 from ..models import AuditEvent, utcnow
-from ..plans import billing_period
 from . import bp
 from .tenancy import owned
 
@@ -33,13 +35,13 @@ def dashboard():
     plan = subscription.plan
     now = utcnow()
     start, end = billing_period(now)
-    api = analytics.totals(tenant.id, start, end, source="api")
+    api = usage_totals(tenant.id, start, end, source="api")
     # Refused calls (429) are metered but use no quota.
     used = api.calls - api.rate_limited
-    everything = analytics.totals(tenant.id, start, end)
+    everything = usage_totals(tenant.id, start, end)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     chart_start = today - timedelta(days=29)
-    days = analytics.calls_per_day(tenant.id, chart_start, today + timedelta(days=1), source="api")
+    days = calls_per_day(tenant.id, chart_start, today + timedelta(days=1), source="api")
     quota = plan.monthly_quota
     return render_template(
         "web/dashboard.html",

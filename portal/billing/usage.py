@@ -7,8 +7,8 @@ from datetime import datetime
 from redis import Redis
 from sqlalchemy import func, select
 
-from .extensions import db
-from .models import Subscription, UsageRollup
+from ..extensions import db
+from ..models import Subscription, UsageRollup
 from .plans import billing_period, period_bounds
 
 

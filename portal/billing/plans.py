@@ -8,9 +8,9 @@ from decimal import ROUND_FLOOR, Decimal
 
 from sqlalchemy import select
 
-from .changes import mark_access_changed
-from .extensions import db
-from .models import Plan, Subscription, Tenant, utcnow
+from ..extensions import db
+from ..models import Plan, Subscription, Tenant, utcnow
+from ..tenancy.changes import mark_access_changed
 
 
 @dataclass(frozen=True)

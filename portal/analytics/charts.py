@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .analytics import DayCalls
+from .totals import DayCalls
 
 
 def daily_bars(days: Iterable[DayCalls]) -> list[tuple[str, int, str]]:

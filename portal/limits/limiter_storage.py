@@ -2,7 +2,7 @@
 
 Flask-Limiter declares and enforces both kinds of limit in Tollgate: the plan windows on the API
 blueprint and the sign-in throttle. For an API call this storage answers from the call's
-admission decision (:mod:`portal.admission`): the admission script has already checked and
+admission decision (:mod:`portal.metering.store.admission`): the admission script has already checked and
 counted every window and the quota atomically in one Redis round trip, so the storage hands
 Flask-Limiter each window's new count for an admitted call, and the refusing window's count past
 its limit for a refused one — Flask-Limiter refuses exactly the calls the script refused, and a

@@ -12,8 +12,8 @@ from flask import current_app, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from .extensions import db
-from .redis_store import get_redis
+from ..extensions import db
+from ..redis_store import get_redis
 
 _FLAG = "tollgate.access_changed"
 CONFIG_VERSION = "tollgate:config-version"

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from .extensions import db
-from .models import ModelPrice
+from ..extensions import db
+from ..models import ModelPrice
 
 MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.00000001")

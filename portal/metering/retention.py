@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
-from .extensions import db
-from .models import Plan, Subscription, UsageRecord, UsageRollup
+from ..extensions import db
+from ..models import Plan, Subscription, UsageRecord, UsageRollup
 
 # Daily rollups outlive raw rows: statements and year-over-year charts read them.
 DAILY_ROLLUP_RETENTION_DAYS = 730

@@ -1,7 +1,7 @@
 """Reading the usage stream into the database: in batches, exactly once.
 
 The stream is read through a consumer group. A batch's records, rollups and key counters are
-written in one transaction (:func:`portal.metering.store_usage`), and the batch is acknowledged
+written in one transaction (:func:`portal.metering.store.store_usage`), and the batch is acknowledged
 (and deleted from the stream) only after the commit. A worker killed mid-batch leaves its
 entries pending; the next reader claims them once they have been idle ``claim_idle_ms``, and a
 batch delivered twice counts nothing twice (records are unique per tenant and id).
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from redis import Redis, ResponseError
 
+from ..extensions import db
 from .admission import STREAM, flush_abandoned, unpack_record
-from .extensions import db
-from .metering import store_usage
+from .store import store_usage
 
 GROUP = "tollgate-ingest"
 log = logging.getLogger("tollgate.ingest")

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from .extensions import db
-from .models import UsageRollup
+from ..extensions import db
+from ..models import UsageRollup
 
 
 @dataclass(frozen=True)

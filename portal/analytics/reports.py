@@ -12,11 +12,11 @@ from decimal import Decimal
 
 from sqlalchemy import Select, func, select
 
-from . import analytics
-from .billing_info import current_subscription, quota_used
-from .extensions import db
-from .models import ApiKey, ServiceLimit, UsageRecord, UsageRollup
-from .plans import billing_period
+from ..billing.plans import billing_period
+from ..billing.usage import current_subscription, quota_used
+from ..extensions import db
+from ..models import ApiKey, ServiceLimit, UsageRecord, UsageRollup
+from .totals import totals as usage_totals
 
 COST_PLACES = Decimal("0.000001")
 WINDOW_SPANS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -53,7 +53,7 @@ def _sums(query: Select) -> Select:
 
 
 def _totals(tenant_id: int, start: datetime, end: datetime) -> dict:
-    sums = analytics.totals(tenant_id, start, end)
+    sums = usage_totals(tenant_id, start, end)
     return {"calls": sums.calls, "tokens": sums.tokens, "cost": money(sums.cost)}
 
 
@@ -327,7 +327,7 @@ def api_usage(redis, tenant_id: int, now: datetime, days: int) -> dict:
     start = day_start(now) - timedelta(days=days - 1)
     end = day_start(now) + timedelta(days=1)
     conditions = [*_rollups(tenant_id, start, end), UsageRollup.source == "api"]
-    sums = analytics.totals(tenant_id, start, end, source="api")
+    sums = usage_totals(tenant_id, start, end, source="api")
     calls, errors, limited = sums.calls, sums.errors, sums.rate_limited
     trends = [
         {"date": bucket.date().isoformat(), "requests": int(c), "errors": int(e), "tokens": int(t)}

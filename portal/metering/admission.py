@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 
 from redis import Redis
 
-from .billing_info import quota_key
-from .changes import CONFIG_VERSION
-from .plans import PlanLimits, period_bounds
-from .redis_store import ThreadScript
+from ..billing.plans import PlanLimits, period_bounds
+from ..billing.usage import quota_key
+from ..redis_store import ThreadScript
+from ..tenancy.changes import CONFIG_VERSION
 
 STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"
@@ -284,7 +284,7 @@ def pack_record(
 
 
 def unpack_record(fields: dict[bytes, bytes]) -> dict:
-    """A stream entry as a usage record for :func:`portal.metering.store_usage`."""
+    """A stream entry as a usage record for :func:`portal.metering.store.store_usage`."""
     data = json.loads(fields[b"r"])
     status = int(fields[b"s"])
     return {

@@ -8,10 +8,10 @@ import unicodedata
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
-from .extensions import db
-from .models import Tenant, User
+from ..billing.plans import get_plan, subscribe
+from ..extensions import db
+from ..models import Tenant, User
 from .passwords import hash_password
-from .plans import get_plan, subscribe
 
 
 class AccountError(ValueError):

@@ -9,10 +9,10 @@ from datetime import datetime
 
 from sqlalchemy import or_, select
 
+from ..billing.plans import PlanLimits, plan_limits
+from ..extensions import db
+from ..models import ApiKey, Plan, Subscription, Tenant, utcnow
 from .changes import CONFIG_VERSION, mark_access_changed
-from .extensions import db
-from .models import ApiKey, Plan, Subscription, Tenant, utcnow
-from .plans import PlanLimits, plan_limits
 
 SECRET_PREFIX = "tg_"
 PREFIX_LENGTH = 11  # "tg_" and eight characters

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .extensions import db
-from .models import AuditEvent
+from ..extensions import db
+from ..models import AuditEvent
 
 
 def record_event(

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .extensions import db
-from .models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, ApiKey, Tenant, UsageRecord, UsageRollup
+from ..extensions import db
+from ..models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, ApiKey, Tenant, UsageRecord, UsageRollup
 
 RECORD_FIELDS = (
     "tenant_id",

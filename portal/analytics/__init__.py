@@ -1,0 +1,1 @@
+"""Usage figures read from the rollups: totals, the API's reports, chart shapes."""

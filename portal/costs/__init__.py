@@ -1,0 +1,1 @@
+"""Costs of outside services: prices, reported events, service limits and budgets."""

@@ -1,0 +1,1 @@
+"""Tenants, their users, API keys, the audit trail and change notices."""
