@@ -34,9 +34,11 @@ RECORD_FIELDS = (
     "duration_ms",
     "tokens_in",
     "tokens_out",
+    "cached_tokens",
     "quota_units",
     "model",
     "cost",
+    "price_id",
     "error_message",
     "meta",
     "occurred_at",
@@ -51,14 +53,26 @@ DEFAULTS: dict[str, Any] = {
     "duration_ms": 0,
     "tokens_in": 0,
     "tokens_out": 0,
+    "cached_tokens": 0,
     "quota_units": 0,
     "model": "",
     "cost": None,
+    "price_id": None,
     "error_message": None,
     "meta": None,
 }
 DIMENSIONS = ("source", "service", "endpoint", "method", "category", "model", "api_key_id", "end_user")
-SUMS = ("calls", "errors", "rate_limited", "tokens_in", "tokens_out", "quota_units", "duration_ms_sum")
+SUMS = (
+    "calls",
+    "errors",
+    "rate_limited",
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens",
+    "quota_units",
+    "unpriced",
+    "duration_ms_sum",
+)
 CHUNK = 2000
 log = logging.getLogger("tollgate.metering")
 
@@ -78,11 +92,14 @@ class _Totals:
         counts["rate_limited"] += status == 429
         counts["tokens_in"] += record["tokens_in"]
         counts["tokens_out"] += record["tokens_out"]
+        counts["cached_tokens"] += record["cached_tokens"]
         counts["quota_units"] += record["quota_units"]
         counts["duration_ms_sum"] += duration
         counts[latency_column(duration)] += 1
         if record["cost"] is not None:
             self.cost += Decimal(record["cost"])
+        elif record["source"] == "external":
+            counts["unpriced"] += 1
         self.duration_ms_max = max(self.duration_ms_max, duration)
 
 

@@ -1,7 +1,7 @@
 """The data model, one module per aggregate. Import models from here."""
 
 from ._types import as_money, utcnow
-from .alerts import Alert, AlertRule, Budget, NotificationChannel, NotificationDelivery
+from .alerts import Alert, AlertRule, Budget, BudgetCrossing, NotificationChannel, NotificationDelivery
 from .audit import AuditEvent
 from .billing import Statement, StatementLine
 from .keys import ApiKey
@@ -17,6 +17,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Budget",
+    "BudgetCrossing",
     "ModelPrice",
     "NotificationChannel",
     "NotificationDelivery",

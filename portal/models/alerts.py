@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
-from ._types import JSONType, Money, UTCDateTime, utcnow
+from ._types import FineMoney, JSONType, Money, UTCDateTime, utcnow
 
 SEVERITIES = ("warning", "critical")
 ALERT_STATUSES = ("active", "acknowledged", "resolved")
@@ -33,6 +33,24 @@ class Budget(db.Model):
     warning_percentages: Mapped[list] = mapped_column(JSONType, default=lambda: [50, 80, 100])
     hard_stop: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class BudgetCrossing(db.Model):
+    """A budget's warning percentage reached in one period: recorded once per period each."""
+
+    __tablename__ = "budget_crossings"
+    __table_args__ = (UniqueConstraint("budget_id", "period_start", "percentage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    percentage: Mapped[int] = mapped_column(Integer)
+    # The spend when the crossing was noticed, and the budget's amount then.
+    spend: Mapped[Decimal] = mapped_column(FineMoney)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    crossed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AlertRule(db.Model):

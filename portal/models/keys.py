@@ -24,6 +24,8 @@ class ApiKey(db.Model):
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # usage: call, report events, acquire, read; admin: also change budgets, limits, settings.
+    scope: Mapped[str] = mapped_column(String(8), default="usage")
     usage_count: Mapped[int] = mapped_column(BigInteger, default=0)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -60,6 +60,8 @@ class Tenant(db.Model):
     name: Mapped[str] = mapped_column(String(120))
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Service-limit acquires with Redis unreachable: "open" (allowed, best effort) or "closed".
+    limits_when_redis_down: Mapped[str] = mapped_column(String(8), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     # Deleting a tenant deletes what it owns (ON DELETE CASCADE in the database).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -27,6 +27,14 @@ class UsageRecord(db.Model):
         Index("ix_usage_records_tenant_occurred", "tenant_id", "occurred_at"),
         Index("ix_usage_records_tenant_service_occurred", "tenant_id", "service", "occurred_at"),
         Index("ix_usage_records_tenant_key_occurred", "tenant_id", "api_key_id", "occurred_at"),
+        # The recompute job's work list: outside calls still without a price.
+        Index(
+            "ix_usage_records_unpriced",
+            "tenant_id",
+            "occurred_at",
+            postgresql_where=text("cost IS NULL AND source = 'external'"),
+            sqlite_where=text("cost IS NULL AND source = 'external'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -42,10 +50,15 @@ class UsageRecord(db.Model):
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     tokens_in: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of ``tokens_in``, those read from the provider's prompt cache (priced at the cached price).
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_units: Mapped[int] = mapped_column(BigInteger, default=0)
     model: Mapped[str] = mapped_column(String(120), default="")
-    # None until priced; a recompute job prices records that have tokens but no cost.
+    # None until priced (an outside call with no known price); the recompute job prices it
+    # once a price exists. A computed cost never changes.
     cost: Mapped[Decimal | None] = mapped_column(FineMoney)
+    # The price version the cost was computed with.
+    price_id: Mapped[int | None] = mapped_column(ForeignKey("model_prices.id", ondelete="SET NULL"))
     error_message: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict | None] = mapped_column("metadata", JSONType)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -100,8 +113,11 @@ class UsageRollup(db.Model):
     rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens_in: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_units: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Sum of the priced calls' costs; ``unpriced`` counts outside calls with no price yet.
     cost: Mapped[Decimal] = mapped_column(FineMoney, default=Decimal(0))
+    unpriced: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_ms_max: Mapped[int] = mapped_column(Integer, default=0)
     # Latency histogram: counts per LATENCY_BUCKETS_MS bound, then the open-ended bucket.
