@@ -93,7 +93,8 @@ def drain(app: Flask) -> int:
     """Flush this process's pending completions and store everything the stream holds."""
     with app.app_context():
         gate(app).admission.flush_if_idle(0)
-        result = ingest_usage(get_redis(app), claim_idle_ms=0)
+        clock = gate(app).clock
+        result = ingest_usage(get_redis(app), claim_idle_ms=0, clock=lambda: datetime.fromtimestamp(clock(), UTC))
         db.session.remove()
     return result.stored
 

@@ -15,11 +15,10 @@ from sqlalchemy import Select, func, select
 from ..billing.plans import billing_period
 from ..billing.usage import current_subscription, quota_used
 from ..extensions import db
-from ..models import ApiKey, ServiceLimit, UsageRecord, UsageRollup
+from ..models import ApiKey, UsageRecord, UsageRollup
 from .totals import totals as usage_totals
 
 COST_PLACES = Decimal("0.000001")
-WINDOW_SPANS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 
 
 def money(value: Decimal | int | None) -> float:
@@ -121,92 +120,18 @@ def usage_logs(tenant_id: int, service: str | None, limit: int, offset: int) -> 
     return logs, int(total)
 
 
-def _window_start(window: str, now: datetime) -> tuple[datetime, datetime]:
-    if window == "month":
-        return billing_period(now)
-    if window == "day":
-        start = day_start(now)
-    elif window == "hour":
-        start = now.replace(minute=0, second=0, microsecond=0)
-    else:
-        start = now.replace(second=0, microsecond=0)
-    return start, start + WINDOW_SPANS[window]
-
-
-def service_window_count(tenant_id: int, service: str, window: str, unit: str, now: datetime) -> int:
-    """Calls (or quota units) of an outside service in the current ``window``."""
-    start, end = _window_start(window, now)
-    if window in ("minute", "hour"):
-        measure = UsageRecord.quota_units if unit == "quota_units" else 1
-        query = select(func.coalesce(func.sum(measure), 0)).where(
-            UsageRecord.tenant_id == tenant_id,
-            UsageRecord.service == service,
-            UsageRecord.occurred_at >= start,
-            UsageRecord.occurred_at < end,
-        )
-    else:
-        measure = UsageRollup.quota_units if unit == "quota_units" else UsageRollup.calls
-        query = select(func.coalesce(func.sum(measure), 0)).where(
-            *_rollups(tenant_id, start, end), UsageRollup.service == service
-        )
-    return int(db.session.scalar(query))
-
-
-def _limit_status(tenant_id: int, limit: ServiceLimit, now: datetime) -> dict:
-    current = service_window_count(tenant_id, limit.service, limit.window, limit.unit, now)
-    _, reset_at = _window_start(limit.window, now)
-    return {
-        "service_name": limit.service,
-        "limit_type": limit.window,
-        "current_count": current,
-        "limit_value": limit.limit_value,
-        "remaining": max(0, limit.limit_value - current),
-        "reset_at": iso(reset_at),
-        "percentage_used": round(current / limit.limit_value * 100, 2) if limit.limit_value else 0.0,
-        "can_call": current < limit.limit_value,
-    }
-
-
-def service_limits(tenant_id: int, service: str | None = None, window: str | None = None) -> list[ServiceLimit]:
-    query = select(ServiceLimit).where(ServiceLimit.tenant_id == tenant_id)
-    if service:
-        query = query.where(ServiceLimit.service == service)
-    if window:
-        query = query.where(ServiceLimit.window == window)
-    order = {"minute": 0, "hour": 1, "day": 2, "month": 3}
-    return sorted(db.session.scalars(query), key=lambda lim: (lim.service, order.get(lim.window, 9)))
-
-
-def rate_limits(tenant_id: int, now: datetime, service: str | None) -> list[dict]:
-    """Seed 003's ``/usage/rate-limits``."""
-    statuses = []
-    for limit in service_limits(tenant_id, service):
-        status = _limit_status(tenant_id, limit, now)
-        del status["can_call"]
-        statuses.append(status)
-    return statuses
-
-
-def rate_limit_check(tenant_id: int, now: datetime, service: str, window: str) -> dict | None:
-    """Seed 003's ``/usage/rate-limits/{service}``; None when no such limit is set."""
-    limits = service_limits(tenant_id, service, window)
-    if not limits:
-        return None
-    status = _limit_status(tenant_id, limits[0], now)
-    return {key: status[key] for key in ("can_call", "current_count", "limit_value", "remaining", "reset_at")}
-
-
-def usage_summary(tenant_id: int, now: datetime) -> dict:
-    """Seed 003's ``/usage/summary``: today, this month, and each outside service's limits."""
+def usage_summary(tenant_id: int, now: datetime, limits: list[dict]) -> dict:
+    """Seed 002's ``/usage/summary``: today, this month, and each outside service's limits
+    (``limits``: their statuses, as :func:`portal.costs.service_limits.statuses` gives them)."""
     today = day_start(now)
     period_start, period_end = billing_period(now)
     summary: dict = {
         "today": _totals(tenant_id, today, today + timedelta(days=1)),
         "this_month": _totals(tenant_id, period_start, period_end),
     }
-    for limit in service_limits(tenant_id):
-        status = _limit_status(tenant_id, limit, now)
-        summary.setdefault(f"{limit.service}_limits", {})[f"per_{limit.window}"] = {
+    for status in limits:
+        name = status["service_name"] + (f"_{status['model']}" if status["model"] else "")
+        summary.setdefault(f"{name}_limits", {})[f"per_{status['limit_type']}"] = {
             key: status[key] for key in ("can_call", "current_count", "limit_value", "remaining")
         }
     return summary

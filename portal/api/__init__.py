@@ -29,7 +29,7 @@ flask_limiter._limits.parse_many = lru_cache(maxsize=256)(parse_many)
 
 
 def init_app(app: Flask) -> None:
-    from . import guard, views  # noqa: F401 - registers the routes
+    from . import costs, guard, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first
     # The plan's windows, one bucket per tenant shared by all its keys and endpoints; the

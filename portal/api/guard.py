@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis, RedisError
 
 from ..billing.plans import billing_period, period_bounds
+from ..costs.service_limits import LimitCache
 from ..metering.admission import STREAM, Admission, Decision, StaleConfig, pack_record
 from ..metering.spool import Spool
 from ..redis_store import get_redis
@@ -64,6 +65,8 @@ class Gate:
         self.spool = Spool(spool_folder)
         self.admission = Admission(redis)
         self.keys = KeyDirectory()
+        # Each tenant's outside-service limits, under the same configuration version as the keys.
+        self.limits = LimitCache()
         # Seconds since the epoch; tests set a controllable clock here.
         self.clock: Callable[[], float] = time.time
         self._flusher_pid = 0
@@ -135,9 +138,17 @@ def record_auth_failure(redis: Redis, now: float, entry: KeyEntry | None, endpoi
     pipe.execute()
 
 
+def _view():
+    return current_app.view_functions.get(request.endpoint or "")
+
+
 def category() -> str:
-    view = current_app.view_functions.get(request.endpoint or "")
-    return getattr(view, "usage_category", "")
+    return getattr(_view(), "usage_category", "")
+
+
+def budget_applies() -> bool:
+    """Whether a budget's hard stop refuses this call (reporting events never is refused)."""
+    return not getattr(_view(), "budget_exempt", False)
 
 
 def endpoint_name() -> str:
@@ -172,7 +183,14 @@ def admit_api_call() -> Response | None:
             record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
             try:
                 decision = state.admission.admit(
-                    state.keys.version, entry.tenant_id, entry.limits, record_id, record, now
+                    state.keys.version,
+                    entry.tenant_id,
+                    entry.limits,
+                    record_id,
+                    record,
+                    now,
+                    key_id=entry.key_id,
+                    budget_applies=budget_applies(),
                 )
                 break
             except StaleConfig as stale:
@@ -188,6 +206,8 @@ def admit_api_call() -> Response | None:
     g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
     if decision.refused_by == "month":
         return quota_exhausted(decision)
+    if decision.refused_by == "budget":
+        return api_error(402, decision.stop_detail or "A budget's hard stop refuses calls")
     return None
 
 

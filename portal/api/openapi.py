@@ -36,6 +36,7 @@ RATE_LIMIT_HEADERS = {
     },
 }
 ERROR = {"$ref": "#/components/schemas/Error"}
+RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer"}}
 
 
 def _error(description: str, extra_headers: dict | None = None) -> dict:
@@ -64,29 +65,44 @@ def _path(rule: str) -> tuple[str, list[str]]:
     return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule), names
 
 
-def _operation(endpoint: str, op: Operation, path_names: list[str]) -> dict:
+def body_schema(model, definitions: dict) -> dict:
+    """The model's JSON schema, its sub-models moved into ``definitions`` (components)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _success(op: Operation) -> dict:
+    content = {"application/json": {"schema": {"type": "object"}}}
+    if op.query is not None and "format" in op.query.model_fields:
+        content["text/csv"] = {"schema": {"type": "string"}}
+    return {"description": op.summary, "headers": RATE_LIMIT_HEADERS, "content": content}
+
+
+def _operation(endpoint: str, op: Operation, path_names: list[str], definitions: dict) -> dict:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path_names]
     if op.query is not None:
         parameters += query_parameters(op.query)
     responses = {
-        "200": {
-            "description": op.summary,
-            "headers": RATE_LIMIT_HEADERS,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        },
+        str(op.status): _success(op),
         "401": _error("Missing API key / Invalid API key"),
-        "403": _error("API key is inactive"),
+        "403": _error("API key is inactive" + (", or not of the admin scope" if op.scope == "admin" else "")),
         "429": _error(
             "a plan window or the monthly quota is used up",
-            {**RATE_LIMIT_HEADERS, "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+            {**RATE_LIMIT_HEADERS, "Retry-After": RETRY_AFTER},
         ),
         "500": _error("Internal server error"),
     }
-    if op.query is not None:
-        responses["422"] = _error("a query parameter is invalid; the detail names it")
+    if op.query is not None or op.body is not None:
+        responses["422"] = _error("a parameter or the body is invalid; the detail names it")
     if path_names:
         responses["404"] = _error("nothing of that name")
-    return {
+    if not op.budget_exempt:
+        responses["402"] = _error("a budget's hard stop refuses calls; the detail names the budget and its reset")
+    responses["503"] = _error("Redis is unreachable and the API is set to refuse", {"Retry-After": RETRY_AFTER})
+    for status, text in op.responses.items():
+        responses[str(status)] = _error(text)
+    described = {
         "operationId": endpoint.removeprefix("api."),
         "summary": op.summary,
         "tags": [op.tag],
@@ -94,17 +110,26 @@ def _operation(endpoint: str, op: Operation, path_names: list[str]) -> dict:
         "responses": responses,
         "security": [{"ApiKeyHeader": []}, {"BearerAuth": []}],
     }
+    if op.description:
+        described["description"] = op.description
+    if op.body is not None:
+        described["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema(op.body, definitions)}},
+        }
+    return described
 
 
 def build_openapi(app: Flask) -> dict:
     paths: dict[str, dict] = {}
+    definitions: dict[str, dict] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         op = getattr(app.view_functions.get(rule.endpoint), "operation", None)
         if not rule.endpoint.startswith("api.") or op is None:
             continue
         path, names = _path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, op, names)
+            paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, op, names, definitions)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -121,11 +146,12 @@ def build_openapi(app: Flask) -> dict:
                 "BearerAuth": {"type": "http", "scheme": "bearer"},
             },
             "schemas": {
+                **definitions,
                 "Error": {
                     "type": "object",
                     "properties": {"detail": {"type": "string"}},
                     "required": ["detail"],
-                }
+                },
             },
         },
     }

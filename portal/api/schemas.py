@@ -4,11 +4,14 @@ these same models, so the description and the validation cannot drift apart."""
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..models import utcnow
+
+# Calendar days the API accepts (the rollups hold nothing outside them).
+Day = Annotated[date, Field(ge=date(1970, 1, 1), le=date(2999, 12, 31))]
 
 
 class Query(BaseModel):
@@ -23,7 +26,7 @@ class StatsQuery(Query):
 class LogsQuery(Query):
     service: str | None = Field(None, max_length=64, description="only this service")
     limit: int = Field(50, ge=1, le=1000, description="records per page")
-    offset: int = Field(0, ge=0, description="records to skip")
+    offset: int = Field(0, ge=0, le=10**9, description="records to skip")
 
 
 class RateLimitsQuery(Query):
@@ -32,11 +35,12 @@ class RateLimitsQuery(Query):
 
 class RateLimitQuery(Query):
     limit_type: Literal["minute", "hour", "day", "month"] = Field("minute", description="the window")
+    model: str | None = Field(None, max_length=120, description="a limit on one model of the service")
 
 
 class AccountUsageQuery(Query):
-    startDate: date | None = Field(None, description="first day (UTC), default 30 days ago")  # noqa: N815
-    endDate: date | None = Field(None, description="last day (UTC), default today")  # noqa: N815
+    startDate: Day | None = Field(None, description="first day (UTC), default 30 days ago")  # noqa: N815
+    endDate: Day | None = Field(None, description="last day (UTC), default today")  # noqa: N815
     interval: Literal["hourly", "daily", "weekly", "monthly"] = Field("daily", description="bucket size")
     category: str | None = Field(None, max_length=64, description="only this category")
 
@@ -47,10 +51,30 @@ class AccountUsageQuery(Query):
         self.startDate = self.startDate or self.endDate - timedelta(days=30)
         if self.startDate > self.endDate:
             raise ValueError("startDate must not be after endDate")
-        if (self.endDate - self.startDate).days > 366:
-            raise ValueError("the range may span at most 366 days")
-        if self.interval == "hourly" and (self.endDate - self.startDate).days > 31:
-            raise ValueError("hourly usage covers at most 31 days")
+        # Any range is fine: it reads rollups, which hold only days with calls (and hourly ones
+        # only within the plan's retention).
+        return self
+
+
+class CostReportQuery(Query):
+    group_by: Literal["service", "model", "endpoint", "key", "end_user", "day"] = Field(
+        "service", description="what to group the spend by"
+    )
+    startDate: Day | None = Field(None, description="first day (UTC); default: `days` ago")  # noqa: N815
+    endDate: Day | None = Field(None, description="last day (UTC), default today")  # noqa: N815
+    days: int = Field(30, ge=1, le=3660, description="days up to endDate, when startDate is not given")
+    service: str | None = Field(None, max_length=64, description="only this service")
+    source: Literal["external", "api", "all"] = Field(
+        "external", description="outside services (default), Tollgate's own API, or both"
+    )
+    format: Literal["json", "csv"] = Field("json", description="json or csv")
+
+    @model_validator(mode="after")
+    def dates_in_order(self) -> CostReportQuery:
+        self.endDate = self.endDate or utcnow().date()
+        self.startDate = self.startDate or self.endDate - timedelta(days=self.days - 1)
+        if self.startDate > self.endDate:
+            raise ValueError("startDate must not be after endDate")
         return self
 
 
@@ -58,11 +82,11 @@ class ApiUsageQuery(Query):
     days: int = Field(30, ge=1, le=366, description="days of trends to include")
 
 
-def describe_errors(error: ValidationError) -> str:
+def describe_errors(error: ValidationError, whole: str = "query") -> str:
     """One line naming each bad parameter and what is wrong with it."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "query"
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"]).lstrip(".") or whole
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)

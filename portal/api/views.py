@@ -8,11 +8,12 @@ from flask import current_app, g
 
 from ..analytics import reports
 from ..billing.usage import billing_usage, subscription_info
+from ..costs import service_limits
 from ..redis_store import get_redis
 from . import bp, docs_bp
 from .guard import api_error, gate, rate_limited
 from .openapi import build_openapi
-from .operations import InvalidQuery, operation
+from .operations import InvalidBody, InvalidQuery, ScopeRequired, operation
 from .schemas import (
     AccountUsageQuery,
     ApiUsageQuery,
@@ -25,6 +26,12 @@ from .schemas import (
 
 def tenant_id() -> int:
     return g.api_call.entry.tenant_id
+
+
+def limit_specs() -> tuple[service_limits.LimitSpec, ...]:
+    """The tenant's outside-service limits (cached per process, per configuration version)."""
+    state = gate()
+    return state.limits.get(tenant_id(), state.keys.version)
 
 
 def utcnow() -> datetime:
@@ -41,8 +48,10 @@ def too_many_requests(error):
 
 
 @bp.errorhandler(InvalidQuery)
-def invalid_query(error: InvalidQuery):
-    return api_error(422, error.description)
+@bp.errorhandler(InvalidBody)
+@bp.errorhandler(ScopeRequired)
+def invalid_request(error):
+    return api_error(error.code, error.description)
 
 
 @bp.get("/ping")
@@ -67,22 +76,34 @@ def usage_logs(params: LogsQuery):
 @bp.get("/usage/summary")
 @operation("Today, this month and outside services' limits", category="analytics", tag="usage")
 def usage_summary():
-    return {"success": True, "summary": reports.usage_summary(tenant_id(), utcnow())}
+    limits = service_limits.statuses(get_redis(), tenant_id(), list(limit_specs()), gate().clock())
+    return {"success": True, "summary": reports.usage_summary(tenant_id(), utcnow(), limits)}
 
 
 @bp.get("/usage/rate-limits")
 @operation("Every limit on outside services and its use", category="analytics", tag="usage", query=RateLimitsQuery)
 def rate_limits(params: RateLimitsQuery):
-    return {"success": True, "rate_limits": reports.rate_limits(tenant_id(), utcnow(), params.service)}
+    specs = [spec for spec in limit_specs() if not params.service or spec.service == params.service.lower()]
+    statuses = service_limits.statuses(get_redis(), tenant_id(), specs, gate().clock())
+    for status in statuses:
+        del status["can_call"]
+    return {"success": True, "rate_limits": statuses}
 
 
 @bp.get("/usage/rate-limits/<service>")
 @operation("Whether an outside service may be called now", category="analytics", tag="usage", query=RateLimitQuery)
 def rate_limit(service: str, params: RateLimitQuery):
-    status = reports.rate_limit_check(tenant_id(), utcnow(), service, params.limit_type)
-    if status is None:
+    model = params.model or ""
+    specs = [
+        spec
+        for spec in limit_specs()
+        if spec.service == service.lower() and spec.window == params.limit_type and spec.model == model
+    ]
+    if not specs:
         return api_error(404, f"No {params.limit_type} limit is set for service {service!r}")
-    return {"success": True, **status}
+    [status] = service_limits.statuses(get_redis(), tenant_id(), specs, gate().clock())
+    keys = ("can_call", "current_count", "limit_value", "remaining", "reset_at", "unit")
+    return {"success": True, **{key: status[key] for key in keys}}
 
 
 @bp.get("/account/usage")

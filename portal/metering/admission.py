@@ -31,6 +31,7 @@ from redis import Redis
 
 from ..billing.plans import PlanLimits, period_bounds
 from ..billing.usage import quota_key
+from ..redis_keys import budget_stops_key
 from ..redis_store import ThreadScript
 from ..tenancy.changes import CONFIG_VERSION
 
@@ -55,9 +56,10 @@ end
 ADMIT_SCRIPT = (
     COMPLETE_FUNCTION
     + """
--- KEYS: version, minute, hour, day, quota, stream, inflight
+-- KEYS: version, minute, hour, day, quota, stream, inflight, budget stops
 -- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl,
---       record id, record, completions as id,status,duration,... (may be empty)
+--       record id, record, completions as id,status,duration,... (may be empty),
+--       the key's field in the stops hash, '1' if a budget's hard stop refuses this call
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   return {'stale', redis.call('GET', KEYS[1]) or '0'}
 end
@@ -68,6 +70,14 @@ local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
 local spans = {60, 3600, 86400}
 for i = 1, 4 do counts[i] = tonumber(counts[i] or '0') end
 local quota = tonumber(ARGV[6])
+if ARGV[12] == '1' then
+  local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11])
+  local detail = stop[1] or stop[2]
+  if detail then
+    redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '402', 'd', '0')
+    return {'stopped', 0, counts[1], counts[2], counts[3], counts[4], detail}
+  end
+end
 local refused = 0
 for i = 1, 3 do
   if counts[i] >= limits[i] then refused = i break end
@@ -115,13 +125,15 @@ return moved
 @dataclass(frozen=True)
 class Decision:
     admitted: bool
-    # "minute", "hour", "day" or "month" when refused.
+    # "minute", "hour", "day" or "month" when refused by a window, "budget" by a hard stop.
     refused_by: str | None
     minute: int
     hour: int
     day: int
     month: int
     now: float
+    # Why a budget's hard stop refused the call.
+    stop_detail: str | None = None
 
     def count(self, window: str) -> int:
         return getattr(self, window)
@@ -219,8 +231,13 @@ class Admission:
         record_id: str,
         record: str,
         now: float | None = None,
+        key_id: int = 0,
+        budget_applies: bool = True,
     ) -> Decision:
-        """Check and count one call; raises :class:`StaleConfig` when ``version`` is old."""
+        """Check and count one call; raises :class:`StaleConfig` when ``version`` is old.
+
+        With ``budget_applies``, a tenant-wide budget's hard stop, or one on this key, refuses
+        the call (metered as 402, nothing counted)."""
         now = time.time() if now is None else now
         period = period_bounds(now)
         second = int(now)
@@ -232,6 +249,7 @@ class Admission:
             quota_key(tenant_id, now),
             STREAM,
             INFLIGHT,
+            budget_stops_key(tenant_id),
         ]
         quota = -1 if limits.quota is None else limits.quota
         # The quota counter outlives its period by a day, for the headers of late stragglers.
@@ -251,6 +269,8 @@ class Admission:
                     record_id,
                     record,
                     done,
+                    f"key:{key_id}",
+                    "1" if budget_applies else "0",
                 ],
             )
         except Exception:
@@ -261,6 +281,9 @@ class Admission:
             self._give_back(done)
             version_now = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             raise StaleConfig(version_now)
+        if outcome == "stopped":
+            detail = reply[6].decode() if isinstance(reply[6], bytes) else reply[6]
+            return Decision(False, "budget", *(int(c) for c in reply[2:6]), now=now, stop_detail=detail)
         refused = int(reply[1])
         return Decision(
             admitted=outcome == "admitted",

@@ -13,11 +13,17 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from redis import Redis, ResponseError
 
+from ..costs.budgets import evaluate_budgets
+from ..costs.events import EVENTS_FIELD, unpack_events
+from ..costs.prices import current_price_book
 from ..extensions import db
+from ..models import utcnow
 from .admission import STREAM, flush_abandoned, unpack_record
 from .store import store_usage
 
@@ -45,9 +51,40 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _store_batch(redis: Redis, entries: list[tuple[bytes, dict]]) -> int:
-    records = [unpack_record(fields) for _, fields in entries]
+def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> list[dict]:
+    """The entries' usage records: API calls, and outside-service events priced at the price in
+    force when each happened (unpriced when none is known yet)."""
+    records = []
+    events = []
+    for _, fields in entries:
+        if EVENTS_FIELD in fields:
+            events.extend(unpack_events(fields[EVENTS_FIELD]))
+        else:
+            records.append(unpack_record(fields))
+    if events:
+        book = current_price_book(redis)
+        for event in events:
+            quote = book.quote(
+                event["tenant_id"],
+                event["service"],
+                event["model"],
+                event["occurred_at"],
+                tokens_in=event["tokens_in"],
+                tokens_out=event["tokens_out"],
+                cached_tokens=event["cached_tokens"],
+                quota_units=event["quota_units"],
+            )
+            event["cost"], event["price_id"] = (quote.cost, quote.price_id) if quote else (None, None)
+        records.extend(events)
+    return records
+
+
+def _store_batch(redis: Redis, entries: list[tuple[bytes, dict]], clock: Callable[[], datetime]) -> int:
+    records = _records(redis, entries)
     stored = store_usage(records)
+    spenders = {r["tenant_id"] for r in records if r.get("cost")}
+    if spenders:  # budgets see the new spend before the batch is acknowledged
+        evaluate_budgets(redis, spenders, clock())
     db.session.commit()
     ids = [entry_id for entry_id, _ in entries]
     pipe = redis.pipeline()
@@ -64,6 +101,7 @@ def ingest_usage(
     abandon_after_seconds: float = 120.0,
     time_budget_seconds: float = 20.0,
     consumer: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> IngestResult:
     """Store what the stream holds, batch by batch, until it is empty or the time budget is spent."""
     consumer = consumer or consumer_name()
@@ -84,7 +122,7 @@ def ingest_usage(
         if claimed:
             result.batches += 1
             result.entries += len(claimed)
-            result.stored += _store_batch(redis, claimed)
+            result.stored += _store_batch(redis, claimed, clock)
         if cursor in (b"0-0", "0-0"):
             break
     while time.monotonic() < deadline:
@@ -94,7 +132,7 @@ def ingest_usage(
         entries = reply[0][1]
         result.batches += 1
         result.entries += len(entries)
-        result.stored += _store_batch(redis, entries)
+        result.stored += _store_batch(redis, entries, clock)
     if result.entries:
         log.info(
             "ingested %d stream entries (%d new records) in %d batches", result.entries, result.stored, result.batches

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
 from ._types import FineMoney, JSONType, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from .tenancy import Tenant
 
 WINDOWS = ("minute", "hour", "day", "month")
 
@@ -34,6 +38,8 @@ class ServiceLimit(db.Model):
     limit_value: Mapped[int] = mapped_column(BigInteger)
     # What the limit counts: calls, or quota units (YouTube's 10,000 units a day).
     unit: Mapped[str] = mapped_column(String(16), default="requests")
+
+    tenant: Mapped[Tenant] = relationship()
 
 
 class ModelPrice(db.Model):

@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
 from ..billing.plans import get_plan, subscribe
+from ..costs.service_limits import add_default_limits
 from ..extensions import db
 from ..models import Tenant, User
 from .passwords import hash_password
@@ -68,6 +69,7 @@ def create_tenant(name: str, plan_code: str, admin_email: str, password: str) ->
     db.session.add(tenant)
     create_user(tenant, admin_email, password, role="owner")
     subscribe(tenant, plan)
+    add_default_limits(tenant)
     return tenant
 
 

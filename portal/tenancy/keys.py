@@ -15,6 +15,8 @@ from ..models import ApiKey, Plan, Subscription, Tenant, utcnow
 from .changes import CONFIG_VERSION, mark_access_changed
 
 SECRET_PREFIX = "tg_"
+# usage: call, report events, acquire, read; admin: also change budgets, limits and settings.
+SCOPES = ("usage", "admin")
 PREFIX_LENGTH = 11  # "tg_" and eight characters
 
 
@@ -37,11 +39,14 @@ def create_api_key(
     description: str = "",
     expires_at: datetime | None = None,
     created_by_id: int | None = None,
+    scope: str = "usage",
 ) -> tuple[ApiKey, str]:
     """A new key for ``tenant``; returns it with its secret, which is never stored."""
     name = name.strip()
     if not name:
         raise ValueError("the key needs a name")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}")
     secret = new_secret()
     key = ApiKey(
         tenant=tenant,
@@ -51,6 +56,7 @@ def create_api_key(
         key_hash=hash_secret(secret),
         expires_at=expires_at,
         created_by_id=created_by_id,
+        scope=scope,
     )
     db.session.add(key)
     mark_access_changed()
@@ -118,6 +124,11 @@ class KeyEntry:
     revoked: bool
     expires_at: float | None  # epoch seconds
     limits: PlanLimits
+    scope: str = "usage"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
 
     def usable(self, now: float) -> bool:
         if self.revoked or not self.is_active:
@@ -146,6 +157,7 @@ def load_key_entry(key_hash: str) -> KeyEntry | None:
         revoked=key.revoked_at is not None,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         limits=plan_limits(plan, subscription),
+        scope=key.scope,
     )
 
 

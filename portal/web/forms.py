@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, HiddenField, StringField, TextAreaField
+from wtforms import DateField, HiddenField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from ..models import utcnow
@@ -25,6 +26,14 @@ class ApiKeyForm(FlaskForm):
     name = StringField("Name", filters=[_strip], validators=[DataRequired(), Length(max=120)])
     description = TextAreaField("Description", filters=[_strip], validators=[Optional(), Length(max=500)])
     expires_on = DateField("Expires on (UTC)", validators=[Optional()])
+    scope = SelectField(
+        "Scope",
+        choices=[
+            SelectChoice("usage", "usage: call, report, read"),
+            SelectChoice("admin", "admin: also change budgets, limits, settings"),
+        ],
+        default="usage",
+    )
     # Lets a reload or a double click of the form make one key, not two (see portal.web.once).
     submission = HiddenField(default=new_submission_token)
 

@@ -109,6 +109,7 @@ def create_key():
         form.name.data,
         description=form.description.data or "",
         expires_at=form.expires_at,
+        scope=form.scope.data,
         created_by_id=current_user.id,
     )
     db.session.flush()  # the key's id goes into the audit event

@@ -1,0 +1,183 @@
+"""JSON bodies of the API's changes, validated with pydantic; the OpenAPI document describes
+these same models."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+    model_validator,
+)
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+ID = r"^[A-Za-z0-9._:-]+$"
+MAX_EVENTS = 1000
+MAX_METADATA_BYTES = 8192
+# An event may be dated this far ahead of the server's clock (clocks drift).
+FUTURE_SLACK = timedelta(minutes=5)
+BIG = 10**12
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class UsageEvent(Body):
+    """A call the tenant made to an outside service (seed 002's ``log_api_call``).
+
+    ``tokens_in`` counts every input token, cached ones included (as OpenAI's ``prompt_tokens``);
+    ``cached_tokens`` may not exceed it. Give ``tokens_used`` (priced at the input price) or the
+    split, not both. ``occurred_at`` may not lie more than 5 minutes ahead.
+    """
+
+    id: str | None = Field(
+        None, min_length=1, max_length=60, pattern=ID, description="your id of the event: the same id counts once"
+    )
+    service: str = Field(
+        validation_alias=AliasChoices("service", "service_name"),
+        min_length=1,
+        max_length=64,
+        pattern=NAME,
+        description="the outside service (openai, groq, twitter, youtube, apify...)",
+    )
+    endpoint: str = Field("", max_length=255)
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "POST"
+    status_code: int = Field(200, ge=100, le=599)
+    duration_ms: int = Field(0, ge=0, le=86_400_000)
+    user_id: str | None = Field(None, max_length=120, description="your end user who made the call")
+    tokens_used: int | None = Field(None, ge=0, le=BIG, description="tokens, when not split into in and out")
+    tokens_in: int | None = Field(None, ge=0, le=BIG, description="input tokens, cached ones included")
+    tokens_out: int | None = Field(None, ge=0, le=BIG)
+    cached_tokens: int | None = Field(None, ge=0, le=BIG, description="of tokens_in, those read from cache")
+    units: int | None = Field(None, ge=0, le=BIG, description="quota units (YouTube) or compute units (Apify)")
+    model: str | None = Field(None, max_length=120)
+    category: str | None = Field(None, max_length=64)
+    error_message: str | None = Field(None, max_length=2000)
+    metadata: dict[str, Any] | None = None
+    occurred_at: AwareDatetime | None = Field(
+        None,
+        validation_alias=AliasChoices("occurred_at", "created_at"),
+        description="when the call happened (default: now)",
+    )
+    permit_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=ID, description="the permit of its acquire: counted then"
+    )
+
+    @field_validator("service")
+    @classmethod
+    def lower_service(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("metadata")
+    @classmethod
+    def small_metadata(cls, value: dict | None) -> dict | None:
+        if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+    @model_validator(mode="after")
+    def consistent(self) -> UsageEvent:
+        if self.tokens_used is not None and (self.tokens_in is not None or self.tokens_out is not None):
+            raise ValueError("give tokens_used or tokens_in/tokens_out, not both")
+        if (self.cached_tokens or 0) > (self.tokens_in or self.tokens_used or 0):
+            raise ValueError("cached_tokens cannot exceed the input tokens (tokens_in counts cached ones too)")
+        return self
+
+    def in_future(self, now: float) -> bool:
+        return self.occurred_at is not None and self.occurred_at.timestamp() > now + FUTURE_SLACK.total_seconds()
+
+    def as_event(self, now: float) -> dict[str, Any]:
+        """The plain event :func:`portal.costs.events.report_events` takes."""
+        meta = self.metadata or {}
+        model = self.model or (meta.get("model") if isinstance(meta.get("model"), str) else None) or ""
+        units = self.units
+        if units is None and isinstance(meta.get("quota_cost"), int) and meta["quota_cost"] >= 0:
+            units = meta["quota_cost"]  # seed 002's YouTube example reports its quota cost so
+        tokens_in = self.tokens_used if self.tokens_used is not None else (self.tokens_in or 0)
+        return {
+            "id": self.id,
+            "permit_id": self.permit_id,
+            "service": self.service,
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "status_code": self.status_code,
+            "duration_ms": self.duration_ms,
+            "end_user": self.user_id or "",
+            "tokens_in": tokens_in,
+            "tokens_out": self.tokens_out or 0,
+            "cached_tokens": self.cached_tokens or 0,
+            "quota_units": units or 0,
+            "model": model[:120],
+            "category": self.category or ("llm" if tokens_in or self.tokens_out else ""),
+            "error_message": self.error_message,
+            "meta": self.metadata,
+            "occurred_at": self.occurred_at.timestamp() if self.occurred_at else now,
+        }
+
+
+class UsageEventBatch(Body):
+    events: list[UsageEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsBody(RootModel[UsageEventBatch | UsageEvent]):
+    """One event, or ``{"events": [...]}`` of up to 1,000."""
+
+    @classmethod
+    def parse_json(cls, data: Any) -> list[UsageEvent]:
+        # Validated as the one shape it claims to be, so errors name that shape's fields.
+        if isinstance(data, dict) and "events" in data:
+            return UsageEventBatch.model_validate(data).events
+        return [UsageEvent.model_validate(data)]
+
+
+class AcquireBody(Body):
+    units: int = Field(1, ge=1, le=BIG, description="quota units the call will use (requests count 1)")
+    model: str | None = Field(None, max_length=120, description="the model, for limits on one model")
+    user_id: str | None = Field(None, max_length=120, description="your end user, for per-user budgets")
+
+
+class ServiceLimitBody(Body):
+    limit_type: Literal["minute", "hour", "day", "month"]
+    limit_value: int = Field(ge=1, le=BIG)
+    unit: Literal["requests", "quota_units"] = "requests"
+    model: str = Field("", max_length=120, description="'' limits every model of the service")
+
+
+Money = Annotated[Decimal, Field(gt=0, le=Decimal("9999999999.99"), decimal_places=2)]
+Percent = Annotated[int, Field(ge=1, le=1000)]
+
+
+class BudgetBody(Body):
+    name: str = Field(min_length=1, max_length=120)
+    amount: Money = Field(description="dollars a month")
+    service: str | None = Field(None, max_length=64, pattern=NAME)
+    api_key_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    user_id: str | None = Field(None, min_length=1, max_length=120)
+    warning_percentages: list[Percent] | None = Field(None, min_length=1, max_length=10)
+    hard_stop: bool = False
+
+
+class BudgetChange(Body):
+    name: str | None = Field(None, min_length=1, max_length=120)
+    amount: Money | None = None
+    service: str | None = Field(None, max_length=64, pattern=NAME)
+    api_key_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    user_id: str | None = Field(None, min_length=1, max_length=120)
+    warning_percentages: list[Percent] | None = Field(None, min_length=1, max_length=10)
+    hard_stop: bool | None = None
+
+
+class AccountSettingsBody(Body):
+    limits_when_redis_down: Literal["open", "closed"] = Field(
+        description="acquires with Redis unreachable: allowed (best effort) or refused"
+    )

@@ -1,0 +1,308 @@
+"""The API's cost operations: reporting outside-service calls, service limits and acquires,
+budgets, cost reports and the account's settings."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from flask import Response, g, jsonify
+from redis import RedisError
+
+from ..costs import budgets as budget_domain
+from ..costs import service_limits
+from ..costs.events import report_events
+from ..costs.report import cost_report, report_csv, report_json, shown
+from ..extensions import db
+from ..metering.admission import STREAM
+from ..models import Tenant
+from ..redis_store import get_redis
+from . import bp
+from .bodies import (
+    AccountSettingsBody,
+    AcquireBody,
+    BudgetBody,
+    BudgetChange,
+    EventsBody,
+    ServiceLimitBody,
+    UsageEvent,
+)
+from .guard import api_error, gate
+from .operations import operation
+from .schemas import CostReportQuery, RateLimitQuery
+from .views import limit_specs, tenant_id, utcnow
+
+STOPPED = {402: "a budget's hard stop refuses the call; the detail names the budget, its amount and reset"}
+
+
+@bp.post("/usage/events")
+@operation(
+    "Report calls made to outside services",
+    category="usage",
+    tag="costs",
+    body=EventsBody,
+    status=202,
+    budget_exempt=True,
+    responses={503: "Redis is unreachable: nothing was stored, send the events again"},
+    description=UsageEvent.__doc__ or "",
+)
+def usage_events(payload: list[UsageEvent]):
+    state = gate()
+    now = state.clock()
+    future = [n for n, event in enumerate(payload) if event.in_future(now)]
+    if future:
+        where = ", ".join(f"events[{n}].occurred_at" for n in future) if len(payload) > 1 else "occurred_at"
+        return api_error(422, f"{where}: lies in the future (more than 5 minutes ahead of the server's clock)")
+    events = [event.as_event(now) for event in payload]
+    call = g.api_call
+    try:
+        reported = report_events(get_redis(), STREAM, tenant_id(), call.entry.key_id, limit_specs(), events, now)
+    except RedisError:
+        response = api_error(503, "Service temporarily unavailable: the events were not stored; send them again")
+        response.headers["Retry-After"] = "5"
+        return response
+    body = {"success": True, "accepted": len(events), "duplicates": reported.duplicates, "ids": reported.ids}
+    return body, 202
+
+
+@bp.post("/usage/rate-limits/<service>/acquire")
+@operation(
+    "Take a permit to call an outside service, if every window allows it",
+    category="usage",
+    tag="costs",
+    body=AcquireBody,
+    responses={
+        **STOPPED,
+        422: "the body is invalid, or the units exceed a window's whole limit",
+        503: "Redis is unreachable and the account fails closed",
+    },
+)
+def acquire(service: str, payload: AcquireBody):
+    state = gate()
+    call = g.api_call
+    service = service.lower()
+    try:
+        result = service_limits.acquire(
+            get_redis(),
+            tenant_id(),
+            limit_specs(),
+            service,
+            units=payload.units,
+            model=payload.model or "",
+            key_id=call.entry.key_id,
+            end_user=payload.user_id or "",
+            now=state.clock(),
+        )
+    except service_limits.UnitsTooLarge as error:
+        return api_error(422, str(error))
+    except RedisError:
+        return _acquire_without_redis(service, payload)
+    if result.stop_detail:
+        return api_error(402, result.stop_detail)
+    body = {
+        "success": True,
+        "can_call": result.granted,
+        "permit_id": result.permit_id,
+        "service_name": service,
+        "units": payload.units,
+        "limits": result.windows,
+    }
+    if result.granted:
+        return body
+    waits = ", ".join(result.refused or [])
+    body["detail"] = f"Rate limit exceeded for {service} ({waits}). Try again in {result.retry_after} seconds"
+    response = jsonify(body)
+    response.status_code = 429
+    response.headers["Retry-After"] = str(result.retry_after)
+    return response
+
+
+def _acquire_without_redis(service: str, payload: AcquireBody):
+    policy = db.session.get(Tenant, tenant_id()).limits_when_redis_down
+    if policy == "closed":
+        response = api_error(503, "Service limits cannot be checked now (the account fails closed); try again")
+        response.headers["Retry-After"] = "5"
+        return response
+    # Seed 000's "best effort": the call may go ahead, and its event is counted when reported.
+    return {
+        "success": True,
+        "can_call": True,
+        "permit_id": None,
+        "service_name": service,
+        "units": payload.units,
+        "limits": [],
+        "degraded": True,
+    }
+
+
+@bp.put("/usage/rate-limits/<service>")
+@operation(
+    "Set a limit on an outside service (or one model of it)",
+    category="usage",
+    tag="costs",
+    body=ServiceLimitBody,
+    scope="admin",
+)
+def set_service_limit(service: str, payload: ServiceLimitBody):
+    limit = service_limits.set_limit(
+        tenant_id(), service.lower(), payload.limit_type, payload.limit_value, payload.unit, payload.model
+    )
+    db.session.commit()
+    spec = service_limits.LimitSpec(limit.service, limit.model, limit.window, limit.limit_value, limit.unit)
+    now = gate().clock()
+    [status] = service_limits.statuses(get_redis(), tenant_id(), [spec], now)
+    return {"success": True, "rate_limit": status}
+
+
+@bp.delete("/usage/rate-limits/<service>")
+@operation(
+    "Remove a limit on an outside service",
+    category="usage",
+    tag="costs",
+    query=RateLimitQuery,
+    scope="admin",
+)
+def delete_service_limit(service: str, params: RateLimitQuery):
+    if not service_limits.delete_limit(tenant_id(), service.lower(), params.limit_type, params.model or ""):
+        return api_error(404, f"No {params.limit_type} limit is set for service {service!r}")
+    db.session.commit()
+    return {"success": True}
+
+
+# -- budgets --------------------------------------------------------------------------------------
+def _budget_json(status: budget_domain.BudgetStatus) -> dict:
+    b = status.budget
+    return {
+        "id": b.id,
+        "name": b.name,
+        "amount": float(b.monthly_amount),
+        "service": b.service,
+        "api_key_id": b.api_key_id,
+        "user_id": b.end_user,
+        "warning_percentages": b.warning_percentages,
+        "hard_stop": b.hard_stop,
+        "spend": shown(status.spend),
+        "remaining": shown(max(b.monthly_amount - status.spend, Decimal(0))),
+        "percentage_used": round(status.fraction * 100, 2),
+        "crossed": status.crossed,
+        "stopped": status.stopped,
+        "period_start": status.period_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "resets_at": status.period_end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _saved(budget) -> dict:
+    """Commit a budget change, re-evaluate the tenant's budgets (a stop lifts or applies now)."""
+    db.session.flush()
+    budget_domain.evaluate_budgets(get_redis(), {tenant_id()}, utcnow())
+    db.session.commit()
+    [status] = budget_domain.budget_statuses([budget], utcnow())
+    return _budget_json(status)
+
+
+@bp.get("/budgets")
+@operation("Budgets and their spend this month", category="costs", tag="costs", budget_exempt=True)
+def list_budgets():
+    statuses = budget_domain.budget_statuses(budget_domain.tenant_budgets(tenant_id()), utcnow())
+    return {"success": True, "budgets": [_budget_json(s) for s in statuses]}
+
+
+@bp.post("/budgets")
+@operation(
+    "Create a monthly budget",
+    category="costs",
+    tag="costs",
+    body=BudgetBody,
+    scope="admin",
+    status=201,
+    budget_exempt=True,
+)
+def create_budget(payload: BudgetBody):
+    try:
+        budget = budget_domain.create_budget(
+            tenant_id(),
+            payload.name,
+            payload.amount,
+            service=payload.service,
+            api_key_id=payload.api_key_id,
+            end_user=payload.user_id,
+            warning_percentages=payload.warning_percentages,
+            hard_stop=payload.hard_stop,
+        )
+    except budget_domain.BudgetError as error:
+        db.session.rollback()
+        return api_error(422, str(error))
+    return {"success": True, "budget": _saved(budget)}, 201
+
+
+def _owned_budget(budget_id: str):
+    valid = budget_id.isdigit() and int(budget_id) < 2**31
+    budget = budget_domain.get_budget(tenant_id(), int(budget_id)) if valid else None
+    if budget is None:
+        return None, api_error(404, f"No budget {budget_id}")
+    return budget, None
+
+
+@bp.put("/budgets/<budget_id>")
+@operation("Change a budget", category="costs", tag="costs", body=BudgetChange, scope="admin", budget_exempt=True)
+def update_budget(budget_id: str, payload: BudgetChange):
+    budget, missing = _owned_budget(budget_id)
+    if missing:
+        return missing
+    changes = payload.model_dump(exclude_unset=True)
+    if "user_id" in changes:
+        changes["end_user"] = changes.pop("user_id")
+    try:
+        budget_domain.update_budget(budget, changes)
+    except budget_domain.BudgetError as error:
+        db.session.rollback()
+        return api_error(422, str(error))
+    return {"success": True, "budget": _saved(budget)}
+
+
+@bp.delete("/budgets/<budget_id>")
+@operation("Delete a budget", category="costs", tag="costs", scope="admin", budget_exempt=True)
+def delete_budget(budget_id: str):
+    budget, missing = _owned_budget(budget_id)
+    if missing:
+        return missing
+    db.session.delete(budget)
+    db.session.flush()
+    budget_domain.evaluate_budgets(get_redis(), {tenant_id()}, utcnow())
+    db.session.commit()
+    return {"success": True}
+
+
+# -- reports and settings -------------------------------------------------------------------------
+@bp.get("/costs/report")
+@operation(
+    "Spend grouped by service, model, endpoint, key, end user or day",
+    category="costs",
+    tag="costs",
+    query=CostReportQuery,
+)
+def costs_report(params: CostReportQuery):
+    report = cost_report(tenant_id(), params.group_by, params.startDate, params.endDate, params.source, params.service)
+    if params.format == "csv":
+        name = f"costs-by-{params.group_by}-{params.startDate}-{params.endDate}.csv"
+        return Response(
+            report_csv(report),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return {"success": True, **report_json(report)}
+
+
+@bp.get("/account/settings")
+@operation("The account's settings", category="system", tag="account")
+def account_settings():
+    tenant = db.session.get(Tenant, tenant_id())
+    return {"success": True, "settings": {"limits_when_redis_down": tenant.limits_when_redis_down}}
+
+
+@bp.put("/account/settings")
+@operation("Change the account's settings", category="system", tag="account", body=AccountSettingsBody, scope="admin")
+def change_account_settings(payload: AccountSettingsBody):
+    tenant = db.session.get(Tenant, tenant_id())
+    tenant.limits_when_redis_down = payload.limits_when_redis_down
+    db.session.commit()
+    return {"success": True, "settings": {"limits_when_redis_down": tenant.limits_when_redis_down}}

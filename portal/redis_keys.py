@@ -1,0 +1,35 @@
+"""Names of the Redis keys written per tenant.
+
+Every key carries the tenant's shard as a hash tag (``{u:N}``, N = tenant id mod the number of
+shards, 1 on one server), so that all the keys one script touches for a tenant live in one slot
+of a Redis Cluster: moving to a cluster is a setting, not a rewrite.
+"""
+
+from __future__ import annotations
+
+SHARDS = 1
+
+
+def shard_tag(tenant_id: int) -> str:
+    return f"{{u:{tenant_id % SHARDS}}}"
+
+
+def budget_stops_key(tenant_id: int) -> str:
+    """Hash of the tenant's budget hard stops: field ``*`` (the whole tenant), ``svc:NAME``,
+    ``key:ID`` or ``user:NAME``; the value says which budget and when it resets."""
+    return f"tollgate:{shard_tag(tenant_id)}:stops:{tenant_id}"
+
+
+def service_window_key(tenant_id: int, service: str, model: str, window: str, bucket: str) -> str:
+    """Calls (or quota units) of an outside service in one window bucket."""
+    return f"tollgate:{shard_tag(tenant_id)}:svc:{tenant_id}:{service}:{model}:{window}:{bucket}"
+
+
+def permit_key(tenant_id: int, service: str, permit_id: str) -> str:
+    """An acquire's permit: what it counted, so that the event reporting it counts nothing again."""
+    return f"tollgate:{shard_tag(tenant_id)}:permit:{tenant_id}:{service}:{permit_id}"
+
+
+def event_seen_key(tenant_id: int, event_id: str) -> str:
+    """Marks an outside-service event id as accepted (retries count once)."""
+    return f"tollgate:{shard_tag(tenant_id)}:evt:{tenant_id}:{event_id}"
