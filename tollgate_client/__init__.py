@@ -16,6 +16,29 @@
         except RateLimited as error:        # a window, still refused after the retries
             print(error.window, "limit; retry in", error.retry_after, "s")
 
+Costs of outside services: report each call (an event id is made for you, so a retried report
+counts once), or take a permit first and let the ``with`` block report the call::
+
+    from tollgate_client import BudgetExceeded, ServiceLimitExceeded, event_from_openai
+
+    client.report_event("groq", endpoint="/v1/chat/completions", model="llama-3.1-70b-versatile",
+                        tokens_in=1200, tokens_out=300, duration_ms=840, user_id="u-7")
+    try:
+        with client.acquire("openai", model="gpt-4o", user_id="u-7") as call:
+            response = openai_client.chat.completions.create(model="gpt-4o", messages=messages)
+            call.record(event_from_openai(response))     # tokens in/out, cached, model
+        with client.acquire("apify", units=compute_units) as call:
+            run = actor.call()
+            call.record(units=run_compute_units)
+    except ServiceLimitExceeded as error:   # still refused after waiting Retry-After
+        print(error.service, error.window, "retry in", error.retry_after, "s")
+    except BudgetExceeded as error:         # a budget's hard stop
+        print(error.detail)
+
+The block's duration, its status (200, or the exception's ``status_code``, else 500) and error
+message are reported on exit with the permit; an exception in the block is re-raised.
+:func:`event_from_openai` also reads Responses API and Anthropic usage.
+
 Every failure is a :class:`TollgateError` subclass carrying ``status``, ``detail`` and the
 response's :class:`RateLimitInfo`. A 429 for a plan window is retried after ``Retry-After``;
 the monthly quota's 429 is not. 5xx and network failures of GET calls are retried with
@@ -25,8 +48,10 @@ the next call waits for its reset first (``pace=False`` turns that off).
 
 from .backoff import full_jitter
 from .client import VERSION, TollgateClient
+from .costs import Permit, event_from_openai
 from .errors import (
     AuthenticationError,
+    BudgetExceeded,
     ConnectionFailed,
     InactiveApiKey,
     InvalidApiKey,
@@ -36,6 +61,7 @@ from .errors import (
     QuotaExceeded,
     RateLimited,
     ServerError,
+    ServiceLimitExceeded,
     TollgateError,
 )
 from .ratelimit import RateLimitInfo
@@ -44,17 +70,21 @@ __version__ = VERSION
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExceeded",
     "ConnectionFailed",
     "InactiveApiKey",
     "InvalidApiKey",
     "InvalidRequest",
     "MissingApiKey",
     "NotFound",
+    "Permit",
     "QuotaExceeded",
     "RateLimitInfo",
     "RateLimited",
     "ServerError",
+    "ServiceLimitExceeded",
     "TollgateClient",
     "TollgateError",
+    "event_from_openai",
     "full_jitter",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import quote
@@ -13,8 +13,17 @@ from urllib.parse import quote
 import requests
 
 from .backoff import full_jitter
-from .errors import ConnectionFailed, QuotaExceeded, RateLimited, ServerError, TollgateError, error_for
-from .ratelimit import RateLimitInfo
+from .costs import EVENTS_PER_REQUEST, Permit, prepared_event
+from .errors import (
+    ConnectionFailed,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+    ServiceLimitExceeded,
+    TollgateError,
+    error_for,
+)
+from .ratelimit import RateLimitInfo, parse_retry_after
 
 VERSION = "0.1.0"
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
@@ -103,13 +112,37 @@ class TollgateClient:
         """The wait before retry number ``attempt + 1`` after a 5xx or a network failure."""
         return full_jitter(attempt, self.backoff_base, self.backoff_max, self.jitter)
 
-    def request(self, method: str, path: str, params: Mapping[str, Any] | None = None, json: Any = None) -> JSON:
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        *,
+        idempotent: bool = False,
+    ) -> JSON:
         """Call ``path`` (relative to ``/api/v1``) and return the JSON body, or raise a
-        :class:`TollgateError`. Parameters whose value is None are not sent."""
+        :class:`TollgateError`. Parameters whose value is None are not sent. ``idempotent``
+        lets a 5xx or a lost connection of another method be retried like a GET's."""
+        response = self._send(method, path, params, json, idempotent=idempotent)
+        return _json_body(response, self.last_rate_limit)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        *,
+        idempotent: bool = False,
+        keep: Callable[[requests.Response], bool] | None = None,
+    ) -> requests.Response:
+        """The response of a call, after the retries: a success, or an error response ``keep``
+        accepts (the caller handles it); any other error is raised."""
         method = method.upper()
         url = f"{self.api_url}/{path.lstrip('/')}"
         query = {name: _query_value(value) for name, value in (params or {}).items() if value is not None}
-        repeatable = method in REPEATABLE
+        repeatable = idempotent or method in REPEATABLE
         attempt = 0
         while True:
             if self.pace:
@@ -126,8 +159,8 @@ class TollgateClient:
                     continue
                 raise ConnectionFailed(f"{method} {url} failed after {attempt + 1} attempt(s): {exc}") from exc
             info = self._note_rate_limit(response)
-            if response.status_code < 400:
-                return _json_body(response, info)
+            if response.status_code < 400 or (keep is not None and keep(response)):
+                return response
             error = error_for(response.status_code, _detail(response), info)
             delay = self._retry_delay(error, attempt, repeatable)
             if delay is None:
@@ -242,6 +275,137 @@ class TollgateClient:
         """``GET /billing/api-usage``: analytics of the API's use over ``days``."""
         return self.request("GET", "/billing/api-usage", {"days": days})
 
+    # -- outside services ----------------------------------------------------------------------
+
+    def report_event(
+        self,
+        service: str,
+        *,
+        endpoint: str = "",
+        method: str = "POST",
+        status_code: int = 200,
+        duration_ms: int = 0,
+        user_id: str | None = None,
+        tokens_used: int | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        cached_tokens: int | None = None,
+        units: int | None = None,
+        model: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        occurred_at: datetime | str | None = None,
+        id: str | None = None,
+        permit_id: str | None = None,
+        category: str | None = None,
+        error_message: str | None = None,
+    ) -> JSON:
+        """``POST /usage/events``: report one call to an outside service.
+
+        The event gets a fresh ``id`` when none is given, so a retry (5xx, lost connection, a
+        window's 429) counts it once. ``tokens_in`` includes ``cached_tokens``; give it or
+        ``tokens_used``. ``occurred_at`` must be aware. Returns ``{"accepted", "duplicates", "ids"}``.
+        """
+        event = {
+            "id": id,
+            "service": service,
+            "endpoint": endpoint,
+            "method": method,
+            "status_code": status_code,
+            "duration_ms": duration_ms,
+            "user_id": user_id,
+            "tokens_used": tokens_used,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cached_tokens": cached_tokens,
+            "units": units,
+            "model": model,
+            "category": category,
+            "error_message": error_message,
+            "metadata": dict(metadata) if metadata is not None else None,
+            "occurred_at": occurred_at,
+            "permit_id": permit_id,
+        }
+        return self.request("POST", "/usage/events", json=prepared_event(event), idempotent=True)
+
+    def report_events(self, events: Iterable[Mapping[str, Any]]) -> JSON:
+        """``POST /usage/events`` in batches of 1,000: each event (the fields of
+        :meth:`report_event`) gets an ``id`` if it has none. The caller's dicts are not changed.
+        Returns the combined ``{"accepted", "duplicates", "ids"}``; a failed batch raises (the
+        batches before it are stored; resending them with the same ids counts them once)."""
+        total: JSON = {"accepted": 0, "duplicates": 0, "ids": []}
+        batch: list[dict[str, Any]] = []
+        for event in events:
+            batch.append(prepared_event(event))
+            if len(batch) == EVENTS_PER_REQUEST:
+                self._report_batch(batch, total)
+                batch = []
+        if batch:
+            self._report_batch(batch, total)
+        return total
+
+    def _report_batch(self, batch: list[dict[str, Any]], total: JSON) -> None:
+        body = self.request("POST", "/usage/events", json={"events": batch}, idempotent=True)
+        total["accepted"] += int(body.get("accepted", 0))
+        total["duplicates"] += int(body.get("duplicates", 0))
+        total["ids"].extend(body.get("ids") or [event["id"] for event in batch])
+
+    def acquire(
+        self,
+        service: str,
+        units: int = 1,
+        *,
+        model: str | None = None,
+        user_id: str | None = None,
+        wait: bool = True,
+        max_wait: float | None = None,
+    ) -> Permit:
+        """``POST /usage/rate-limits/{service}/acquire``: a :class:`Permit` for one call.
+
+        When a service window refuses (429), waits its ``Retry-After`` (capped at
+        ``backoff_max``) and asks again, at most ``max_retries`` times and ``max_wait`` seconds
+        in all; then (or at once with ``wait=False``) raises :class:`ServiceLimitExceeded`.
+        A budget's hard stop raises :class:`BudgetExceeded`.
+        """
+        path = f"/usage/rate-limits/{quote(service, safe='')}/acquire"
+        asked = {"units": units, "model": model, "user_id": user_id}
+        body = {name: value for name, value in asked.items() if value is not None}
+        waited = 0.0
+        attempt = 0
+        while True:
+            response = self._send("POST", path, json=body, keep=_is_service_refusal)
+            if response.status_code < 400:
+                granted = _json_body(response, self.last_rate_limit)
+                return Permit(
+                    self,
+                    granted.get("permit_id"),
+                    granted.get("service_name") or service.lower(),
+                    int(granted.get("units") or units),
+                    granted.get("limits") or [],
+                    model=model,
+                    user_id=user_id,
+                    degraded=bool(granted.get("degraded")),
+                )
+            refused = response.json()
+            error = ServiceLimitExceeded(
+                str(refused.get("detail") or f"Rate limit exceeded for {service}"),
+                response.status_code,
+                self.last_rate_limit,
+                service=str(refused.get("service_name") or service.lower()),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                limits=refused.get("limits") or [],
+            )
+            if not wait or attempt >= self.max_retries:
+                raise error
+            delay = min(float(error.retry_after), self.backoff_max) if error.retry_after is not None else None
+            if delay is None:
+                delay = self.backoff_delay(attempt)
+            if max_wait is not None and waited + delay > max_wait:
+                raise error
+            self.sleep(delay)
+            self._not_before = None
+            waited += delay
+            attempt += 1
+
 
 def _query_value(value: Any) -> Any:
     if isinstance(value, bool):
@@ -255,6 +419,18 @@ def _date_param(value: date | str | None) -> str | None:
     if isinstance(value, datetime):
         value = value.date()
     return value.isoformat()
+
+
+def _is_service_refusal(response: requests.Response) -> bool:
+    """A 429 of an acquire (a service window refused; the body says ``can_call``), not a
+    429 of the plan's own limits."""
+    if response.status_code != 429:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("can_call") is False
 
 
 def _detail(response: requests.Response) -> str:

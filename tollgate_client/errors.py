@@ -76,6 +76,34 @@ class QuotaExceeded(RateLimited):
         self.resets_at = resets_at or self.rate_limit.monthly_reset
 
 
+class ServiceLimitExceeded(RateLimited):
+    """429 from an acquire: a limit on an outside service (``service``) refused the call.
+    ``limits`` are the service's windows as the server reported them; ``window`` is the first
+    one that refused."""
+
+    def __init__(
+        self,
+        detail: str,
+        status: int | None = 429,
+        rate_limit: RateLimitInfo | None = None,
+        *,
+        service: str = "",
+        retry_after: int | None = None,
+        limits: list[dict] | None = None,
+    ) -> None:
+        super().__init__(detail, status, rate_limit)
+        self.service = service
+        self.limits = list(limits or [])
+        if retry_after is not None:
+            self.retry_after = retry_after
+        refused = [limit.get("limit_type") for limit in self.limits if limit.get("can_call") is False]
+        self.window = refused[0] if refused else None
+
+
+class BudgetExceeded(TollgateError):
+    """402: a budget's hard stop refuses the call; the detail names the budget and its reset."""
+
+
 def _refused_window(detail: str, info: RateLimitInfo) -> str | None:
     match = _WINDOW_IN_DETAIL.search(detail)
     if match:
@@ -96,6 +124,8 @@ def error_for(status: int, detail: str, rate_limit: RateLimitInfo | None = None)
         kind = MissingApiKey if detail.lower().startswith("missing") else InvalidApiKey
     elif status == 403:
         kind = InactiveApiKey
+    elif status == 402:
+        kind = BudgetExceeded
     elif status == 404:
         kind = NotFound
     elif status in (400, 422):
