@@ -118,7 +118,7 @@ def demo_records(
                 record = (
                     _api_call(rng, index in outage_days and burst, index in throttle_days and burst)
                     if source == "api"
-                    else _external_call(rng, prices, at, index in outage_days and burst)
+                    else _external_call(rng, prices, tenant_id, at, index in outage_days and burst)
                 )
                 key_id = rng.choices(key_ids, weights=[8, 3, 2, 1][: len(key_ids)])[0]
                 if retired_at is not None and key_id == key_ids[-1] and at >= retired_at:
@@ -166,13 +166,14 @@ def _api_call(rng: random.Random, outage: bool, throttled: bool) -> dict[str, An
     }
 
 
-def _external_call(rng: random.Random, prices: PriceBook, at: datetime, outage: bool) -> dict[str, Any]:
+def _external_call(rng: random.Random, prices: PriceBook, tenant_id: int, at: datetime, outage: bool) -> dict[str, Any]:
     service, endpoint, model, _, typical, t_in, t_out, units = _pick(rng, EXTERNAL_CALLS, 3)
     status, error = 200, None
     if outage and rng.random() < 0.3:
         status, error = 502, f"{service} upstream error"
     tokens_in = int(t_in * rng.uniform(0.4, 1.8)) if t_in else 0
     tokens_out = int(t_out * rng.uniform(0.3, 1.9)) if t_out and status == 200 else 0
+    quote = prices.quote(tenant_id, service, model, at, tokens_in, tokens_out, quota_units=units)
     return {
         "service": service,
         "endpoint": endpoint,
@@ -184,7 +185,8 @@ def _external_call(rng: random.Random, prices: PriceBook, at: datetime, outage: 
         "tokens_out": tokens_out,
         "quota_units": units,
         "model": model,
-        "cost": prices.cost(service, model, at, tokens_in, tokens_out, units),
+        "cost": quote.cost if quote else None,
+        "price_id": quote.price_id if quote else None,
         "error_message": error,
         "meta": {"model": model} if model else None,
     }

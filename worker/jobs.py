@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from flask import current_app
 
+from portal.costs import recompute
 from portal.metering.ingest import ingest_usage
 from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
@@ -27,3 +28,8 @@ def ingest() -> dict:
         abandon_after_seconds=config["USAGE_ABANDON_SECONDS"],
     )
     return asdict(result)
+
+
+def recompute_costs() -> dict:
+    """Price the outside calls stored without a price, now that one exists."""
+    return recompute.recompute_costs(utcnow())
