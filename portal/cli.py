@@ -14,7 +14,7 @@ from .costs.cli import prices_group
 from .extensions import db
 from .models import utcnow
 from .tenancy.accounts import AccountError, create_tenant, get_tenant
-from .tenancy.keys import ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
+from .tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 
 
 def _fail(error: Exception) -> click.ClickException:
@@ -45,16 +45,27 @@ def create_tenant_command(name: str, plan_code: str, admin_email: str, password:
 @click.option("--name", required=True)
 @click.option("--description", default="")
 @click.option("--expires-in-days", type=click.IntRange(min=1), default=None)
-def create_api_key_command(tenant_slug: str, name: str, description: str, expires_in_days: int | None) -> None:
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default="usage",
+    show_default=True,
+    help="usage: call, report, acquire, read; admin: also change budgets, limits, settings",
+)
+def create_api_key_command(
+    tenant_slug: str, name: str, description: str, expires_in_days: int | None, scope: str
+) -> None:
     """Create an API key; prints its secret last (it is shown only this once)."""
     try:
         tenant = get_tenant(tenant_slug)
         expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
-        key, secret = create_api_key(tenant, name, description, expires_at)
+        key, secret = create_api_key(tenant, name, description, expires_at, scope=scope)
         db.session.commit()
     except (AccountError, ValueError) as exc:
         raise _fail(exc) from None
-    click.echo(f"Created key {key.name!r} ({key.prefix}) for {tenant.slug}. Keep the secret; it is not shown again:")
+    click.echo(
+        f"Created {scope} key {key.name!r} ({key.prefix}) for {tenant.slug}. Keep the secret; it is not shown again:"
+    )
     click.echo(secret)
 
 
