@@ -235,7 +235,7 @@ def create_budget(payload: BudgetBody):
 
 
 def _owned_budget(budget_id: str):
-    valid = budget_id.isdigit() and int(budget_id) < 2**31
+    valid = budget_id.isascii() and budget_id.isdigit() and int(budget_id) < 2**31
     budget = budget_domain.get_budget(tenant_id(), int(budget_id)) if valid else None
     if budget is None:
         return None, api_error(404, f"No budget {budget_id}")
