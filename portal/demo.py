@@ -20,7 +20,7 @@ from sqlalchemy import select
 from .costs.prices import PriceBook
 from .extensions import db
 from .metering.store import store_usage
-from .models import ApiKey, ServiceLimit, Tenant, utcnow
+from .models import ApiKey, Tenant, utcnow
 from .tenancy.accounts import create_tenant, create_user, find_user_by_email
 from .tenancy.keys import create_api_key, revoke_api_key
 from .tenancy.passwords import hash_password
@@ -52,13 +52,6 @@ EXTERNAL_CALLS = (
     ("youtube", "/youtube/v3/videos", "", 3, 200, 0, 0, 1),
 )
 END_USERS = ("web-app", "reporting-bot", "support-bot", "data-team", "mobile")
-# Seed 003's free-tier limits on outside services.
-DEFAULT_SERVICE_LIMITS = (
-    ("groq", "minute", 30, "requests"),
-    ("groq", "day", 14_400, "requests"),
-    ("twitter", "month", 1_500, "requests"),
-    ("youtube", "day", 10_000, "quota_units"),
-)
 
 
 @dataclass
@@ -243,8 +236,6 @@ def seed_demo(
     for key in keys:
         key.created_at = now - timedelta(days=days + 5)
     db.session.flush()
-    for service, window, limit, unit in DEFAULT_SERVICE_LIMITS:
-        db.session.add(ServiceLimit(tenant_id=tenant.id, service=service, window=window, limit_value=limit, unit=unit))
     key_ids = [k.id for k in keys]
     db.session.commit()
 
