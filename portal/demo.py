@@ -256,11 +256,16 @@ def synthetic_records(
     now: datetime,
     rng: random.Random,
 ) -> Iterator[dict[str, Any]]:
-    """``count`` records spread evenly over ``days`` and over the tenants (benchmark data)."""
+    """``count`` records spread evenly over ``days`` and over the tenants (benchmark data).
+
+    They come oldest first, as traffic does, so a batch of them shares a few hours' rollups.
+    """
     span = days * 86400
+    step = span / count
+    start = now - timedelta(seconds=span)
     for i in range(count):
         tenant_id = tenant_ids[i % len(tenant_ids)]
-        at = now - timedelta(seconds=rng.uniform(0, span))
+        at = start + timedelta(seconds=(i + rng.random()) * step)
         record = _api_call(rng, outage=False, throttled=rng.random() < 0.01)
         keys = keys_by_tenant.get(tenant_id) or [None]
         record.update(

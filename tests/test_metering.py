@@ -3,14 +3,15 @@ calls at the price in force when they happened."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
 
 from portal.costs.prices import PriceBook
-from portal.metering.store import store_usage
+from portal.metering.store import SUMS, _Totals, store_usage, store_usage_portable
 from portal.models import LATENCY_COLUMNS, ApiKey, ModelPrice, Tenant, UsageRecord, UsageRollup
 from portal.tenancy.keys import create_api_key
 
@@ -409,3 +410,188 @@ def test_the_cost_is_rounded_to_eight_places(prices):
     assert prices.cost("acme-ai", "acme-large", SWITCH, tokens_out=1) == Decimal("0.00000600")
     # 7 tokens in at $3.00 per million: 0.000021.
     assert prices.cost("acme-ai", "acme-large", SWITCH - timedelta(days=1), tokens_in=7) == Decimal("0.00002100")
+
+
+# --- the bulk path (COPY on PostgreSQL) ------------------------------------------------------
+
+
+def recount(db, tenant) -> dict:
+    """The rollups and key counters as they should be, counted again from the stored rows."""
+    rows = db.session.scalars(select(UsageRecord).where(UsageRecord.tenant_id == tenant.id)).all()
+    expected: dict = {}
+    for row in rows:
+        dims = (row.source, row.service, row.endpoint, row.method, row.category, row.model, row.api_key_id or 0)
+        at = row.occurred_at
+        for granularity, bucket in (
+            ("hour", at.replace(minute=0, second=0, microsecond=0)),
+            ("day", at.replace(hour=0, minute=0, second=0, microsecond=0)),
+        ):
+            totals = expected.setdefault((granularity, bucket, *dims), _Totals())
+            totals.add({**{c: getattr(row, c) for c in ROW_FIELDS}, "cost": row.cost})
+    return {
+        key: {**totals.counts, "cost": totals.cost, "duration_ms_max": totals.duration_ms_max}
+        for key, totals in expected.items()
+    }
+
+
+ROW_FIELDS = ("status_code", "duration_ms", "tokens_in", "tokens_out", "cached_tokens", "quota_units", "source")
+ALL_FIGURES = (*SUMS, *LATENCY_COLUMNS, "cost", "duration_ms_max")
+
+
+def stored_rollups(db, tenant) -> dict:
+    db.session.expire_all()
+    return {
+        (r.granularity, r.bucket_start, r.source, r.service, r.endpoint, r.method, r.category, r.model, r.api_key_id): {
+            name: getattr(r, name) for name in ALL_FIGURES
+        }
+        for r in db.session.scalars(select(UsageRollup).where(UsageRollup.tenant_id == tenant.id))
+    }
+
+
+def mixed_calls(tenant, key, count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    calls = []
+    for n in range(count):
+        external = rng.random() < 0.3
+        at = T0 + timedelta(minutes=rng.randrange(0, 3 * 24 * 60), microseconds=rng.randrange(10**6))
+        if rng.random() < 0.2:  # any offset: stored and bucketed in UTC
+            at = at.astimezone(timezone(timedelta(hours=rng.choice((-8, 5, 9)), minutes=rng.choice((0, 30)))))
+        calls.append(
+            call(
+                tenant,
+                key if rng.random() < 0.8 else None,
+                f"m{seed}-{n}",
+                at,
+                source="external" if external else "api",
+                service=rng.choice(("openai", "groq")) if external else "tollgate",
+                endpoint=rng.choice(("/api/v1/ping", "/api/v1/usage/stats", "/v1/chat/completions")),
+                model=rng.choice(("", "gpt-4o")) if external else "",
+                status_code=rng.choice((200, 200, 200, 201, 400, 429, 500, 503)),
+                duration_ms=rng.choice((0, 10, 11, 250, 251, 9999, 10001, rng.randrange(20000))),
+                tokens_in=rng.randrange(5000) if external else 0,
+                tokens_out=rng.randrange(2000) if external else 0,
+                cached_tokens=rng.randrange(100) if external else 0,
+                quota_units=rng.randrange(3),
+                cost=rng.choice((None, Decimal(0), Decimal("0.00000001"), Decimal(rng.randrange(10**6)) / 10**8)),
+            )
+        )
+    return calls
+
+
+def test_rollups_and_key_counters_equal_a_recount_of_the_rows(db, tenant, key):
+    calls = mixed_calls(tenant, key, 1500, seed=1)
+    # Overlapping batches, and one that repeats records inside itself.
+    assert store_usage(calls[:700]) == 700
+    db.session.commit()
+    assert store_usage(calls[500:1200] + calls[1100:1150]) == 500
+    db.session.commit()
+    assert store_usage(calls) == 300
+    db.session.commit()
+
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 1500
+    assert stored_rollups(db, tenant) == recount(db, tenant)
+    db.session.refresh(key)
+    used = [c for c in calls if c["api_key_id"] == key.id and c["source"] == "api"]
+    assert key.usage_count == len(used)
+    assert key.last_used_at == max(c["occurred_at"] for c in used)
+
+
+def test_the_bulk_path_and_the_portable_path_store_the_same(db, make_tenant, tenant, key):
+    """On PostgreSQL store_usage copies; store_usage_portable is the executemany path."""
+    _, _, other_id = make_tenant()
+    other = db.session.get(Tenant, other_id)
+    other_key, _ = create_api_key(other, "Production")
+    db.session.commit()
+    calls = mixed_calls(tenant, key, 600, seed=2)
+    store_usage(calls[:400])
+    store_usage(calls)  # two batches in one transaction
+    db.session.commit()
+    twins = [{**c, "tenant_id": other.id, "api_key_id": other_key.id if c["api_key_id"] else None} for c in calls]
+    store_usage_portable(twins[:400])
+    store_usage_portable(twins)
+    db.session.commit()
+
+    def without_key(rollups: dict) -> dict:
+        return {(*k[:-1], bool(k[-1])): v for k, v in rollups.items()}
+
+    assert without_key(stored_rollups(db, tenant)) == without_key(stored_rollups(db, other))
+    db.session.refresh(key)
+    db.session.refresh(other_key)
+    assert (key.usage_count, key.last_used_at) == (other_key.usage_count, other_key.last_used_at)
+
+
+AWKWARD_TEXT = "tab\there, \"quotes\", 'single', back\\slash \\N \\. new\nline\r\n, ünïcødé ✓ 日本語 🚀, end\\"
+
+
+def test_metadata_and_text_survive_the_trip_unchanged(db, tenant):
+    meta = {
+        "text": AWKWARD_TEXT,
+        "nested": {"list": [1, 2.5, None, True, "x\ty"], "empty": {}, 'quote"key': "v"},
+        "number": 12345678901234,
+    }
+    store_usage(
+        [
+            call(tenant, idem="awkward", meta=meta, error_message=AWKWARD_TEXT, end_user="ü\tser\\1", model='m"1'),
+            call(tenant, idem="plain", meta=None, error_message=None),
+            call(tenant, idem="empty", meta={}, error_message=""),
+        ]
+    )
+    db.session.commit()
+    db.session.expire_all()
+    rows = {r.idempotency_key: r for r in db.session.scalars(select(UsageRecord))}
+    assert rows["awkward"].meta == meta
+    assert rows["awkward"].error_message == AWKWARD_TEXT
+    assert (rows["awkward"].end_user, rows["awkward"].model) == ("ü\tser\\1", 'm"1')
+    assert rows["plain"].meta is None and rows["plain"].error_message is None
+    assert rows["empty"].meta == {} and rows["empty"].error_message == ""
+
+
+def test_a_missing_cost_stays_missing_and_zero_stays_zero(db, tenant, key):
+    store_usage(
+        [
+            call(tenant, None, "ext-unpriced", source="external", service="openai", cost=None, cached_tokens=7),
+            call(tenant, None, "ext-free", source="external", service="openai", cost=Decimal(0)),
+            call(tenant, None, "ext-priced", source="external", service="openai", cost=Decimal("0.125")),
+            call(tenant, key, "api-no-cost", cost=None),
+        ]
+    )
+    db.session.commit()
+    costs = dict(db.session.execute(select(UsageRecord.idempotency_key, UsageRecord.cost)).all())
+    assert costs == {"ext-unpriced": None, "ext-free": Decimal(0), "ext-priced": Decimal("0.125"), "api-no-cost": None}
+    unpriced = db.session.scalar(
+        select(func.count())
+        .select_from(UsageRecord)
+        .where(UsageRecord.cost.is_(None), UsageRecord.source == "external")
+    )
+    assert unpriced == 1
+    for granularity in ("hour", "day"):
+        by_source = {r.source: r for r in rollups(db, tenant, granularity)}
+        assert (by_source["external"].unpriced, by_source["external"].cost) == (1, Decimal("0.125"))
+        assert by_source["external"].cached_tokens == 7
+        assert (by_source["api"].unpriced, by_source["api"].cost) == (0, Decimal(0))
+
+
+def test_records_of_a_deleted_tenant_are_dropped_and_a_deleted_keys_keep_no_key(db, tenant, key):
+    gone_tenant = db.session.scalar(select(func.max(Tenant.id))) + 100
+    gone_key = db.session.scalar(select(func.max(ApiKey.id))) + 100
+    batch = [
+        call(tenant, key, "kept"),
+        {**call(tenant, None, "orphan"), "tenant_id": gone_tenant},
+        {**call(tenant, None, "keyless"), "api_key_id": gone_key},
+    ]
+    assert store_usage(batch) == 2
+    db.session.commit()
+    stored = dict(db.session.execute(select(UsageRecord.idempotency_key, UsageRecord.api_key_id)).all())
+    assert stored == {"kept": key.id, "keyless": None}
+    [day] = [r for r in rollups(db, tenant, "day") if r.api_key_id == 0]
+    assert day.calls == 1
+    db.session.refresh(key)
+    assert key.usage_count == 1
+
+
+def test_the_price_version_is_kept_with_the_record(db, tenant):
+    price = db.session.scalars(select(ModelPrice)).first()
+    assert price is not None  # the migrations' seed prices
+    store_usage([call(tenant, idem="priced", source="external", price_id=price.id, cost=Decimal("0.5"))])
+    db.session.commit()
+    assert db.session.scalar(select(UsageRecord.price_id)) == price.id
