@@ -137,7 +137,7 @@ def server_env(app, tmp_path):
 
 
 class Servers:
-    def __init__(self, env: dict, count: int) -> None:
+    def __init__(self, env: dict, count: int, extra_args: tuple[str, ...] = ()) -> None:
         self.processes = []
         self.urls = []
         for _ in range(count):
@@ -156,6 +156,7 @@ class Servers:
                     "--log-level",
                     "warning",
                     "--no-control-socket",
+                    *extra_args,
                     "wsgi:app",
                 ],
                 cwd=ROOT,

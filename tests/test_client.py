@@ -318,11 +318,14 @@ def test_a_bad_parameter_raises_invalid_request_naming_it(server, tenant, rec):
 @live
 def test_an_unknown_service_limit_raises_not_found(server, tenant, rec):
     with pytest.raises(NotFound) as raised:
-        client_for(server, tenant.secret, rec).rate_limit("no such service", limit_type="day")
+        client_for(server, tenant.secret, rec).rate_limit("no-such-service", limit_type="day")
     assert raised.value.status == 404
-    assert raised.value.detail == "No day limit is set for service 'no such service'"
-    assert rec.statuses == [404]
-    assert urlsplit(rec.responses[0][3]).path.endswith("/usage/rate-limits/no%20such%20service")
+    assert raised.value.detail == "No day limit is set for service 'no-such-service'"
+    # A name no service can have (a space) is quoted in the path, and names nothing.
+    with pytest.raises(NotFound):
+        client_for(server, tenant.secret, rec).rate_limit("no such service", limit_type="day")
+    assert rec.statuses == [404, 404]
+    assert urlsplit(rec.responses[1][3]).path.endswith("/usage/rate-limits/no%20such%20service")
 
 
 # -- 429s -----------------------------------------------------------------------------------------

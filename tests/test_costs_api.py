@@ -462,4 +462,3 @@ def test_create_api_key_with_the_admin_scope(app, tenant):
         assert response.status_code == 200 and response.json["settings"] == change
     bad = runner.invoke(args=["create-api-key", tenant.slug, "--name", "x", "--scope", "root"])
     assert bad.exit_code != 0 and "root" in bad.output
-

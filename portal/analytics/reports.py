@@ -7,7 +7,7 @@ minute/hour of an outside service's window) read raw records.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Select, func, select
@@ -16,6 +16,7 @@ from ..billing.plans import billing_period
 from ..billing.usage import current_subscription, quota_used
 from ..extensions import db
 from ..models import ApiKey, UsageRecord, UsageRollup
+from .totals import day_bounds
 from .totals import totals as usage_totals
 
 COST_PLACES = Decimal("0.000001")
@@ -151,8 +152,7 @@ def _interval_start(at: datetime, interval: str) -> datetime:
 
 def account_usage(tenant_id: int, start: date, end: date, interval: str, category: str | None) -> dict:
     """Seed 002's ``/account/usage``: requests per interval between two dates (inclusive)."""
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    finish = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+    begin, finish = day_bounds(start, end)
     granularity = "hour" if interval == "hourly" else "day"
     conditions = _rollups(tenant_id, begin, finish, granularity)
     conditions.append(UsageRollup.source == "api")

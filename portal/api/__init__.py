@@ -7,6 +7,7 @@ from functools import lru_cache
 import flask_limiter._limits
 from flask import Blueprint, Flask, g
 from limits import parse_many
+from werkzeug.routing import BaseConverter
 
 from ..extensions import csrf, limiter
 
@@ -28,7 +29,21 @@ def _plan_windows() -> str:
 flask_limiter._limits.parse_many = lru_cache(maxsize=256)(parse_many)
 
 
+class ServiceName(BaseConverter):
+    """An outside service's name in a path: what the API's bodies accept as one."""
+
+    regex = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+class RecordId(BaseConverter):
+    """A record's id in a path (an id no row can have matches no route: 404)."""
+
+    regex = r"[0-9]{1,10}"
+
+
 def init_app(app: Flask) -> None:
+    app.url_map.converters["service"] = ServiceName
+    app.url_map.converters["record_id"] = RecordId
     from . import costs, guard, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first

@@ -12,6 +12,7 @@ from pydantic import (
     AliasChoices,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
@@ -19,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ID = r"^[A-Za-z0-9._:-]+$"
 MAX_EVENTS = 1000
 MAX_METADATA_BYTES = 8192
@@ -28,8 +29,45 @@ FUTURE_SLACK = timedelta(minutes=5)
 BIG = 10**12
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with each NUL character of its strings read as U+FFFD (PostgreSQL stores no NUL;
+    the length stays what was checked)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+def whole_number(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, never true or "3"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def text_time(value: Any) -> Any:
+    """A time is an ISO 8601 string (a bare number is not one)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date-time with a time zone, e.g. 2026-11-18T12:30:00Z")
+    return value
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Strings are taken as sent: the lengths checked are the lengths the document states.
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return without_nul(data)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        return whole_number(value)
 
 
 class UsageEvent(Body):
@@ -52,19 +90,27 @@ class UsageEvent(Body):
     )
     endpoint: str = Field("", max_length=255)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "POST"
-    status_code: int = Field(200, ge=100, le=599)
-    duration_ms: int = Field(0, ge=0, le=86_400_000)
+    status_code: int = Field(strict=True, default=200, ge=100, le=599)
+    duration_ms: int = Field(strict=True, default=0, ge=0, le=86_400_000)
     user_id: str | None = Field(None, max_length=120, description="your end user who made the call")
-    tokens_used: int | None = Field(None, ge=0, le=BIG, description="tokens, when not split into in and out")
-    tokens_in: int | None = Field(None, ge=0, le=BIG, description="input tokens, cached ones included")
-    tokens_out: int | None = Field(None, ge=0, le=BIG)
-    cached_tokens: int | None = Field(None, ge=0, le=BIG, description="of tokens_in, those read from cache")
-    units: int | None = Field(None, ge=0, le=BIG, description="quota units (YouTube) or compute units (Apify)")
+    tokens_used: int | None = Field(
+        strict=True, default=None, ge=0, le=BIG, description="tokens, when not split into in and out"
+    )
+    tokens_in: int | None = Field(
+        strict=True, default=None, ge=0, le=BIG, description="input tokens, cached ones included"
+    )
+    tokens_out: int | None = Field(strict=True, default=None, ge=0, le=BIG)
+    cached_tokens: int | None = Field(
+        strict=True, default=None, ge=0, le=BIG, description="of tokens_in, those read from cache"
+    )
+    units: int | None = Field(
+        strict=True, default=None, ge=0, le=BIG, description="quota units (YouTube) or compute units (Apify)"
+    )
     model: str | None = Field(None, max_length=120)
     category: str | None = Field(None, max_length=64)
     error_message: str | None = Field(None, max_length=2000)
     metadata: dict[str, Any] | None = None
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(text_time)] | None = Field(
         None,
         validation_alias=AliasChoices("occurred_at", "created_at"),
         description="when the call happened (default: now)",
@@ -73,7 +119,7 @@ class UsageEvent(Body):
         None, min_length=1, max_length=64, pattern=ID, description="the permit of its acquire: counted then"
     )
 
-    @field_validator("service")
+    @field_validator("service", mode="after")
     @classmethod
     def lower_service(cls, value: str) -> str:
         return value.lower()
@@ -141,40 +187,56 @@ class EventsBody(RootModel[UsageEventBatch | UsageEvent]):
 
 
 class AcquireBody(Body):
-    units: int = Field(1, ge=1, le=BIG, description="quota units the call will use (requests count 1)")
+    units: int = Field(
+        strict=True, default=1, ge=1, le=BIG, description="quota units the call will use (requests count 1)"
+    )
     model: str | None = Field(None, max_length=120, description="the model, for limits on one model")
     user_id: str | None = Field(None, max_length=120, description="your end user, for per-user budgets")
 
 
 class ServiceLimitBody(Body):
     limit_type: Literal["minute", "hour", "day", "month"]
-    limit_value: int = Field(ge=1, le=BIG)
+    limit_value: int = Field(strict=True, ge=1, le=BIG)
     unit: Literal["requests", "quota_units"] = "requests"
     model: str = Field("", max_length=120, description="'' limits every model of the service")
 
 
-Money = Annotated[Decimal, Field(gt=0, le=Decimal("9999999999.99"), decimal_places=2)]
-Percent = Annotated[int, Field(ge=1, le=1000)]
+# Dollars and cents, as a JSON number or a string ("12.50").
+Money = Annotated[
+    Decimal,
+    Field(
+        gt=0,
+        le=Decimal("9999999999.99"),
+        decimal_places=2,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
+                {"type": "string", "pattern": "^(0\\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,9}(\\.[0-9]{1,2})?)$"},
+            ]
+        },
+    ),
+]
+Percent = Annotated[int, Field(strict=True, ge=1, le=1000), BeforeValidator(whole_number)]
 
 
 class BudgetBody(Body):
     name: str = Field(min_length=1, max_length=120)
     amount: Money = Field(description="dollars a month")
     service: str | None = Field(None, max_length=64, pattern=NAME)
-    api_key_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    api_key_id: int | None = Field(strict=True, default=None, ge=1, le=2**31 - 1)
     user_id: str | None = Field(None, min_length=1, max_length=120)
     warning_percentages: list[Percent] | None = Field(None, min_length=1, max_length=10)
-    hard_stop: bool = False
+    hard_stop: bool = Field(False, strict=True)
 
 
 class BudgetChange(Body):
     name: str | None = Field(None, min_length=1, max_length=120)
     amount: Money | None = None
     service: str | None = Field(None, max_length=64, pattern=NAME)
-    api_key_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    api_key_id: int | None = Field(strict=True, default=None, ge=1, le=2**31 - 1)
     user_id: str | None = Field(None, min_length=1, max_length=120)
     warning_percentages: list[Percent] | None = Field(None, min_length=1, max_length=10)
-    hard_stop: bool | None = None
+    hard_stop: bool | None = Field(None, strict=True)
 
 
 class AccountSettingsBody(Body):

@@ -64,7 +64,7 @@ def usage_events(payload: list[UsageEvent]):
     return body, 202
 
 
-@bp.post("/usage/rate-limits/<service>/acquire")
+@bp.post("/usage/rate-limits/<service:service>/acquire")
 @operation(
     "Take a permit to call an outside service, if every window allows it",
     category="usage",
@@ -134,7 +134,7 @@ def _acquire_without_redis(service: str, payload: AcquireBody):
     }
 
 
-@bp.put("/usage/rate-limits/<service>")
+@bp.put("/usage/rate-limits/<service:service>")
 @operation(
     "Set a limit on an outside service (or one model of it)",
     category="usage",
@@ -153,7 +153,7 @@ def set_service_limit(service: str, payload: ServiceLimitBody):
     return {"success": True, "rate_limit": status}
 
 
-@bp.delete("/usage/rate-limits/<service>")
+@bp.delete("/usage/rate-limits/<service:service>")
 @operation(
     "Remove a limit on an outside service",
     category="usage",
@@ -235,20 +235,24 @@ def create_budget(payload: BudgetBody):
 
 
 def _owned_budget(budget_id: str):
-    valid = budget_id.isascii() and budget_id.isdigit() and int(budget_id) < 2**31
-    budget = budget_domain.get_budget(tenant_id(), int(budget_id)) if valid else None
+    budget = budget_domain.get_budget(tenant_id(), int(budget_id)) if int(budget_id) < 2**31 else None
     if budget is None:
         return None, api_error(404, f"No budget {budget_id}")
     return budget, None
 
 
-@bp.put("/budgets/<budget_id>")
+@bp.put("/budgets/<record_id:budget_id>")
 @operation("Change a budget", category="costs", tag="costs", body=BudgetChange, scope="admin", budget_exempt=True)
 def update_budget(budget_id: str, payload: BudgetChange):
     budget, missing = _owned_budget(budget_id)
     if missing:
         return missing
     changes = payload.model_dump(exclude_unset=True)
+    # null leaves a field as it is; for a scope (service, key, end user) it removes the scope.
+    scopes = ("service", "api_key_id", "user_id")
+    changes = {k: v for k, v in changes.items() if v is not None or k in scopes}
+    if any(changes.get(scope) for scope in scopes):  # one scope at most: a new one replaces the old
+        changes = {**dict.fromkeys(scopes), **changes}
     if "user_id" in changes:
         changes["end_user"] = changes.pop("user_id")
     try:
@@ -259,7 +263,7 @@ def update_budget(budget_id: str, payload: BudgetChange):
     return {"success": True, "budget": _saved(budget)}
 
 
-@bp.delete("/budgets/<budget_id>")
+@bp.delete("/budgets/<record_id:budget_id>")
 @operation("Delete a budget", category="costs", tag="costs", scope="admin", budget_exempt=True)
 def delete_budget(budget_id: str):
     budget, missing = _owned_budget(budget_id)

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from . import RecordId, ServiceName
 from .operations import Operation
 
 RATE_LIMIT_HEADERS = {
@@ -60,8 +61,9 @@ def query_parameters(model) -> list[dict]:
     return parameters
 
 
-def _path(rule: str) -> tuple[str, list[str]]:
-    names = re.findall(r"<(?:[^:>]+:)?([^>]+)>", rule)
+def _path(rule: str) -> tuple[str, list[tuple[str, str]]]:
+    """The rule as an OpenAPI path, and each parameter's name and converter."""
+    names = [(name, converter or "default") for converter, name in re.findall(r"<(?:([^:>]+):)?([^>]+)>", rule)]
     return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule), names
 
 
@@ -79,8 +81,18 @@ def _success(op: Operation) -> dict:
     return {"description": op.summary, "headers": RATE_LIMIT_HEADERS, "content": content}
 
 
-def _operation(endpoint: str, op: Operation, path_names: list[str], definitions: dict) -> dict:
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path_names]
+# What each path parameter may be (a value outside it matches no route, or names nothing: 404).
+PATH_SCHEMAS = {
+    "service": {"type": "string", "pattern": f"^{ServiceName.regex}$"},
+    "record_id": {"type": "string", "pattern": f"^{RecordId.regex}$"},
+}
+
+
+def _operation(endpoint: str, op: Operation, path_names: list[tuple[str, str]], definitions: dict) -> dict:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(converter, {"type": "string"})}
+        for name, converter in path_names
+    ]
     if op.query is not None:
         parameters += query_parameters(op.query)
     responses = {
@@ -100,6 +112,8 @@ def _operation(endpoint: str, op: Operation, path_names: list[str], definitions:
     if not op.budget_exempt:
         responses["402"] = _error("a budget's hard stop refuses calls; the detail names the budget and its reset")
     responses["503"] = _error("Redis is unreachable and the API is set to refuse", {"Retry-After": RETRY_AFTER})
+    # Refused by the HTTP server before the application sees it (no JSON body).
+    responses["414"] = {"description": "the request line is longer than the server accepts (about 4 KB)"}
     for status, text in op.responses.items():
         responses[str(status)] = _error(text)
     described = {

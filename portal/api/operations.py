@@ -85,6 +85,9 @@ def operation(
             if scope == "admin" and not g.api_call.entry.is_admin:
                 raise ScopeRequired()
             if query is not None:
+                repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+                if repeated:
+                    raise InvalidQuery("; ".join(f"{name}: give it once" for name in repeated))
                 try:
                     kwargs["params"] = query.model_validate(request.args.to_dict())
                 except ValidationError as error:

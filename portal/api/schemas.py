@@ -3,19 +3,49 @@ these same models, so the description and the validation cannot drift apart."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ..models import utcnow
 
-# Calendar days the API accepts (the rollups hold nothing outside them).
-Day = Annotated[date, Field(ge=date(1970, 1, 1), le=date(2999, 12, 31))]
+
+def iso_day(value: Any) -> Any:
+    """A day given as YYYY-MM-DD (a bare number is not a day)."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(iso_day)]
+
+
+def days_before(day: date, count: int) -> date:
+    """``count`` days before ``day``, or the first day there is."""
+    try:
+        return day - timedelta(days=count)
+    except OverflowError:
+        return date.min
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        plain = {}
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is not None and field.annotation is int and not re.fullmatch(r"-?[0-9]+", value):
+                value = "not a number"  # " 80" or "8_0" are no whole numbers in a URL: refused as such
+            # PostgreSQL stores and compares no NUL characters: U+0000 is read as U+FFFD.
+            plain[name] = value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+        return plain
 
 
 class StatsQuery(Query):
@@ -48,7 +78,7 @@ class AccountUsageQuery(Query):
     def dates_in_order(self) -> AccountUsageQuery:
         today = utcnow().date()
         self.endDate = self.endDate or today
-        self.startDate = self.startDate or self.endDate - timedelta(days=30)
+        self.startDate = self.startDate or days_before(self.endDate, 30)
         if self.startDate > self.endDate:
             raise ValueError("startDate must not be after endDate")
         # Any range is fine: it reads rollups, which hold only days with calls (and hourly ones
@@ -72,7 +102,7 @@ class CostReportQuery(Query):
     @model_validator(mode="after")
     def dates_in_order(self) -> CostReportQuery:
         self.endDate = self.endDate or utcnow().date()
-        self.startDate = self.startDate or self.endDate - timedelta(days=self.days - 1)
+        self.startDate = self.startDate or days_before(self.endDate, self.days - 1)
         if self.startDate > self.endDate:
             raise ValueError("startDate must not be after endDate")
         return self

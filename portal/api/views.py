@@ -90,7 +90,7 @@ def rate_limits(params: RateLimitsQuery):
     return {"success": True, "rate_limits": statuses}
 
 
-@bp.get("/usage/rate-limits/<service>")
+@bp.get("/usage/rate-limits/<service:service>")
 @operation("Whether an outside service may be called now", category="analytics", tag="usage", query=RateLimitQuery)
 def rate_limit(service: str, params: RateLimitQuery):
     model = params.model or ""

@@ -115,7 +115,6 @@ def create_budget(
     warning_percentages: Iterable[int] | None = None,
     hard_stop: bool = False,
 ) -> Budget:
-    name = (name or "").strip()
     if not name:
         raise BudgetError("name: the budget needs a name")
     _check_scope(tenant_id, service, api_key_id, end_user)
@@ -142,7 +141,7 @@ def update_budget(budget: Budget, changes: dict) -> Budget:
     if unknown:
         raise BudgetError(f"unknown fields: {', '.join(sorted(unknown))}")
     name = changes.get("name", budget.name)
-    if not (name or "").strip():
+    if not name:
         raise BudgetError("name: the budget needs a name")
     amount = _amount(changes["amount"]) if "amount" in changes else budget.monthly_amount
     service = changes.get("service", budget.service) or None
@@ -152,7 +151,7 @@ def update_budget(budget: Budget, changes: dict) -> Budget:
     percentages = (
         _percentages(changes["warning_percentages"]) if "warning_percentages" in changes else budget.warning_percentages
     )
-    budget.name = name.strip()
+    budget.name = name
     budget.monthly_amount = amount
     budget.service, budget.api_key_id, budget.end_user = service, api_key_id, end_user
     budget.warning_percentages = percentages

@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import func, select
 
+from ..analytics.totals import day_bounds
 from ..extensions import db
 from ..models import ApiKey, UsageRollup
 
@@ -65,8 +66,7 @@ def cost_report(
 ) -> CostReport:
     """Spend over the days ``start`` to ``end`` (both included), largest cost first."""
     column = GROUPS[group_by]
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    finish = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+    begin, finish = day_bounds(start, end)
     conditions = [
         UsageRollup.tenant_id == tenant_id,
         UsageRollup.granularity == "day",
