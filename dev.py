@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up and run Tollgate from a fresh clone, with nothing but Python 3.11.
 
-    python3 dev.py run    install, migrate, seed the demo tenant, run the portal and its worker
+    python3 dev.py run    install, migrate, import prices, seed the demo tenant, run the portal and its worker
     python3 dev.py test   install, then run the test suite (extra arguments go to pytest)
 
 Everything is installed into ``.venv/`` from the pinned requirements, and only again when they
@@ -68,6 +68,8 @@ def run() -> int:
     env.setdefault("PORTAL_BASE_URL", f"http://{host}:{port}")
     say("migrating the database")
     flask("db", "upgrade", env=env)
+    say("importing the price catalog (genai-prices' bundled data, offline)")
+    flask("prices", "import", env=env)
     say("seeding the demo tenant")
     flask("seed-demo", env=env)
     say("starting the worker and the portal (Ctrl-C stops both)")
