@@ -462,3 +462,39 @@ def test_create_api_key_with_the_admin_scope(app, tenant):
         assert response.status_code == 200 and response.json["settings"] == change
     bad = runner.invoke(args=["create-api-key", tenant.slug, "--name", "x", "--scope", "root"])
     assert bad.exit_code != 0 and "root" in bad.output
+
+
+def test_the_portal_report_stats_and_summary_agree_to_the_cent(app, auth, client):
+    # No test clock: the portal's month is the real one, and so is the API's.
+    from portal.billing.plans import billing_period
+    from portal.metering.store import store_usage
+    from portal.models import utcnow
+
+    tenant = make_api_tenant(app, "Agree Co")
+    now = utcnow()
+    start, _ = billing_period(now)
+    costs = [Decimal("0.12345678"), Decimal("1.00000001"), Decimal("0.00500000"), None]
+    with app.app_context():
+        store_usage(
+            {
+                "tenant_id": tenant.tenant_id,
+                "source": "external",
+                "service": "openai" if cost is not None else "acme-llm",
+                "endpoint": "/v1/chat/completions",
+                "status_code": 200,
+                "cost": cost,
+                "occurred_at": start + (now - start) / (n + 2),
+                "idempotency_key": f"agree-{n}",
+            }
+            for n, cost in enumerate(costs)
+        )
+        db.session.commit()
+    exact = sum(c for c in costs if c is not None)  # $1.12845679
+    query = f"startDate={start:%Y-%m-%d}&endDate={now:%Y-%m-%d}"
+    report = client.get(f"/api/v1/costs/report?{query}", headers=tenant.headers).json
+    summary = client.get("/api/v1/usage/summary", headers=tenant.headers).json["summary"]
+    assert report["total_cost"] == summary["this_month"]["cost"] == float(exact.quantize(Decimal("0.000001")))
+    assert report["unpriced_calls"] == 1
+    auth.login("owner@agree-co.example", "a long password")
+    page = client.get("/dashboard").text
+    assert f"${exact:.2f}" in page  # $1.13, the same to the cent

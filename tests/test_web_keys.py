@@ -37,9 +37,11 @@ def submission_token(html: str) -> str | None:
     return match.group(1) if match else None
 
 
-def create_key(client, name="backend", description="", expires_on="", csrf=True):
+def create_key(client, name="backend", description="", expires_on="", csrf=True, scope=None):
     page = client.get("/keys")
     data = {"name": name, "description": description, "expires_on": expires_on}
+    if scope is not None:
+        data["scope"] = scope
     data["submission"] = submission_token(page.text)
     if csrf:
         data["csrf_token"] = csrf_token(page.text)
@@ -423,3 +425,18 @@ def test_signed_out_visitors_are_sent_to_sign_in(client):
         response = client.post(path, data={"csrf_token": token, "name": "x"})
         assert response.status_code == 302
         assert response.headers["Location"].startswith("/login")
+
+
+def test_a_key_made_in_the_portal_has_the_scope_chosen(client, db, owner):
+    made = create_key(client, "ops", scope="admin")
+    assert made.status_code == 201
+    admin_secret = shown_secret(made.text)
+    usage_secret = shown_secret(create_key(client, "app").text)
+    assert get_key(db, key_id_of(db, "ops")).scope == "admin"
+    assert get_key(db, key_id_of(db, "app")).scope == "usage"  # the default
+    change = {"limits_when_redis_down": "closed"}
+    assert client.put("/api/v1/account/settings", json=change, headers={"X-API-Key": admin_secret}).status_code == 200
+    assert client.put("/api/v1/account/settings", json=change, headers={"X-API-Key": usage_secret}).status_code == 403
+    listing = client.get("/keys").text
+    assert "<td>admin</td>" in listing and "<td>usage</td>" in listing
+    assert "Not a valid choice" in create_key(client, "root", scope="root").text
