@@ -64,14 +64,15 @@ def usage_stats(tenant_id: int, now: datetime, days: int, service: str | None) -
     conditions = _rollups(tenant_id, start, end)
     if service:
         conditions.append(UsageRollup.service == service)
+    services = db.session.execute(
+        _sums(select(UsageRollup.service))
+        .where(*conditions)
+        .group_by(UsageRollup.service)
+        .order_by(UsageRollup.service)
+    ).all()
     by_service = {
         name: {"calls": int(calls), "tokens": int(tokens), "cost": money(cost)}
-        for name, calls, tokens, cost in db.session.execute(
-            _sums(select(UsageRollup.service))
-            .where(*conditions)
-            .group_by(UsageRollup.service)
-            .order_by(UsageRollup.service)
-        )
+        for name, calls, tokens, cost in services
     }
     by_day = [
         {"date": bucket.date().isoformat(), "calls": int(calls), "tokens": int(tokens), "cost": money(cost)}
@@ -85,7 +86,8 @@ def usage_stats(tenant_id: int, now: datetime, days: int, service: str | None) -
     total = {
         "total_calls": sum(s["calls"] for s in by_service.values()),
         "total_tokens": sum(s["tokens"] for s in by_service.values()),
-        "total_cost": money(sum((Decimal(str(s["cost"])) for s in by_service.values()), Decimal(0))),
+        # Summed exactly, rounded once (as costs/report does).
+        "total_cost": money(sum((Decimal(cost) for *_, cost in services), Decimal(0))),
     }
     return {**total, "by_service": by_service, "by_day": by_day}
 
