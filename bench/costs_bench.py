@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ingest_bench import fresh_postgres  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.demo import seed_demo  # noqa: E402
 from portal.embedded_redis import stop_embedded_redis  # noqa: E402
@@ -33,17 +32,6 @@ from portal.tenancy.keys import create_api_key  # noqa: E402
 
 GROUPS = ("service", "model", "endpoint", "key", "end_user", "day")
 ROUNDS = 7
-
-
-def fresh_postgres(url: str) -> None:
-    parsed = sa.engine.make_url(url)
-    admin = sa.create_engine(
-        parsed.set(database="postgres", drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
 
 
 def timed(client, path: str, headers: dict) -> float:

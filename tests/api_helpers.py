@@ -99,6 +99,23 @@ def drain(app: Flask) -> int:
     return result.stored
 
 
+def external_records(app: Flask, tenant_id: int) -> list:
+    """The tenant's stored outside-service records, oldest first (detached from the session)."""
+    from sqlalchemy import select
+
+    from portal.models import UsageRecord
+
+    with app.app_context():
+        rows = db.session.scalars(
+            select(UsageRecord)
+            .where(UsageRecord.tenant_id == tenant_id, UsageRecord.source == "external")
+            .order_by(UsageRecord.id)
+        ).all()
+        db.session.expunge_all()
+        db.session.remove()
+    return list(rows)
+
+
 @pytest.fixture
 def clock(app):
     """The API's clock, under the test's control (restored afterwards)."""

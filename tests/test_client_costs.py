@@ -18,9 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from sqlalchemy import select
 
-from portal.extensions import db
 from portal.models import UsageRecord
 from tollgate_client import (
     BudgetExceeded,
@@ -35,6 +33,7 @@ from tollgate_client import (
 from tollgate_client.errors import error_for
 
 from .api_helpers import ApiTenant, Servers, drain, free_port, make_api_tenant
+from .api_helpers import external_records as stored_external_records
 from .test_client import Recorder, client_for, live_env
 
 live = pytest.mark.slow  # starts a gunicorn
@@ -66,15 +65,7 @@ def tenant(app) -> Iterator[ApiTenant]:
 
 def external_records(app, tenant_id: int) -> list[UsageRecord]:
     drain(app)
-    with app.app_context():
-        rows = db.session.scalars(
-            select(UsageRecord)
-            .where(UsageRecord.tenant_id == tenant_id, UsageRecord.source == "external")
-            .order_by(UsageRecord.id)
-        ).all()
-        db.session.expunge_all()
-        db.session.remove()
-    return list(rows)
+    return stored_external_records(app, tenant_id)
 
 
 def clear_of_minute_edge(margin: float = 5.0) -> None:

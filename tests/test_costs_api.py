@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from portal.costs.prices import bump_prices_version
 from portal.extensions import db
-from portal.models import BudgetCrossing, ModelPrice, UsageRecord, UsageRollup
+from portal.models import BudgetCrossing, ModelPrice, UsageRollup
 from portal.redis_store import get_redis
 
-from .api_helpers import add_key, drain, make_api_tenant
+from .api_helpers import add_key, drain, external_records, make_api_tenant
 
 GROQ_70B = {"service": "groq", "endpoint": "/v1/chat/completions", "model": "llama-3.1-70b-versatile"}
 
@@ -38,15 +38,21 @@ def post_events(client, headers, *events, **extra):
     return client.post("/api/v1/usage/events", json=body, headers=headers)
 
 
-def external_records(app, tenant_id):
+def add_tenant_price(app, tenant_id, service, model, **prices):
+    """A tenant's own price from 2026 on, which workers pick up at once (as `prices set` does)."""
     with app.app_context():
-        rows = db.session.scalars(
-            select(UsageRecord)
-            .where(UsageRecord.tenant_id == tenant_id, UsageRecord.source == "external")
-            .order_by(UsageRecord.id)
-        ).all()
-        db.session.expunge_all()
-        return rows
+        db.session.add(
+            ModelPrice(
+                tenant_id=tenant_id,
+                service=service,
+                model=model,
+                effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+                **{name: Decimal(value) for name, value in prices.items()},
+            )
+        )
+        db.session.commit()
+        bump_prices_version(get_redis(app))
+        db.session.remove()
 
 
 def rollup_sums(app, tenant_id, granularity="day"):
@@ -171,18 +177,8 @@ def test_a_model_without_a_price_is_unpriced_until_a_price_exists(app, client, t
 
     from portal.costs.recompute import recompute_costs
 
+    add_tenant_price(app, tenant.tenant_id, "acme-llm", "acme-1", input_per_million="1.00", output_per_million="3.00")
     with app.app_context():
-        db.session.add(
-            ModelPrice(
-                tenant_id=tenant.tenant_id,
-                service="acme-llm",
-                model="acme-1",
-                input_per_million=Decimal("1.00"),
-                output_per_million=Decimal("3.00"),
-                effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-            )
-        )
-        db.session.commit()
         recompute_costs()
         db.session.remove()
     [record] = external_records(app, tenant.tenant_id)
@@ -191,21 +187,8 @@ def test_a_model_without_a_price_is_unpriced_until_a_price_exists(app, client, t
 
 
 def test_cached_tokens_are_priced_at_the_cached_price_and_not_as_input(app, client, tenant):
-    with app.app_context():
-        db.session.add(
-            ModelPrice(
-                tenant_id=tenant.tenant_id,
-                service="openai",
-                model="gpt-4o",
-                input_per_million=Decimal("2.50"),
-                cached_input_per_million=Decimal("1.25"),
-                output_per_million=Decimal("10.00"),
-                effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-            )
-        )
-        db.session.commit()
-        bump_prices_version(get_redis(app))  # as `prices set` does: workers reload their prices
-        db.session.remove()
+    prices = {"input_per_million": "2.50", "cached_input_per_million": "1.25", "output_per_million": "10.00"}
+    add_tenant_price(app, tenant.tenant_id, "openai", "gpt-4o", **prices)
     event = {"service": "openai", "model": "gpt-4o-2024-08-06", "tokens_in": 1000, "cached_tokens": 400}
     assert post_events(client, tenant.headers, {**event, "tokens_out": 100}).status_code == 202
     drain(app)

@@ -98,14 +98,7 @@ def set_limit(tenant_id: int, service: str, window: str, limit_value: int, unit:
         raise LimitError(f"unit must be one of {', '.join(LIMIT_UNITS)}")
     if limit_value < 1:
         raise LimitError("limit_value must be at least 1")
-    limit = db.session.scalar(
-        select(ServiceLimit).where(
-            ServiceLimit.tenant_id == tenant_id,
-            ServiceLimit.service == service,
-            ServiceLimit.model == model,
-            ServiceLimit.window == window,
-        )
-    )
+    limit = _find_limit(tenant_id, service, window, model)
     if limit is None:
         limit = ServiceLimit(tenant_id=tenant_id, service=service, model=model, window=window)
         db.session.add(limit)
@@ -115,8 +108,8 @@ def set_limit(tenant_id: int, service: str, window: str, limit_value: int, unit:
     return limit
 
 
-def delete_limit(tenant_id: int, service: str, window: str, model: str = "") -> bool:
-    limit = db.session.scalar(
+def _find_limit(tenant_id: int, service: str, window: str, model: str) -> ServiceLimit | None:
+    return db.session.scalar(
         select(ServiceLimit).where(
             ServiceLimit.tenant_id == tenant_id,
             ServiceLimit.service == service,
@@ -124,6 +117,10 @@ def delete_limit(tenant_id: int, service: str, window: str, model: str = "") -> 
             ServiceLimit.window == window,
         )
     )
+
+
+def delete_limit(tenant_id: int, service: str, window: str, model: str = "") -> bool:
+    limit = _find_limit(tenant_id, service, window, model)
     if limit is None:
         return False
     db.session.delete(limit)
