@@ -31,8 +31,6 @@ from .operations import operation
 from .schemas import CostReportQuery, RateLimitQuery
 from .views import limit_specs, tenant_id, utcnow
 
-STOPPED = {402: "a budget's hard stop refuses the call; the detail names the budget, its amount and reset"}
-
 
 @bp.post("/usage/events")
 @operation(
@@ -71,7 +69,6 @@ def usage_events(payload: list[UsageEvent]):
     tag="costs",
     body=AcquireBody,
     responses={
-        **STOPPED,
         422: "the body is invalid, or the units exceed a window's whole limit",
         503: "Redis is unreachable and the account fails closed",
     },
