@@ -205,3 +205,88 @@ def test_flask_worker_burst_as_a_process(app, redis, usage, tmp_path):
     assert set(job.return_value()) == {"records", "hourly_rollups", "daily_rollups"}
     assert_retention_applied(app, usage)
     assert queued(redis) == {queues.PERIODIC: 0, queues.DEFAULT: 0}
+
+
+def _events_entries(redis, tenant_id: int, entries: int, per_entry: int) -> None:
+    """``entries`` stream entries of ``per_entry`` outside-service events each, as the API adds."""
+    from portal.costs.events import report_events
+    from portal.metering.admission import STREAM
+
+    now = utcnow().timestamp()
+    for e in range(entries):
+        events = [
+            {
+                "id": f"ev-{e}-{n}",
+                "end_user": "u1",
+                "service": "groq",
+                "endpoint": "/v1/chat/completions",
+                "method": "POST",
+                "category": "",
+                "status_code": 200,
+                "duration_ms": 120,
+                "tokens_in": 100,
+                "tokens_out": 20,
+                "cached_tokens": 0,
+                "quota_units": 0,
+                "model": "llama-3.1-70b-versatile",
+                "error_message": None,
+                "meta": None,
+                "occurred_at": now - 60,
+            }
+            for n in range(per_entry)
+        ]
+        report_events(redis, STREAM, tenant_id, None, [], events, now)
+
+
+def _stored_events(app, tenant_id: int) -> tuple[int, int]:
+    with app.app_context():
+        rows = _db.session.scalar(select(func.count()).where(UsageRecord.tenant_id == tenant_id))
+        calls = _db.session.scalar(
+            select(func.sum(UsageRollup.calls)).where(
+                UsageRollup.tenant_id == tenant_id, UsageRollup.granularity == "day"
+            )
+        )
+        _db.session.remove()
+    return rows, calls
+
+
+def test_a_read_batch_counts_the_events_of_an_entry_not_entries(app, redis, make_tenant):
+    from portal.metering.ingest import ingest_usage
+
+    _, _, tenant_id = make_tenant()
+    _events_entries(redis, tenant_id, entries=3, per_entry=3)
+    with app.app_context():
+        # 5 records a batch: the first batch takes two entries (6 events), the second the third.
+        result = ingest_usage(redis, batch_size=5, claim_idle_ms=0)
+    assert (result.batches, result.entries, result.stored) == (2, 3, 9)
+    assert _stored_events(app, tenant_id) == (9, 9)
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_a_batch_that_fails_to_store_is_stored_once_later(app, redis, make_tenant, monkeypatch, read_ahead):
+    from portal.metering import ingest
+    from portal.metering.admission import STREAM
+
+    _, _, tenant_id = make_tenant()
+    _events_entries(redis, tenant_id, entries=4, per_entry=2)
+    real = ingest.store_usage
+    calls = []
+
+    def failing_second(records):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return real(records)
+
+    monkeypatch.setattr(ingest, "store_usage", failing_second)
+    with app.app_context(), pytest.raises(RuntimeError):
+        ingest.ingest_usage(redis, batch_size=2, claim_idle_ms=60_000, read_ahead=read_ahead)
+    # Only the first batch was committed and acknowledged; what was read after it is pending.
+    assert _stored_events(app, tenant_id) == (2, 2)
+    assert redis.xlen(STREAM) == 3
+    monkeypatch.setattr(ingest, "store_usage", real)
+    with app.app_context():
+        result = ingest.ingest_usage(redis, batch_size=2, claim_idle_ms=0, read_ahead=read_ahead)
+    assert result.stored == 6
+    assert _stored_events(app, tenant_id) == (8, 8)
+    assert redis.xlen(STREAM) == 0
