@@ -33,12 +33,19 @@ def without_nul(value: Any) -> Any:
     """``value`` with each NUL character of its strings read as U+FFFD (PostgreSQL stores no NUL;
     the length stays what was checked)."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
     if isinstance(value, dict):
         return {without_nul(k): without_nul(v) for k, v in value.items()}
     if isinstance(value, list):
         return [without_nul(v) for v in value]
     return value
+
+
+def plain(value: Any) -> Any:
+    """A top-level value as Tollgate reads it: no NUL in its strings, 3.0 as 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return without_nul(value)
 
 
 def whole_number(value: Any) -> Any:
@@ -61,13 +68,8 @@ class Body(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        return without_nul(data)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _whole(cls, value: Any) -> Any:
-        return whole_number(value)
+    def _plain(cls, data: Any) -> Any:
+        return {key: plain(value) for key, value in data.items()} if isinstance(data, dict) else data
 
 
 class UsageEvent(Body):

@@ -32,39 +32,43 @@ ID_PREFIX = "e:"
 
 EVENTS_SCRIPT = """
 -- KEYS: the usage stream
--- ARGV[1]: {"ttl": s, "events": [{"seen": key, "permit": key or "", "units": n,
---            "counters": [[key, amount, ttl, counts units (1/0)], ...], "record": json}]}
-local payload = cjson.decode(ARGV[1])
+-- ARGV: seconds an id is remembered, tenant id, key id, then per event: its seen-id key, its
+--       permit key or '', its record (JSON), n, and n counters as key, amount, ttl, counts units
+local ttl = tonumber(ARGV[1])
 local accepted = {}
 local duplicates = 0
-for _, event in ipairs(payload.events) do
-  if redis.call('SET', event.seen, '1', 'NX', 'EX', payload.ttl) then
+local i = 4
+while i <= #ARGV do
+  local seen, permit, record, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first = i + 4
+  i = first + 4 * n
+  if redis.call('SET', seen, '1', 'NX', 'EX', ttl) then
     local permitted = -1
-    if event.permit ~= '' then
-      local held = redis.call('GET', event.permit)
+    if permit ~= '' then
+      local held = redis.call('GET', permit)
       if held then
-        redis.call('DEL', event.permit)
+        redis.call('DEL', permit)
         permitted = tonumber(held)
       end
     end
-    for _, counter in ipairs(event.counters) do
-      local amount = counter[2]
+    for c = first, i - 1, 4 do
+      local amount = tonumber(ARGV[c + 1])
       if permitted >= 0 then
         -- counted at the acquire; only units beyond those acquired count now
-        if counter[4] == 1 then amount = math.max(0, amount - permitted) else amount = 0 end
+        if ARGV[c + 3] == '1' then amount = math.max(0, amount - permitted) else amount = 0 end
       end
       if amount > 0 then
-        local value = redis.call('INCRBY', counter[1], amount)
-        if value == amount then redis.call('EXPIRE', counter[1], counter[3]) end
+        local value = redis.call('INCRBY', ARGV[c], amount)
+        if value == amount then redis.call('EXPIRE', ARGV[c], tonumber(ARGV[c + 2])) end
       end
     end
-    accepted[#accepted + 1] = event.record
+    accepted[#accepted + 1] = record
   else
     duplicates = duplicates + 1
   end
 end
 if #accepted > 0 then
-  redis.call('XADD', KEYS[1], '*', 'x', '[' .. table.concat(accepted, ',') .. ']')
+  redis.call('XADD', KEYS[1], '*', 'x', '[' .. table.concat(accepted, ',') .. ']', 't', ARGV[2], 'k', ARGV[3])
 end
 return {#accepted, duplicates}
 """
@@ -81,53 +85,70 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def _record(tenant_id: int, key_id: int, event: dict[str, Any]) -> str:
+# A record's fields in the stream; those at their default are left out (the tenant and the key
+# travel once per entry).
+RECORD_FIELDS = (
+    "end_user",
+    "service",
+    "endpoint",
+    "method",
+    "category",
+    "status_code",
+    "duration_ms",
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens",
+    "quota_units",
+    "model",
+    "error_message",
+    "meta",
+)
+DEFAULTS = {"end_user": "", "endpoint": "", "category": "", "model": "", "error_message": None, "meta": None}
+DEFAULTS.update(dict.fromkeys(("duration_ms", "tokens_in", "tokens_out", "cached_tokens", "quota_units"), 0))
+
+
+def _record(event: dict[str, Any]) -> str:
     """The stream's form of one event: a usage record, its time as epoch seconds."""
-    return json.dumps(
-        {
-            "tenant_id": tenant_id,
-            "api_key_id": key_id,
-            "end_user": event["end_user"],
-            "service": event["service"],
-            "endpoint": event["endpoint"],
-            "method": event["method"],
-            "category": event["category"],
-            "status_code": event["status_code"],
-            "duration_ms": event["duration_ms"],
-            "tokens_in": event["tokens_in"],
-            "tokens_out": event["tokens_out"],
-            "cached_tokens": event["cached_tokens"],
-            "quota_units": event["quota_units"],
-            "model": event["model"],
-            "error_message": event["error_message"],
-            "meta": event["meta"],
-            "occurred_at": event["occurred_at"],
-            "idempotency_key": ID_PREFIX + event["id"],
-        },
-        separators=(",", ":"),
-    )
+    record = {name: event[name] for name in RECORD_FIELDS if event[name] != DEFAULTS.get(name, ...)}
+    record["occurred_at"] = event["occurred_at"]
+    record["idempotency_key"] = ID_PREFIX + event["id"]
+    return json.dumps(record, separators=(",", ":"))
 
 
-def _counters(tenant_id: int, specs: Sequence[LimitSpec], event: dict[str, Any], now: float) -> list:
-    """The window counters an event adds to: those of its service (and model) whose window,
-    the one containing the event's time, has not long ended."""
-    counters = []
-    for spec in specs:
-        if spec.service != event["service"] or not spec.applies_to(event["model"]):
-            continue
-        key, end = counter_for(tenant_id, spec, event["occurred_at"])
-        ttl = int(end - now) + COUNTER_GRACE_SECONDS
-        if ttl > 0:
-            amount = spec.amount(event["quota_units"])
-            counters.append([key, amount, ttl, 1 if spec.unit == "quota_units" else 0])
-    return counters
+class _Counters:
+    """The window counters events add to: those of the event's service (and model) whose window,
+    the one containing the event's time, has not long ended. Windows are worked out once per
+    batch (a batch's events mostly share their minute)."""
+
+    def __init__(self, tenant_id: int, specs: Sequence[LimitSpec], now: float) -> None:
+        self.tenant_id = tenant_id
+        self.specs = specs
+        self.now = now
+        self._windows: dict[tuple[LimitSpec, int], tuple[str, int]] = {}
+
+    def args(self, event: dict[str, Any]) -> list:
+        """``n`` and the counters as the script's arguments: key, amount, ttl, counts units."""
+        found: list = []
+        at = event["occurred_at"]
+        for spec in self.specs:
+            if spec.service != event["service"] or not spec.applies_to(event["model"]):
+                continue
+            memo = (spec, int(at) // 60)
+            window = self._windows.get(memo)
+            if window is None:
+                key, end = counter_for(self.tenant_id, spec, at)
+                window = self._windows[memo] = (key, int(end - self.now) + COUNTER_GRACE_SECONDS)
+            key, ttl = window
+            if ttl > 0:
+                found += [key, spec.amount(event["quota_units"]), ttl, 1 if spec.unit == "quota_units" else 0]
+        return [len(found) // 4, *found]
 
 
 def report_events(
     redis: Redis,
     stream: str,
     tenant_id: int,
-    key_id: int,
+    key_id: int | None,
     specs: Sequence[LimitSpec],
     events: Sequence[dict[str, Any]],
     now: float | None = None,
@@ -135,31 +156,30 @@ def report_events(
     """Count and enqueue validated events (each with every field, ``occurred_at`` in epoch
     seconds; an event without ``id`` gets one). All or nothing: one script call."""
     now = time.time() if now is None else now
-    payload = []
+    counters = _Counters(tenant_id, specs, now)
+    args: list = [EVENT_ID_TTL_SECONDS, tenant_id, key_id or 0]
     ids = []
     for event in events:
         event_id = event.get("id") or new_event_id()
         event = {**event, "id": event_id}
         ids.append(event_id)
         permit = event.get("permit_id") or ""
-        payload.append(
-            {
-                "seen": event_seen_key(tenant_id, event_id),
-                "permit": permit_key(tenant_id, event["service"], permit) if permit else "",
-                "counters": _counters(tenant_id, specs, event, now),
-                "record": _record(tenant_id, key_id, event),
-            }
-        )
-    script = redis.register_script(EVENTS_SCRIPT)
-    document = json.dumps({"ttl": EVENT_ID_TTL_SECONDS, "events": payload}, separators=(",", ":"))
-    accepted, duplicates = script(keys=[stream], args=[document])
+        args += [
+            event_seen_key(tenant_id, event_id),
+            permit_key(tenant_id, event["service"], permit) if permit else "",
+            _record(event),
+            *counters.args(event),
+        ]
+    accepted, duplicates = redis.register_script(EVENTS_SCRIPT)(keys=[stream], args=args)
     return Reported(int(accepted), int(duplicates), ids)
 
 
-def unpack_events(raw: bytes) -> list[dict[str, Any]]:
+def unpack_events(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
     """A stream entry's events as usage records (not yet priced) for the store."""
-    records = json.loads(raw)
-    for record in records:
-        record["source"] = "external"
+    tenant_id, key_id = int(fields[b"t"]), int(fields[b"k"]) or None
+    records = []
+    for record in json.loads(fields[EVENTS_FIELD]):
+        record = {**DEFAULTS, **record, "tenant_id": tenant_id, "api_key_id": key_id, "source": "external"}
         record["occurred_at"] = datetime.fromtimestamp(record["occurred_at"], UTC)
+        records.append(record)
     return records

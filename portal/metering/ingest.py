@@ -60,7 +60,7 @@ def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> list[dict]:
     events = []
     for _, fields in entries:
         if EVENTS_FIELD in fields:
-            events.extend(unpack_events(fields[EVENTS_FIELD]))
+            events.extend(unpack_events(fields))
         else:
             records.append(unpack_record(fields))
     if events:
