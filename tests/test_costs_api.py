@@ -165,13 +165,16 @@ def test_the_same_event_id_counts_once_under_concurrent_retries(app, tenant):
 
 def test_a_model_without_a_price_is_unpriced_until_a_price_exists(app, client, tenant):
     event = {"service": "acme-llm", "model": "acme-1", "tokens_in": 2_000_000, "tokens_out": 1_000_000}
-    assert post_events(client, tenant.headers, event).status_code == 202
+    reported = post_events(client, tenant.headers, event)
+    assert reported.status_code == 202
+    response_ids = reported.json["ids"]
     drain(app)
     [record] = external_records(app, tenant.tenant_id)
     assert record.cost is None
     assert rollup_sums(app, tenant.tenant_id) == (1, 0, 1)
     log = client.get("/api/v1/usage/logs?service=acme-llm", headers=tenant.headers).json["logs"][0]
     assert log["cost_usd"] is None  # unpriced, never $0
+    assert log["id"] == response_ids[0]  # the id the event was reported with
     report = client.get("/api/v1/costs/report?group_by=service", headers=tenant.headers).json
     assert report["unpriced_calls"] == 1 and report["groups"][0]["unpriced_calls"] == 1
 

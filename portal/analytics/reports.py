@@ -14,6 +14,7 @@ from sqlalchemy import Select, func, select
 
 from ..billing.plans import billing_period
 from ..billing.usage import current_subscription, quota_used
+from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
 from ..models import ApiKey, UsageRecord, UsageRollup
 from .totals import day_bounds
@@ -107,7 +108,10 @@ def usage_logs(tenant_id: int, service: str | None, limit: int, offset: int) -> 
     )
     logs = [
         {
-            "id": record.idempotency_key,
+            # A reported event shows the id its sender gave it.
+            "id": record.idempotency_key.removeprefix(EVENT_ID_PREFIX)
+            if record.source == "external"
+            else record.idempotency_key,
             "service_name": record.service,
             "endpoint": record.endpoint,
             "method": record.method,
