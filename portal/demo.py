@@ -11,8 +11,10 @@ import random
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import select
@@ -188,22 +190,19 @@ def _external_call(rng: random.Random, prices: PriceBook, tenant_id: int, at: da
 def store_in_batches(
     records: Iterator[dict[str, Any]], batch: int = 5000, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Store records, committing every ``batch``; returns how many were new."""
+    """Store records, committing every ``batch``; returns how many were new.
+
+    The next batch is generated in a thread while the database stores the current one (the
+    generator must not use the database)."""
     stored = 0
-    chunk: list[dict[str, Any]] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= batch:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-generate") as pool:
+        upcoming = pool.submit(list, islice(records, batch))
+        while chunk := upcoming.result():
+            upcoming = pool.submit(list, islice(records, batch))
             stored += store_usage(chunk)
             db.session.commit()
             if progress:
                 progress(len(chunk))
-            chunk = []
-    if chunk:
-        stored += store_usage(chunk)
-        db.session.commit()
-        if progress:
-            progress(len(chunk))
     return stored
 
 
