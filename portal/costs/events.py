@@ -19,6 +19,8 @@ from typing import Any
 
 from redis import Redis
 
+from ..metering.store import DEFAULTS as STORED_DEFAULTS
+from ..metering.store import RECORD_FIELDS as STORED_FIELDS
 from ..redis_keys import event_seen_key, permit_key
 from .service_limits import COUNTER_GRACE_SECONDS, LimitSpec, counter_for
 
@@ -85,26 +87,11 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-# A record's fields in the stream; those at their default are left out (the tenant and the key
-# travel once per entry).
-RECORD_FIELDS = (
-    "end_user",
-    "service",
-    "endpoint",
-    "method",
-    "category",
-    "status_code",
-    "duration_ms",
-    "tokens_in",
-    "tokens_out",
-    "cached_tokens",
-    "quota_units",
-    "model",
-    "error_message",
-    "meta",
-)
-DEFAULTS = {"end_user": "", "endpoint": "", "category": "", "model": "", "error_message": None, "meta": None}
-DEFAULTS.update(dict.fromkeys(("duration_ms", "tokens_in", "tokens_out", "cached_tokens", "quota_units"), 0))
+# A record's fields in the stream (the store's, less those the entry or the worker supplies);
+# those at the store's default are left out. Every event states its method.
+PER_ENTRY = ("tenant_id", "api_key_id", "source", "cost", "price_id", "occurred_at", "idempotency_key")
+RECORD_FIELDS = tuple(name for name in STORED_FIELDS if name not in PER_ENTRY)
+DEFAULTS = {name: value for name, value in STORED_DEFAULTS.items() if name in RECORD_FIELDS and name != "method"}
 
 
 def _record(event: dict[str, Any]) -> str:
