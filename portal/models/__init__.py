@@ -1,7 +1,16 @@
 """The data model, one module per aggregate. Import models from here."""
 
 from ._types import as_money, utcnow
-from .alerts import Alert, AlertRule, Budget, BudgetCrossing, NotificationChannel, NotificationDelivery
+from .alerts import (
+    Alert,
+    AlertRule,
+    AlertSettings,
+    Budget,
+    BudgetCrossing,
+    Notification,
+    NotificationChannel,
+    NotificationDelivery,
+)
 from .audit import AuditEvent
 from .billing import Statement, StatementLine
 from .keys import ApiKey
@@ -14,11 +23,13 @@ __all__ = [
     "LATENCY_COLUMNS",
     "Alert",
     "AlertRule",
+    "AlertSettings",
     "ApiKey",
     "AuditEvent",
     "Budget",
     "BudgetCrossing",
     "ModelPrice",
+    "Notification",
     "NotificationChannel",
     "NotificationDelivery",
     "Plan",

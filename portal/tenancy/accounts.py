@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
 from ..billing.plans import get_plan, subscribe
+from ..alerts.rules import add_default_rules
 from ..costs.service_limits import add_default_limits
 from ..extensions import db
 from ..models import Tenant, User
@@ -70,6 +71,7 @@ def create_tenant(name: str, plan_code: str, admin_email: str, password: str) ->
     create_user(tenant, admin_email, password, role="owner")
     subscribe(tenant, plan)
     add_default_limits(tenant)
+    add_default_rules(tenant)
     return tenant
 
 
