@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from flask import current_app
 
+from portal.alerts.evaluate import evaluate_alerts as evaluate_alert_rules
 from portal.costs import recompute
 from portal.metering.ingest import ingest_usage
 from portal.metering.retention import delete_expired_usage
@@ -33,3 +34,8 @@ def ingest() -> dict:
 def recompute_costs() -> dict:
     """Price the outside calls stored without a price, now that one exists."""
     return recompute.recompute_costs(utcnow())
+
+
+def evaluate_alerts() -> dict:
+    """Evaluate every tenant's alert rules and write the notifications of what changed."""
+    return evaluate_alert_rules(get_redis(), utcnow()).as_dict()

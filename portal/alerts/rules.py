@@ -77,7 +77,9 @@ METRICS: dict[str, Metric] = {
     )
 }
 # Metrics a rule may narrow with a service, endpoint, key or end-user filter (they read rollups).
-FILTERABLE = frozenset({"rate_limited", "error_rate", "p95_latency", "avg_latency", "calls", "errors", "tokens", "cost"})
+FILTERABLE = frozenset(
+    {"rate_limited", "error_rate", "p95_latency", "avg_latency", "calls", "errors", "tokens", "cost"}
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,8 @@ DEFAULT_RULE_FIELDS = (
 def apply_changes(rule: AlertRule, changes: dict) -> AlertRule:
     """Validate ``changes`` (a dict of RULE_FIELDS) and apply them to ``rule``; raises RuleError."""
     allowed = RULE_FIELDS if rule.kind == "custom" else DEFAULT_RULE_FIELDS
+    if rule.kind != "custom":  # a field set to what it is already is no change
+        changes = {k: v for k, v in changes.items() if k in allowed or getattr(rule, k, object()) != v}
     unknown = sorted(set(changes) - set(allowed))
     if unknown:
         what = "a custom rule" if rule.kind == "custom" else f"the default rule {rule.kind!r}"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
 from ._types import FineMoney, JSONType, Money, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from .tenancy import Tenant
 
 SEVERITIES = ("warning", "critical")
 ALERT_STATUSES = ("active", "acknowledged", "resolved")
@@ -88,6 +92,8 @@ class AlertRule(db.Model):
     cooldown_minutes: Mapped[int] = mapped_column(Integer, default=60)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    tenant: Mapped[Tenant] = relationship()
 
 
 class AlertSettings(db.Model):

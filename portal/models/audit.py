@@ -26,7 +26,11 @@ ACTIONS = (
 
 class AuditEvent(db.Model):
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_events_tenant_created", "tenant_id", "created_at"),
+        # The failed-authentication alert counts recent failed sign-ins of every tenant.
+        Index("ix_audit_events_action_created", "action", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     # None for events that belong to no tenant (a sign-in attempt for an unknown address).

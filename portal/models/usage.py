@@ -14,7 +14,8 @@ from ._types import BigIntPK, FineMoney, JSONType, UTCDateTime
 SOURCES = ("api", "external")
 GRANULARITIES = ("hour", "day")
 # Upper bounds (ms) of the latency histogram kept in each rollup; one more bucket is open-ended.
-LATENCY_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# 1,000 and 2,000 are the default p95 alert thresholds: a percentile compared with a bound is exact.
+LATENCY_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2000, 2500, 5000, 10000)
 
 
 class UsageRecord(db.Model):
@@ -130,6 +131,8 @@ class UsageRollup(db.Model):
     latency_le_250: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_le_500: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_le_1000: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Added after the others: in rollups written before it, (1000, 2500] sits in latency_le_2500.
+    latency_le_2000: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_le_2500: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_le_5000: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_le_10000: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -70,9 +70,8 @@ def enqueue_alert_notifications(alert: Alert, event_type: str, at: datetime) -> 
     """Write the deliveries and in-portal notifications of ``alert``'s change; the caller
     commits them together with the change. ``alert`` must have its id (flush first)."""
     payload = alert_event(alert, event_type, at)
-    deliveries = [
-        enqueue_delivery(channel, payload, at, alert.id) for channel in matching_channels(alert.tenant_id, alert.severity)
-    ]
+    channels = matching_channels(alert.tenant_id, alert.severity)
+    deliveries = [enqueue_delivery(channel, payload, at, alert.id) for channel in channels]
     users = db.session.scalars(select(User.id).where(User.tenant_id == alert.tenant_id, User.is_enabled.is_(True)))
     verb = {"alert.triggered": "", "alert.escalated": "Escalated: ", "alert.resolved": "Resolved: "}[event_type]
     for user_id in users:
