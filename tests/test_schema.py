@@ -83,6 +83,26 @@ def test_the_chain_goes_down_to_nothing_and_up_again(empty_sqlite_app):
     assert db.session.scalar(sa.text("SELECT count(*) FROM plans")) == 4
 
 
+def test_tenants_made_before_the_alerts_revision_get_the_default_rules_from_it(empty_sqlite_app):
+    from portal.alerts.rules import DEFAULT_RULES
+
+    upgrade(revision="0002")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenants (name, slug, is_active, limits_when_redis_down, created_at)"
+            " VALUES ('Early Co', 'early-co', 1, 'open', '2026-11-01 00:00:00')"
+        )
+    upgrade()
+    rows = db.session.execute(
+        sa.text("SELECT kind, warning_threshold, critical_threshold, min_volume FROM alert_rules ORDER BY id")
+    ).all()
+    assert [row.kind for row in rows] == [rule.kind for rule in DEFAULT_RULES]
+    assert {row.kind: (row.warning_threshold, row.critical_threshold) for row in rows}["error_rate"] == (5, 10)
+    downgrade(revision="0002")
+    upgrade()  # and again: no rule twice
+    assert db.session.scalar(sa.text("SELECT count(*) FROM alert_rules")) == len(DEFAULT_RULES)
+
+
 def test_the_test_database_has_no_drift(app):
     # PostgreSQL when TEST_DATABASE_URL is set (CI), SQLite otherwise.
     with app.app_context():

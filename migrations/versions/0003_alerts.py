@@ -143,6 +143,8 @@ def upgrade():
 
 
 def downgrade():
+    # The default rules came with this revision (the rules before it have no kind to tell them by).
+    op.execute("DELETE FROM alert_rules WHERE kind <> 'custom'")
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_events_action_created')
     with op.batch_alter_table('usage_rollups', schema=None) as batch_op:

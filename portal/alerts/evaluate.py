@@ -22,6 +22,7 @@ the database refuses a second open alert for one dedup key.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from sqlalchemy import select
 from ..billing.plans import billing_period
 from ..extensions import db
 from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing
-from ..notify.outbox import enqueue_alert_notifications
+from ..notify.outbox import enqueue_many
 from . import metrics
 from .rules import COMPARATORS, FILTERABLE, METRICS
 
@@ -75,7 +76,7 @@ class PassResult:
     open: int = 0
     notifications: int = 0
     skipped: bool = False
-    transitions: list[tuple[str, int]] = field(default_factory=list)
+    transitions: list[tuple[Alert, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -91,14 +92,11 @@ class PassResult:
         }
 
 
-def _compare(value: float | Decimal, comparator: str, threshold: Decimal) -> bool:
-    value = Decimal(str(value)) if not isinstance(value, Decimal) else value
-    return {
-        "gt": value > threshold,
-        "gte": value >= threshold,
-        "lt": value < threshold,
-        "lte": value <= threshold,
-    }[comparator]
+COMPARE = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+
+
+def _compare(value: Decimal, comparator: str, threshold: Decimal) -> bool:
+    return COMPARE[comparator](value, threshold)
 
 
 def _severity(rule: AlertRule, value) -> tuple[str | None, Decimal | None]:
@@ -167,10 +165,11 @@ class Evaluator:
 
     def __init__(self, redis: Redis, now: datetime, tenant_ids: list[int] | None = None) -> None:
         self.now = now
-        rules_query = select(AlertRule).where(AlertRule.is_enabled.is_(True))
+        # Plain rows, not ORM objects: a pass reads every rule of every tenant.
+        rules_query = select(*AlertRule.__table__.c).where(AlertRule.is_enabled.is_(True))
         if tenant_ids is not None:
             rules_query = rules_query.where(AlertRule.tenant_id.in_(tenant_ids))
-        self.rules: list[AlertRule] = list(db.session.scalars(rules_query))
+        self.rules: list = list(db.session.execute(rules_query))
         self.tenant_ids = sorted({r.tenant_id for r in self.rules})
         self.periods = metrics.period_keys(now)
         self.windows = metrics.tenant_windows(now)
@@ -265,9 +264,11 @@ class Evaluator:
                     "tokens": lambda: sums.tokens,
                     "cost": lambda: sums.cost,
                 }[rule.metric]()
-        severity, threshold = _severity(rule, value)
         if value is not None and not isinstance(value, Decimal):
             value = Decimal(str(round(value, 6)))
+        severity, threshold = _severity(rule, value)
+        if severity is None:
+            return None  # clear: an open alert for it counts a clear pass
         title, message = _describe(rule, value, threshold, unit, scope)
         return Finding(rule, "tenant", severity, value, threshold, period_key, title, message)
 
@@ -309,23 +310,29 @@ def _settings(tenant_ids: list[int]) -> dict[int, AlertSettings]:
 
 
 def _transition(alert: Alert, event_type: str, result: PassResult, now: datetime) -> None:
-    db.session.flush()
-    deliveries = enqueue_alert_notifications(alert, event_type, now)
+    """Note a transition; its notifications are written together at the end of the pass."""
     alert.last_notified_at = now
-    result.notifications += len(deliveries)
-    result.transitions.append((event_type, alert.id))
-    verb = {"alert.triggered": "triggered", "alert.escalated": "escalated", "alert.resolved": "resolved"}[event_type]
-    level = logging.WARNING if event_type == "alert.resolved" else LOG_LEVEL[alert.severity]
-    log.log(
-        level,
-        "alert %s %s: tenant %s, %s (%s, %s)",
-        alert.id,
-        verb,
-        alert.tenant_id,
-        alert.title,
-        alert.severity,
-        alert.dedup_key,
-    )
+    result.transitions.append((alert, event_type))
+
+
+VERB = {"alert.triggered": "triggered", "alert.escalated": "escalated", "alert.resolved": "resolved"}
+
+
+def _notify(result: PassResult, now: datetime) -> None:
+    db.session.flush()  # the new alerts' ids, in one batch
+    result.notifications = len(enqueue_many(result.transitions, now))
+    for event_type, alert in ((e, a) for a, e in result.transitions):
+        level = logging.WARNING if event_type == "alert.resolved" else LOG_LEVEL[alert.severity]
+        log.log(
+            level,
+            "alert %s %s: tenant %s, %s (%s, %s)",
+            alert.id,
+            VERB[event_type],
+            alert.tenant_id,
+            alert.title,
+            alert.severity,
+            alert.dedup_key,
+        )
 
 
 def evaluate_alerts(redis: Redis, now: datetime, tenant_ids: list[int] | None = None) -> PassResult:
@@ -412,6 +419,7 @@ def _evaluate(redis: Redis, now: datetime, tenant_ids: list[int] | None) -> Pass
             else:
                 log.warning("alert %s resolved: tenant %s, %s", alert.id, alert.tenant_id, alert.title)
     result.open = sum(1 for a in open_alerts.values() if a.status != "resolved")
+    _notify(result, now)
     return result
 
 

@@ -46,14 +46,15 @@ class Sums:
     histogram: list[float] = field(default_factory=lambda: [0.0] * len(LATENCY_COLUMNS))
 
     def add(self, row, weight: float) -> None:
-        self.calls += row.calls * weight
-        self.errors += row.errors * weight
-        self.rate_limited += row.rate_limited * weight
-        self.tokens += row.tokens * weight
+        # PostgreSQL sums bigints as NUMERIC (Decimal): counts are read as floats here.
+        self.calls += float(row.calls) * weight
+        self.errors += float(row.errors) * weight
+        self.rate_limited += float(row.rate_limited) * weight
+        self.tokens += float(row.tokens) * weight
         self.cost += Decimal(row.cost or 0) * Decimal(str(round(weight, 6)))
-        self.duration_sum += row.duration_sum * weight
+        self.duration_sum += float(row.duration_sum) * weight
         for i, column in enumerate(LATENCY_COLUMNS):
-            self.histogram[i] += getattr(row, column) * weight
+            self.histogram[i] += float(getattr(row, column)) * weight
 
     @property
     def answered(self) -> float:
@@ -181,9 +182,9 @@ def normal_calls(now: datetime, window: timedelta = SHORT_WINDOW) -> dict[int, f
         .where(UsageRollup.granularity == "hour", UsageRollup.bucket_start.in_(starts))
         .group_by(UsageRollup.tenant_id, UsageRollup.bucket_start)
     )
-    by_tenant: dict[int, dict[datetime, int]] = defaultdict(dict)
+    by_tenant: dict[int, dict[datetime, float]] = defaultdict(dict)
     for row in rows:
-        by_tenant[row.tenant_id][row.bucket_start] = row.calls
+        by_tenant[row.tenant_id][row.bucket_start] = float(row.calls)
     oldest = _first_traffic(list(by_tenant))
     normal = {}
     for tenant_id, buckets in by_tenant.items():

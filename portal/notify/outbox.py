@@ -9,6 +9,7 @@ repeat.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from datetime import datetime
 
 from flask import current_app
@@ -19,6 +20,7 @@ from ..extensions import db
 from ..models import Alert, Notification, NotificationChannel, NotificationDelivery, Tenant, User
 
 SEVERITY_RANK = {"warning": 1, "critical": 2}
+CHUNK = 5000  # ids per IN list
 
 
 def new_message_id() -> str:
@@ -30,8 +32,8 @@ def event_body(event_type: str, data: dict, at: datetime) -> dict:
     return {"type": event_type, "timestamp": iso(at), "data": data}
 
 
-def alert_event(alert: Alert, event_type: str, at: datetime) -> dict:
-    tenant = db.session.get(Tenant, alert.tenant_id)
+def alert_event(alert: Alert, event_type: str, at: datetime, tenant: Tenant | None = None) -> dict:
+    tenant = tenant or db.session.get(Tenant, alert.tenant_id)
     data = {
         "tenant": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name},
         "alert": alert_json(alert, current_app.config["PORTAL_BASE_URL"]),
@@ -39,13 +41,46 @@ def alert_event(alert: Alert, event_type: str, at: datetime) -> dict:
     return event_body(event_type, data, at)
 
 
-def matching_channels(tenant_id: int, severity: str) -> list[NotificationChannel]:
-    rank = SEVERITY_RANK[severity]
-    channels = db.session.scalars(
-        select(NotificationChannel).where(
-            NotificationChannel.tenant_id == tenant_id, NotificationChannel.is_active.is_(True)
+def _channels_of(tenant_ids: list[int]) -> dict[int, list[NotificationChannel]]:
+    found: dict[int, list[NotificationChannel]] = defaultdict(list)
+    for i in range(0, len(tenant_ids), CHUNK):
+        rows = db.session.scalars(
+            select(NotificationChannel).where(
+                NotificationChannel.tenant_id.in_(tenant_ids[i : i + CHUNK]), NotificationChannel.is_active.is_(True)
+            )
         )
-    )
+        for channel in rows:
+            found[channel.tenant_id].append(channel)
+    return found
+
+
+def _users_of(tenant_ids: list[int]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = defaultdict(list)
+    for i in range(0, len(tenant_ids), CHUNK):
+        rows = db.session.execute(
+            select(User.tenant_id, User.id).where(
+                User.tenant_id.in_(tenant_ids[i : i + CHUNK]), User.is_enabled.is_(True)
+            )
+        )
+        for tenant_id, user_id in rows:
+            found[tenant_id].append(user_id)
+    return found
+
+
+def _tenants(tenant_ids: list[int]) -> dict[int, Tenant]:
+    found: dict[int, Tenant] = {}
+    for i in range(0, len(tenant_ids), CHUNK):
+        rows = db.session.scalars(select(Tenant).where(Tenant.id.in_(tenant_ids[i : i + CHUNK])))
+        found.update((tenant.id, tenant) for tenant in rows)
+    return found
+
+
+def matching_channels(tenant_id: int, severity: str) -> list[NotificationChannel]:
+    return _matching(_channels_of([tenant_id])[tenant_id], severity)
+
+
+def _matching(channels: list[NotificationChannel], severity: str) -> list[NotificationChannel]:
+    rank = SEVERITY_RANK[severity]
     return [c for c in channels if SEVERITY_RANK.get(c.min_severity, 1) <= rank]
 
 
@@ -66,25 +101,54 @@ def enqueue_delivery(channel: NotificationChannel, payload: dict, at: datetime, 
     return delivery
 
 
+VERBS = {"alert.triggered": "", "alert.escalated": "Escalated: ", "alert.resolved": "Resolved: "}
+
+
 def enqueue_alert_notifications(alert: Alert, event_type: str, at: datetime) -> list[NotificationDelivery]:
     """Write the deliveries and in-portal notifications of ``alert``'s change; the caller
     commits them together with the change. ``alert`` must have its id (flush first)."""
-    payload = alert_event(alert, event_type, at)
-    channels = matching_channels(alert.tenant_id, alert.severity)
-    deliveries = [enqueue_delivery(channel, payload, at, alert.id) for channel in channels]
-    users = db.session.scalars(select(User.id).where(User.tenant_id == alert.tenant_id, User.is_enabled.is_(True)))
-    verb = {"alert.triggered": "", "alert.escalated": "Escalated: ", "alert.resolved": "Resolved: "}[event_type]
-    for user_id in users:
-        db.session.add(
+    return enqueue_many([(alert, event_type)], at)
+
+
+def enqueue_many(changes: list[tuple[Alert, str]], at: datetime) -> list[NotificationDelivery]:
+    """The same for many alerts' changes at once, in a fixed number of queries."""
+    if not changes:
+        return []
+    tenant_ids = sorted({alert.tenant_id for alert, _ in changes})
+    tenants, channels, users = _tenants(tenant_ids), _channels_of(tenant_ids), _users_of(tenant_ids)
+    deliveries: list[NotificationDelivery] = []
+    notices: list[Notification] = []
+    for alert, event_type in changes:
+        payload = alert_event(alert, event_type, at, tenants[alert.tenant_id])
+        for channel in _matching(channels.get(alert.tenant_id, []), alert.severity):
+            deliveries.append(
+                NotificationDelivery(
+                    tenant_id=alert.tenant_id,
+                    alert_id=alert.id,
+                    channel_id=channel.id,
+                    event_type=event_type,
+                    message_id=new_message_id(),
+                    payload=payload,
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=at,
+                    created_at=at,
+                )
+            )
+        title = f"{VERBS[event_type]}{alert.title}"[:200]
+        notices += [
             Notification(
                 tenant_id=alert.tenant_id,
                 user_id=user_id,
                 alert_id=alert.id,
                 event_type=event_type,
                 severity=alert.severity,
-                title=f"{verb}{alert.title}"[:200],
+                title=title,
                 body=alert.message,
                 created_at=at,
             )
-        )
+            for user_id in users.get(alert.tenant_id, [])
+        ]
+    db.session.add_all(deliveries)
+    db.session.add_all(notices)
     return deliveries

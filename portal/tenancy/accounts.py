@@ -8,8 +8,8 @@ import unicodedata
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
-from ..billing.plans import get_plan, subscribe
 from ..alerts.rules import add_default_rules
+from ..billing.plans import get_plan, subscribe
 from ..costs.service_limits import add_default_limits
 from ..extensions import db
 from ..models import Tenant, User
@@ -47,20 +47,27 @@ def find_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
 
 
-def create_user(tenant: Tenant, email: str, password: str, role: str = "member", name: str = "") -> User:
+def create_user(
+    tenant: Tenant, email: str, password: str, role: str = "member", name: str = "", password_hash: str | None = None
+) -> User:
+    """A new user; ``password_hash`` (a hash made already, e.g. one shared by benchmark
+    accounts) saves hashing ``password`` again."""
     address = normalise_email(email)
     if find_user_by_email(address) is not None:
         raise AccountError(f"a user with e-mail {address} already exists")
-    try:
-        password_hash = hash_password(password)
-    except ValueError as exc:
-        raise AccountError(str(exc)) from None
+    if password_hash is None:
+        try:
+            password_hash = hash_password(password)
+        except ValueError as exc:
+            raise AccountError(str(exc)) from None
     user = User(tenant=tenant, email=address, password_hash=password_hash, role=role, name=name)
     db.session.add(user)
     return user
 
 
-def create_tenant(name: str, plan_code: str, admin_email: str, password: str) -> Tenant:
+def create_tenant(
+    name: str, plan_code: str, admin_email: str, password: str, password_hash: str | None = None
+) -> Tenant:
     """A new tenant on ``plan_code`` with its owner account; the caller commits."""
     name = name.strip()
     if not name:
@@ -68,7 +75,7 @@ def create_tenant(name: str, plan_code: str, admin_email: str, password: str) ->
     plan = get_plan(plan_code)
     tenant = Tenant(name=name, slug=unique_slug(name))
     db.session.add(tenant)
-    create_user(tenant, admin_email, password, role="owner")
+    create_user(tenant, admin_email, password, role="owner", password_hash=password_hash)
     subscribe(tenant, plan)
     add_default_limits(tenant)
     add_default_rules(tenant)
