@@ -597,3 +597,36 @@ def test_the_database_refuses_a_second_open_alert_for_one_dedup_key(app, db, ten
     db.session.add(Alert(**fields))
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(Alert).where(Alert.dedup_key == "k")) == 2
+
+
+def test_every_default_rule_fires_on_generated_data_and_clears_when_it_is_over(app, db, tenant):
+    set_limits(app, "starter", monthly_quota=1000, per_day=500)
+    redis = get_redis(app)
+    budget = create_budget(tenant.tenant_id, "All", Decimal(40))
+    db.session.commit()
+    at = NOW
+    for weeks in (1, 2, 3, 4):
+        store(tenant.tenant_id, at - timedelta(weeks=weeks, minutes=20), 100)
+    store(tenant.tenant_id, at - timedelta(minutes=20), 300, duration_ms=3000)  # slow, and a spike
+    store(tenant.tenant_id, at - timedelta(minutes=20), 60, status_code=500)  # errors
+    store(tenant.tenant_id, at - timedelta(minutes=20), 5, status_code=429)  # refused
+    store(tenant.tenant_id, at - timedelta(minutes=20), 1, source="external", service="openai", cost=Decimal(120))
+    evaluate_budgets(redis, {tenant.tenant_id}, at)
+    db.session.commit()
+    redis.set(quota_key(tenant.tenant_id, at), 900)
+    redis.set(f"tollgate:w:{tenant.tenant_id}:d:{int(at.timestamp()) // 86400}", 450)
+    redis.set(f"tollgate:authfail:tenant:{tenant.tenant_id}:{int(at.timestamp()) // 3600}", 7)
+    run(app, at)
+    fired = {a.alert_type for a in open_alerts(tenant.tenant_id)}
+    assert fired == {rule.kind for rule in DEFAULT_RULES}
+    assert {a.subject for a in open_alerts(tenant.tenant_id, "budget")} == {
+        f"budget:{budget.id}:{pct}" for pct in (50, 80, 100)
+    }
+
+    # Next month at 09:00: no recent calls, new counters, a new budget period.
+    later = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    for minutes in range(3):
+        run(app, later + timedelta(minutes=minutes))
+    db.session.expire_all()
+    assert open_alerts(tenant.tenant_id) == []
+    assert {a.resolved_by for a in alerts_of(tenant.tenant_id)} == {"auto"}
