@@ -172,15 +172,16 @@ class Evaluator:
         self.rules: list = list(db.session.execute(rules_query))
         self.tenant_ids = sorted({r.tenant_id for r in self.rules})
         self.periods = metrics.period_keys(now)
-        self.windows = metrics.tenant_windows(now)
+        only = tenant_ids
+        self.windows = metrics.tenant_windows(now, only=only)
         long_or_filtered = [r for r in self.rules if self._reads_per_rule(r)]
         self.rule_sums = metrics.rule_windows(long_or_filtered, now)
-        self.limits = metrics.plan_limits()
-        self.counters = metrics.redis_counters(redis, self.tenant_ids, now)
+        self.limits = metrics.plan_limits(only)
+        self.counters = metrics.redis_counters(redis, self.tenant_ids, now, only)
         spike = any(r.metric == "usage_spike" for r in self.rules)
-        self.normal = metrics.normal_calls(now) if spike else {}
-        self.cost_today = metrics.cost_today(now) if any(r.metric == "daily_cost" for r in self.rules) else {}
-        self.crossings = self._budget_crossings() if any(r.metric == "budget" for r in self.rules) else {}
+        self.normal = metrics.normal_calls(now, only=only) if spike else {}
+        self.cost_today = metrics.cost_today(now, only) if any(r.metric == "daily_cost" for r in self.rules) else {}
+        self.crossings = self._budget_crossings(only) if any(r.metric == "budget" for r in self.rules) else {}
 
     @staticmethod
     def _reads_per_rule(rule: AlertRule) -> bool:
@@ -189,13 +190,16 @@ class Evaluator:
         filtered = any(v is not None for v in (rule.service, rule.endpoint, rule.api_key_id, rule.end_user))
         return filtered or timedelta(minutes=rule.window_minutes) > metrics.SHORT_WINDOW
 
-    def _budget_crossings(self) -> dict[int, list[tuple[BudgetCrossing, Budget]]]:
+    def _budget_crossings(self, only: list[int] | None) -> dict[int, list[tuple[BudgetCrossing, Budget]]]:
         start, _ = billing_period(self.now)
-        rows = db.session.execute(
+        query = (
             select(BudgetCrossing, Budget)
             .join(Budget, Budget.id == BudgetCrossing.budget_id)
             .where(BudgetCrossing.period_start == start)
         )
+        if only is not None:
+            query = query.where(BudgetCrossing.tenant_id.in_(only))
+        rows = db.session.execute(query)
         found: dict[int, list] = defaultdict(list)
         for crossing, budget in rows:
             found[crossing.tenant_id].append((crossing, budget))

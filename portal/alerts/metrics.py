@@ -120,15 +120,21 @@ def _sum_columns():
     )
 
 
-def tenant_windows(now: datetime, window: timedelta = SHORT_WINDOW) -> dict[int, Sums]:
+def _only(query, column, only: list[int] | None):
+    """``query`` narrowed to some tenants (a pass over part of them), or not at all."""
+    return query if only is None else query.where(column.in_(only))
+
+
+def tenant_windows(now: datetime, window: timedelta = SHORT_WINDOW, only: list[int] | None = None) -> dict[int, Sums]:
     """Every tenant's sums over the trailing ``window`` (at most an hour)."""
     since = now - window
     first = since.replace(minute=0, second=0, microsecond=0)
-    rows = db.session.execute(
+    query = (
         select(UsageRollup.tenant_id, UsageRollup.bucket_start, *_sum_columns())
         .where(UsageRollup.granularity == "hour", UsageRollup.bucket_start >= first, UsageRollup.bucket_start <= now)
         .group_by(UsageRollup.tenant_id, UsageRollup.bucket_start)
     )
+    rows = db.session.execute(_only(query, UsageRollup.tenant_id, only))
     sums: dict[int, Sums] = defaultdict(Sums)
     for row in rows:
         sums[row.tenant_id].add(row, bucket_weight(row.bucket_start, since, now))
@@ -168,7 +174,7 @@ def rule_windows(rules: list, now: datetime) -> dict[int, Sums]:
     return sums
 
 
-def normal_calls(now: datetime, window: timedelta = SHORT_WINDOW) -> dict[int, float]:
+def normal_calls(now: datetime, window: timedelta = SHORT_WINDOW, only: list[int] | None = None) -> dict[int, float]:
     """Each tenant's normal calls for the trailing window: the median of the same window of the
     week over the last four weeks (weeks before the tenant had any traffic are not counted).
     Those hours are complete, so each counts with the part of it the window covers."""
@@ -177,11 +183,12 @@ def normal_calls(now: datetime, window: timedelta = SHORT_WINDOW) -> dict[int, f
     for moment in moments:
         first = (moment - window).replace(minute=0, second=0, microsecond=0)
         starts += [first, first + HOUR] if first + HOUR <= moment else [first]
-    rows = db.session.execute(
+    query = (
         select(UsageRollup.tenant_id, UsageRollup.bucket_start, func.sum(UsageRollup.calls).label("calls"))
         .where(UsageRollup.granularity == "hour", UsageRollup.bucket_start.in_(starts))
         .group_by(UsageRollup.tenant_id, UsageRollup.bucket_start)
     )
+    rows = db.session.execute(_only(query, UsageRollup.tenant_id, only))
     by_tenant: dict[int, dict[datetime, float]] = defaultdict(dict)
     for row in rows:
         by_tenant[row.tenant_id][row.bucket_start] = float(row.calls)
@@ -218,14 +225,15 @@ def _first_traffic(tenant_ids: list[int]) -> dict[int, datetime]:
     return dict(rows.all())
 
 
-def cost_today(now: datetime) -> dict[int, Decimal]:
+def cost_today(now: datetime, only: list[int] | None = None) -> dict[int, Decimal]:
     """Each tenant's cost so far today (UTC), from the day's rollups."""
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = db.session.execute(
+    query = (
         select(UsageRollup.tenant_id, func.sum(UsageRollup.cost))
         .where(UsageRollup.granularity == "day", UsageRollup.bucket_start == day)
         .group_by(UsageRollup.tenant_id)
     )
+    rows = db.session.execute(_only(query, UsageRollup.tenant_id, only))
     return {tenant_id: Decimal(cost or 0) for tenant_id, cost in rows}
 
 
@@ -235,12 +243,13 @@ class PlanLimits:
     per_day: int
 
 
-def plan_limits() -> dict[int, PlanLimits]:
-    rows = db.session.execute(
+def plan_limits(only: list[int] | None = None) -> dict[int, PlanLimits]:
+    query = (
         select(Subscription.tenant_id, Plan.monthly_quota, Plan.per_day)
         .join(Plan, Plan.id == Subscription.plan_id)
         .where(Subscription.ended_at.is_(None))
     )
+    rows = db.session.execute(_only(query, Subscription.tenant_id, only))
     return {tenant_id: PlanLimits(quota, per_day) for tenant_id, quota, per_day in rows}
 
 
@@ -268,7 +277,7 @@ class Counters:
     failed_auth: dict[int, float]
 
 
-def redis_counters(redis: Redis, tenant_ids: list[int], now: datetime) -> Counters:
+def redis_counters(redis: Redis, tenant_ids: list[int], now: datetime, only: list[int] | None = None) -> Counters:
     """The live counters: calls admitted this period and today, failed authentications in the
     trailing hour (API keys from Redis, portal sign-ins from the audit log)."""
     hour = int(now.timestamp()) // 3600
@@ -289,11 +298,12 @@ def redis_counters(redis: Redis, tenant_ids: list[int], now: datetime) -> Counte
         counters.quota_used[tenant_id] = quota
         counters.day_used[tenant_id] = day
         counters.failed_auth[tenant_id] = this_hour + last_hour * previous_weight
-    sign_ins = db.session.execute(
+    query = (
         select(AuditEvent.tenant_id, func.count())
         .where(AuditEvent.action == "login.failure", AuditEvent.created_at > since, AuditEvent.tenant_id.is_not(None))
         .group_by(AuditEvent.tenant_id)
     )
+    sign_ins = db.session.execute(_only(query, AuditEvent.tenant_id, only))
     for tenant_id, count in sign_ins:
         counters.failed_auth[tenant_id] = counters.failed_auth.get(tenant_id, 0) + count
     return counters
