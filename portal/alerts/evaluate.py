@@ -42,6 +42,7 @@ log = logging.getLogger("tollgate.alerts")
 LOCK_KEY = "tollgate:alerts:evaluating"
 LOCK_SECONDS = 300
 IN_CHUNK = 5000
+SHORT_WINDOW_MINUTES = int(metrics.SHORT_WINDOW.total_seconds() // 60)
 RANK = {"warning": 1, "critical": 2}
 LOG_LEVEL = {"warning": logging.WARNING, "critical": logging.CRITICAL}
 
@@ -160,13 +161,46 @@ def _filter_text(rule: AlertRule) -> str:
     return f" for {', '.join(parts)}" if parts else ""
 
 
+RULE_COLUMNS = (
+    "id",
+    "tenant_id",
+    "kind",
+    "name",
+    "metric",
+    "comparator",
+    "threshold_unit",
+    "warning_threshold",
+    "critical_threshold",
+    "window_minutes",
+    "min_volume",
+    "service",
+    "endpoint",
+    "api_key_id",
+    "end_user",
+    "cooldown_minutes",
+)
+ZERO = Decimal(0)
+EMPTY = metrics.Sums()
+
+
+def _reads_per_rule(rule) -> bool:
+    """Whether a rule needs figures of its own (a filter, or a window over an hour)."""
+    if rule.metric not in FILTERABLE and rule.metric != "usage_spike":
+        return False
+    if rule.service is not None or rule.endpoint is not None or rule.api_key_id is not None:
+        return True
+    return rule.end_user is not None or rule.window_minutes > SHORT_WINDOW_MINUTES
+
+
 class Evaluator:
     """Reads every figure once, then turns each rule into findings."""
 
     def __init__(self, redis: Redis, now: datetime, tenant_ids: list[int] | None = None) -> None:
         self.now = now
         # Plain rows, not ORM objects: a pass reads every rule of every tenant.
-        rules_query = select(*AlertRule.__table__.c).where(AlertRule.is_enabled.is_(True))
+        rules_query = select(*(AlertRule.__table__.c[name] for name in RULE_COLUMNS)).where(
+            AlertRule.is_enabled.is_(True)
+        )
         if tenant_ids is not None:
             rules_query = rules_query.where(AlertRule.tenant_id.in_(tenant_ids))
         self.rules: list = list(db.session.execute(rules_query))
@@ -174,21 +208,15 @@ class Evaluator:
         self.periods = metrics.period_keys(now)
         only = tenant_ids
         self.windows = metrics.tenant_windows(now, only=only)
-        long_or_filtered = [r for r in self.rules if self._reads_per_rule(r)]
+        long_or_filtered = [r for r in self.rules if _reads_per_rule(r)]
+        self.per_rule = {r.id for r in long_or_filtered}
         self.rule_sums = metrics.rule_windows(long_or_filtered, now)
         self.limits = metrics.plan_limits(only)
         self.counters = metrics.redis_counters(redis, self.tenant_ids, now, only)
-        spike = any(r.metric == "usage_spike" for r in self.rules)
-        self.normal = metrics.normal_calls(now, only=only) if spike else {}
-        self.cost_today = metrics.cost_today(now, only) if any(r.metric == "daily_cost" for r in self.rules) else {}
-        self.crossings = self._budget_crossings(only) if any(r.metric == "budget" for r in self.rules) else {}
-
-    @staticmethod
-    def _reads_per_rule(rule: AlertRule) -> bool:
-        if rule.metric not in FILTERABLE and rule.metric != "usage_spike":
-            return False
-        filtered = any(v is not None for v in (rule.service, rule.endpoint, rule.api_key_id, rule.end_user))
-        return filtered or timedelta(minutes=rule.window_minutes) > metrics.SHORT_WINDOW
+        used = {r.metric for r in self.rules}
+        self.normal = metrics.normal_calls(now, only=only) if "usage_spike" in used else {}
+        self.cost_today = metrics.cost_today(now, only) if "daily_cost" in used else {}
+        self.crossings = self._budget_crossings(only) if "budget" in used else {}
 
     def _budget_crossings(self, only: list[int] | None) -> dict[int, list[tuple[BudgetCrossing, Budget]]]:
         start, _ = billing_period(self.now)
@@ -206,6 +234,7 @@ class Evaluator:
         return found
 
     def findings(self) -> list[Finding]:
+        """What every rule finds firing (a rule whose condition is clear finds nothing)."""
         found: list[Finding] = []
         for rule in self.rules:
             if rule.metric == "budget":
@@ -216,64 +245,91 @@ class Evaluator:
                     found.append(finding)
         return found
 
-    def _sums(self, rule: AlertRule) -> metrics.Sums:
-        if self._reads_per_rule(rule):
-            return self.rule_sums.get(rule.id) or metrics.Sums()
-        return self.windows.get(rule.tenant_id) or metrics.Sums()
+    def _sums(self, rule) -> metrics.Sums:
+        if rule.id in self.per_rule:
+            return self.rule_sums.get(rule.id) or EMPTY
+        return self.windows.get(rule.tenant_id) or EMPTY
 
-    def _finding(self, rule: AlertRule) -> Finding | None:
-        metric = METRICS.get(rule.metric)
-        if metric is None:
-            return None
+    def _value(self, rule, metric) -> Decimal | float | int | None:
         tenant_id = rule.tenant_id
-        unit = metric.unit
-        period_key = self.periods[metric.period] if metric.period else None
-        scope = f" in the last {_window_text(rule)}{_filter_text(rule)}"
-        value = None
-        if rule.metric in ("quota_usage", "day_window"):
+        name = rule.metric
+        if name in ("quota_usage", "day_window"):
             limits = self.limits.get(tenant_id)
             if limits is None:
                 return None
-            if rule.metric == "quota_usage":
-                used, limit, scope = self.counters.quota_used.get(tenant_id, 0), limits.monthly_quota, " this month"
-            else:
-                used, limit, scope = self.counters.day_used.get(tenant_id, 0), limits.per_day, " today"
+            used, limit = self._used(rule, limits)
             if rule.threshold_unit == "absolute":
-                value, unit = used, "calls"
-            elif limit:
-                value = Decimal(used) * 100 / Decimal(limit)
-            if value is not None and limit:
-                scope += f" ({used:,} of {limit:,} calls)"
-        elif rule.metric == "daily_cost":
-            value, scope = self.cost_today.get(tenant_id, Decimal(0)), " today"
-        elif rule.metric == "failed_auth":
-            value, scope = self.counters.failed_auth.get(tenant_id, 0), " in the last hour"
-        else:
+                return used
+            return Decimal(used) * 100 / Decimal(limit) if limit else None
+        if name == "daily_cost":
+            return self.cost_today.get(tenant_id, ZERO)
+        if name == "failed_auth":
+            return self.counters.failed_auth.get(tenant_id, 0)
+        sums = self._sums(rule)
+        if metric.volume and sums.answered < rule.min_volume:
+            return None  # too few calls to judge a rate
+        if name == "usage_spike":
+            normal = self.normal.get(tenant_id)
+            return sums.calls / normal if normal else None
+        if name == "rate_limited":
+            return sums.rate_limited
+        if name == "error_rate":
+            return sums.error_rate()
+        if name == "p95_latency":
+            return sums.percentile_ms(0.95)
+        if name == "avg_latency":
+            return sums.average_ms()
+        if name == "calls":
+            return sums.calls
+        if name == "errors":
+            return sums.failed
+        if name == "tokens":
+            return sums.tokens
+        if name == "cost":
+            return sums.cost
+        return None
+
+    def _used(self, rule, limits) -> tuple[int, int | None]:
+        if rule.metric == "quota_usage":
+            return self.counters.quota_used.get(rule.tenant_id, 0), limits.monthly_quota
+        return self.counters.day_used.get(rule.tenant_id, 0), limits.per_day
+
+    def _scope(self, rule) -> str:
+        """The words after the figure in an alert's message: when and what it measured."""
+        name = rule.metric
+        if name in ("quota_usage", "day_window"):
+            used, limit = self._used(rule, self.limits[rule.tenant_id])
+            when = " this month" if name == "quota_usage" else " today"
+            return f"{when} ({used:,} of {limit:,} calls)" if limit else when
+        if name == "daily_cost":
+            return " today"
+        if name == "failed_auth":
+            return " in the last hour"
+        scope = f" in the last {_window_text(rule)}{_filter_text(rule)}"
+        if name == "usage_spike":
             sums = self._sums(rule)
-            if metric.volume and sums.answered < rule.min_volume:
-                value = None  # too few calls to judge a rate
-            elif rule.metric == "usage_spike":
-                normal = self.normal.get(tenant_id)
-                if normal:
-                    value = Decimal(str(sums.calls)) / Decimal(str(normal))
-                    scope += f" ({sums.calls:,.0f} calls against a normal {normal:,.0f})"
-            else:
-                value = {
-                    "rate_limited": lambda: sums.rate_limited,
-                    "error_rate": sums.error_rate,
-                    "p95_latency": lambda: sums.percentile_ms(0.95),
-                    "avg_latency": sums.average_ms,
-                    "calls": lambda: sums.calls,
-                    "errors": lambda: sums.failed,
-                    "tokens": lambda: sums.tokens,
-                    "cost": lambda: sums.cost,
-                }[rule.metric]()
-        if value is not None and not isinstance(value, Decimal):
+            scope += f" ({sums.calls:,.0f} calls against a normal {self.normal[rule.tenant_id]:,.0f})"
+        return scope
+
+    def _finding(self, rule) -> Finding | None:
+        metric = METRICS.get(rule.metric)
+        if metric is None:
+            return None
+        value = self._value(rule, metric)
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
             value = Decimal(str(round(value, 6)))
         severity, threshold = _severity(rule, value)
         if severity is None:
             return None  # clear: an open alert for it counts a clear pass
-        title, message = _describe(rule, value, threshold, unit, scope)
+        unit = (
+            "calls"
+            if metric.name in ("quota_usage", "day_window") and rule.threshold_unit == "absolute"
+            else metric.unit
+        )
+        title, message = _describe(rule, value, threshold, unit, self._scope(rule))
+        period_key = self.periods[metric.period] if metric.period else None
         return Finding(rule, "tenant", severity, value, threshold, period_key, title, message)
 
     def _budget_findings(self, rule: AlertRule) -> list[Finding]:
