@@ -13,6 +13,7 @@ from .billing.plans import UnknownPlan, update_plan_limits
 from .costs.cli import prices_group
 from .extensions import db
 from .models import utcnow
+from .notify.cli import add_channel_command
 from .tenancy.accounts import AccountError, create_tenant, get_tenant
 from .tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 
@@ -206,6 +207,7 @@ def init_app(app: Flask) -> None:
         seed_demo_command,
         generate_usage_command,
         worker_command,
+        add_channel_command,
     ):
         app.cli.add_command(command)
     app.cli.add_command(jobs_group)

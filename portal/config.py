@@ -13,6 +13,7 @@ import secrets
 import tempfile
 from collections.abc import Mapping
 from contextlib import suppress
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -164,6 +165,19 @@ def base_url(env: Mapping[str, str]) -> str:
     return raw.rstrip("/")
 
 
+def mail_from(env: Mapping[str, str], portal_url: str) -> str:
+    """The From address of alert e-mails: ``MAIL_FROM``, else tollgate@ the portal's host name."""
+    raw = env.get("MAIL_FROM", "").strip()
+    if not raw:
+        host = urlsplit(portal_url).hostname or "localhost"
+        # An IP address is written as a domain literal in an e-mail address.
+        return f"tollgate@[{host}]" if re.fullmatch(r"[0-9.]+|.*:.*", host) else f"tollgate@{host}"
+    _, address = parseaddr(raw)
+    if "@" not in address or any(c in raw for c in "\r\n"):
+        raise ConfigError("MAIL_FROM", f"expected an e-mail address, e.g. alerts@example.com; got {raw!r}")
+    return raw
+
+
 def redis_down_policy(env: Mapping[str, str]) -> str:
     """What the API does while Redis is unreachable: serve (and spool usage) or refuse."""
     value = env.get("API_WHEN_REDIS_DOWN", "serve").strip().lower()
@@ -187,6 +201,10 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "REDIS_URL": redis_url(env),
         "SMTP_URL": smtp_url(env),
+        "MAIL_FROM": mail_from(env, portal_url),
+        # Notifications to tenant URLs: seconds to connect, and to wait for each read of the answer.
+        "NOTIFY_CONNECT_TIMEOUT": env_int(env, "NOTIFY_CONNECT_TIMEOUT", 3, minimum=1),
+        "NOTIFY_READ_TIMEOUT": env_int(env, "NOTIFY_READ_TIMEOUT", 5, minimum=1),
         "PORTAL_BASE_URL": portal_url,
         "ALLOW_PRIVATE_WEBHOOKS": env_bool(env, "ALLOW_PRIVATE_WEBHOOKS", False),
         "SESSION_COOKIE_SECURE": cookie_secure,

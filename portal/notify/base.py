@@ -1,0 +1,142 @@
+"""The one interface every channel's sender has, and what an attempt came to.
+
+A sender takes a channel and a delivery and makes one attempt; it never raises for what a
+receiver or the network did, it says so in an :class:`Outcome`. Retrying, backoff and
+disabling channels are the deliver job's (:mod:`portal.notify.deliver`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import requests
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
+
+from ..models import NotificationChannel, NotificationDelivery
+from .addresses import AddressRefused, InvalidIPAddress, check_address, refusal, tenant_session
+
+# The most of an answer's body kept (for last_error); the rest is never read.
+BODY_LIMIT = 4096
+# Retry-After is honoured up to a day.
+MAX_RETRY_AFTER = 86400.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    error: str | None = None
+    status_code: int | None = None
+    # Whether another attempt may succeed (5xx, 429, timeouts); False: a final failure.
+    retry: bool = False
+    # Seconds the receiver asked us to wait (Retry-After).
+    retry_after: float | None = None
+    # Set when the receiver says the destination is gone: the channel is turned off.
+    disable_reason: str | None = None
+
+    @classmethod
+    def sent(cls, status_code: int | None = None) -> Outcome:
+        return cls(True, status_code=status_code)
+
+    @classmethod
+    def retry_later(cls, error: str, status_code: int | None = None, retry_after: float | None = None) -> Outcome:
+        return cls(False, error, status_code, retry=True, retry_after=retry_after)
+
+    @classmethod
+    def final(cls, error: str, status_code: int | None = None, disable_reason: str | None = None) -> Outcome:
+        return cls(False, error, status_code, retry=False, disable_reason=disable_reason)
+
+
+class Sender(Protocol):
+    kind: str
+
+    def send(self, channel: NotificationChannel, delivery: NotificationDelivery) -> Outcome: ...
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: str
+    retry_after: float | None
+    location: str | None
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> Answer | Outcome:
+    """POST ``body`` to a tenant URL through the hardened session. Returns the receiver's answer,
+    or the Outcome of an attempt that got none (refused address, timeout, connection error)."""
+    try:
+        check_address(url, resolve=False)
+    except AddressRefused as refused:
+        return Outcome.final(f"not sent: {refused}")
+    try:
+        with tenant_session() as session:
+            response = session.post(url, data=body, headers=headers, stream=True)
+            try:
+                raw = response.raw.read(BODY_LIMIT, decode_content=True) or b""
+            finally:
+                response.close()
+    except InvalidIPAddress as refused:
+        host = urlsplit(url).hostname or url
+        return Outcome.final(f"not sent: {refusal(host, refused.args[0])}")
+    except requests.Timeout as timeout:
+        return Outcome.retry_later(f"timed out: {timeout.__class__.__name__} ({_brief(timeout)})")
+    except requests.ConnectionError as error:
+        return Outcome.retry_later(f"could not connect: {_brief(error)}")
+    except (InvalidURL, InvalidSchema, MissingSchema) as bad:
+        return Outcome.final(f"not sent: the URL is unusable: {_brief(bad)}")
+    except requests.RequestException as error:
+        # A garbled answer (bad header, broken chunking, too many headers): worth another try later.
+        return Outcome.retry_later(f"request failed: {error.__class__.__name__}: {_brief(error)}")
+    return Answer(
+        response.status_code,
+        raw.decode("utf-8", "replace").strip(),
+        retry_after_seconds(response.headers.get("Retry-After")),
+        response.headers.get("Location"),
+    )
+
+
+def _brief(error: Exception, limit: int = 300) -> str:
+    text = str(error) or error.__class__.__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def answered(service: str, answer: Answer) -> str:
+    """``"Slack answered 404 channel_not_found"``: what an unsuccessful answer said."""
+    said = " ".join(answer.body.split())[:300]
+    return f"{service} answered {answer.status_code}" + (f" {said}" if said else "")
+
+
+def http_outcome(service: str, answer: Answer, gone: frozenset[int]) -> Outcome:
+    """The outcome of an HTTP answer: 2xx sent; 408, 429 and 5xx retried (after Retry-After if
+    longer); a redirect and other 4xx final; a status in ``gone`` final and the channel disabled."""
+    code = answer.status_code
+    if 200 <= code < 300:
+        return Outcome.sent(code)
+    text = answered(service, answer)
+    if code in gone:
+        return Outcome.final(text, code, disable_reason=text)
+    if code in (408, 429) or code >= 500:
+        return Outcome.retry_later(text, code, answer.retry_after)
+    if 300 <= code < 400:
+        where = f" to {answer.location}" if answer.location else ""
+        return Outcome.final(f"{text}: a redirect{where}, which Tollgate does not follow; update the URL", code)
+    return Outcome.final(text, code)
