@@ -12,6 +12,7 @@ from portal.costs import recompute
 from portal.metering.ingest import ingest_usage
 from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
+from portal.notify.deliver import deliver_due
 from portal.redis_store import get_redis
 
 
@@ -39,3 +40,8 @@ def recompute_costs() -> dict:
 def evaluate_alerts() -> dict:
     """Evaluate every tenant's alert rules and write the notifications of what changed."""
     return evaluate_alert_rules(get_redis(), utcnow()).as_dict()
+
+
+def deliver_notifications() -> dict:
+    """Send the notifications waiting in the outbox whose time has come."""
+    return deliver_due(utcnow())
