@@ -61,6 +61,25 @@ def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -
     return value
 
 
+def env_directory(env: Mapping[str, str], name: str) -> str | None:
+    """An absolute path to a folder Tollgate may write into (made when first needed), or None
+    when unset or empty."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(name, f"expected an absolute path to a folder; got {raw!r}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(name, f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(name, f"{existing} is not writable")
+    return str(path)
+
+
 def database_uri(env: Mapping[str, str], instance_path: Path) -> str:
     """Map the plain ``DATABASE_URL`` forms onto the drivers Tollgate ships with."""
     raw = env.get("DATABASE_URL", "").strip()
@@ -223,4 +242,6 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         # A call whose completion has not arrived after this long is stored with status unknown.
         "USAGE_ABANDON_SECONDS": env_int(env, "USAGE_ABANDON_SECONDS", 120),
         "API_WHEN_REDIS_DOWN": redis_down_policy(env),
+        # Raw usage past retention is first exported here (gzip JSON Lines per tenant and day); unset: not exported.
+        "RETENTION_EXPORT_DIR": env_directory(env, "RETENTION_EXPORT_DIR"),
     }
