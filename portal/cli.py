@@ -177,24 +177,55 @@ jobs_group = AppGroup("jobs", help="The periodic jobs.")
 
 @jobs_group.command("list")
 def jobs_list() -> None:
-    """Name the periodic jobs and how often they run."""
+    """Name the periodic jobs, how often they run and how their last run went; then RQ's failed jobs.
+
+    One line per job, its name first: the interval, the last run's start (UTC), outcome and
+    duration ("never" if it never ran), its description, and a failed run's error. The last line,
+    marked with ``#``, counts each queue's failed jobs and names the latest one.
+    """
+    from worker import history, queues
     from worker.schedule import PERIODIC_JOBS
 
+    from .redis_store import get_redis
+
+    redis = get_redis()
+    runs = history.last_runs(redis, [job.name for job in PERIODIC_JOBS])
     for job in PERIODIC_JOBS:
-        click.echo(f"{job.name:<20} every {job.every_seconds:>5}s  {job.description}")
+        run = runs[job.name]
+        if run is None:
+            last = f"{'never':<20}  {'':<6}  {'':>9}"
+        else:
+            last = f"{run.started_at:<20}  {run.outcome:<6}  {f'{run.duration_ms:,} ms':>9}"
+        line = f"{job.name:<22} every {job.every_seconds:>5}s  {last}  {job.description}"
+        if run is not None and run.outcome == "failed":
+            line += f"  [error: {run.summary}]"
+        if run is not None and run.running_since:
+            line += f"  [running since {run.running_since}]"
+        click.echo(line)
+    failed = []
+    for queue in history.failed_jobs(redis, queues.ALL):
+        text = f"{queue.queue} {queue.count}"
+        if queue.last_job_id:
+            text += f" (latest {queue.last_job_id}: {queue.last_error or 'no error recorded'})"
+        failed.append(text)
+    click.echo(f"# failed jobs: {'; '.join(failed)}")
 
 
 @jobs_group.command("run")
 @click.argument("name")
 def jobs_run(name: str) -> None:
     """Run one periodic job now, in the foreground."""
+    from worker.history import run_recorded
     from worker.schedule import find
+
+    from .redis_store import get_redis
 
     try:
         job = find(name)
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
-    result = job.func()
+    # Recorded as the worker records it: `jobs list` shows this run too, a failure included.
+    result = run_recorded(get_redis(), job.name, job.func)
     click.echo(f"{job.name}: {result}")
 
 

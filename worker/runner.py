@@ -4,6 +4,10 @@ Jobs run in this process (RQ's ``SimpleWorker``) inside a fresh application cont
 each job gets its own database session and the app is built once, not per job. The periodic
 clock enqueues each periodic job at most once per interval across all worker processes: the
 right to enqueue is a Redis key set with NX and an expiry of the interval.
+
+Every run of a periodic job's function, whichever queue it came from, goes through
+:func:`worker.history.run_recorded` (the worker's job class wraps it), so ``jobs list`` shows its
+last run and a failure is logged at ERROR before RQ files it in its failed-job registry.
 """
 
 from __future__ import annotations
@@ -15,19 +19,42 @@ import time
 from flask import Flask
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
 
 from portal.redis_store import get_redis
 
-from . import jobs, queues
-from .schedule import PERIODIC_JOBS, PeriodicJob
+from . import history, jobs, queues, schedule
+from .schedule import PeriodicJob
 
 log = logging.getLogger("tollgate.worker")
+
+
+def periodic_job_name(job: Job) -> str | None:
+    """The periodic job an RQ job runs: as enqueued by the clock, or its function's."""
+    name = job.meta.get("periodic")
+    if name:
+        return name
+    for periodic in schedule.PERIODIC_JOBS:
+        if job.func_name == f"{periodic.func.__module__}.{periodic.func.__qualname__}":
+            return periodic.name
+    return None
+
+
+class RecordedJob(Job):
+    """A job whose run is recorded in the periodic jobs' history when it runs one of them."""
+
+    def perform(self):
+        name = periodic_job_name(self)
+        if name is None:
+            return super().perform()
+        return history.run_recorded(self.connection, name, super().perform, job_id=self.id)
 
 
 class AppWorker(SimpleWorker):
     """An RQ worker that runs every job inside the Flask application context."""
 
     flask_app: Flask
+    job_class = RecordedJob
 
     def perform_job(self, job, queue, execution):
         with self.flask_app.app_context():
@@ -44,12 +71,13 @@ def enqueue_periodic(connection: Redis, job: PeriodicJob) -> bool:
         result_ttl=job.result_ttl,
         failure_ttl=queues.FAILURE_TTL,
         description=f"periodic: {job.name}",
+        meta={"periodic": job.name},
     )
     return True
 
 
 def enqueue_due(connection: Redis) -> list[str]:
-    return [job.name for job in PERIODIC_JOBS if enqueue_periodic(connection, job)]
+    return [job.name for job in schedule.PERIODIC_JOBS if enqueue_periodic(connection, job)]
 
 
 class PeriodicClock(threading.Thread):
@@ -69,6 +97,12 @@ class PeriodicClock(threading.Thread):
             self.stopped.wait(self.tick_seconds)
 
 
+def _ingest(connection: Redis) -> int:
+    """Drain the usage stream now, as a recorded run of its periodic job; returns the entries read."""
+    name = next((job.name for job in schedule.PERIODIC_JOBS if job.func is jobs.ingest), "ingest-usage")
+    return history.run_recorded(connection, name, jobs.ingest)["entries"]
+
+
 def run_worker(app: Flask, burst: bool = False, log_level: str = "INFO") -> bool:
     """Run the worker until stopped, or with ``burst`` until no work is left. True if it did work."""
     connection = get_redis(app)
@@ -77,11 +111,11 @@ def run_worker(app: Flask, burst: bool = False, log_level: str = "INFO") -> bool
     if burst:
         # The usage stream is work too: drain it whether or not its periodic run is due.
         with app.app_context():
-            drained = jobs.ingest()["entries"]
+            drained = _ingest(connection)
         enqueue_due(connection)
         worked = worker.work(burst=True, with_scheduler=True, logging_level=log_level)
         with app.app_context():
-            drained += jobs.ingest()["entries"]
+            drained += _ingest(connection)
         return worked or bool(drained)
     clock = PeriodicClock(connection)
     clock.start()
