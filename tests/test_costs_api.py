@@ -235,6 +235,50 @@ def test_a_refused_acquire_of_units_consumes_nothing(client, tenant):
     assert too_many.status_code == 422 and "exceed" in too_many.json["detail"]
 
 
+def test_nul_characters_and_whole_floats_are_read_alike_in_a_batch_and_alone(app, client, tenant):
+    # A batch valid as sent is validated straight from its bytes; one with a NUL or a 3.0 in it
+    # goes the general way. Both store the same records.
+    plain = {**GROQ_70B, "id": "as-sent", "tokens_in": 3, "endpoint": "/v1/a\ufffdb", "metadata": {"k\ufffd": "v"}}
+    odd = {**GROQ_70B, "id": "odd", "tokens_in": 3.0, "endpoint": "/v1/a\x00b", "metadata": {"k\x00": "v"}}
+    for event in (plain, odd):
+        response = client.post("/api/v1/usage/events", json={"events": [event]}, headers=tenant.headers)
+        assert response.status_code == 202, response.json
+    assert post_events(client, tenant.headers, {**odd, "id": "alone"}).status_code == 202
+    drain(app)
+    rows = {r.idempotency_key: r for r in external_records(app, tenant.tenant_id)}
+    assert sorted(rows) == ["e:alone", "e:as-sent", "e:odd"]
+    for row in rows.values():
+        assert (row.tokens_in, row.endpoint, row.meta) == (3, "/v1/a\ufffdb", {"k\ufffd": "v"})
+    bad = client.post(
+        "/api/v1/usage/events", json={"events": [plain, {**GROQ_70B, "tokens_in": 2.5}]}, headers=tenant.headers
+    )
+    assert bad.status_code == 422 and bad.json["detail"].startswith("events[1].tokens_in:")
+
+
+def test_a_batch_counts_each_new_event_once_in_each_window(app, client, tenant):
+    permit = acquire(client, tenant.headers, "youtube", units=100).json["permit_id"]
+    events = [
+        {**GROQ_70B, "id": "g-1"},
+        {**GROQ_70B, "id": "g-2"},
+        {**GROQ_70B, "id": "g-1"},  # the same event again in the batch
+        {"service": "youtube", "id": "y-1", "units": 150, "permit_id": permit},  # 100 counted at the acquire
+        {"service": "youtube", "id": "y-2", "units": 7},
+        {"service": "openai", "id": "o-1", "model": "gpt-4o-mini"},  # no limits
+    ]
+    answer = post_events(client, tenant.headers, *events).json
+    assert (answer["accepted"], answer["duplicates"]) == (6, 1)
+    again = post_events(client, tenant.headers, *events[:2]).json  # a retry counts nothing
+    assert again["duplicates"] == 2
+    groq = client.get("/api/v1/usage/rate-limits?service=groq", headers=tenant.headers).json["rate_limits"]
+    assert [(w["limit_type"], w["current_count"]) for w in groq] == [("minute", 2), ("day", 2)]
+    youtube = client.get("/api/v1/usage/rate-limits/youtube?limit_type=day", headers=tenant.headers).json
+    assert youtube["current_count"] == 157
+    redis = get_redis(app)
+    assert all(0 < redis.ttl(key) <= 86400 + 3600 for key in redis.keys(f"tollgate:*:svc:{tenant.tenant_id}:*"))
+    drain(app)
+    assert len(external_records(app, tenant.tenant_id)) == 5
+
+
 def test_a_service_without_limits_is_always_granted(client, tenant):
     response = acquire(client, tenant.headers, "openai", units=5)
     assert response.status_code == 200

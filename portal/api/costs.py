@@ -3,9 +3,10 @@ budgets, cost reports and the account's settings."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
-from flask import Response, g, jsonify
+from flask import Response, g, jsonify, request
 from redis import RedisError
 
 from ..costs import budgets as budget_domain
@@ -18,6 +19,7 @@ from ..models import Tenant
 from ..redis_store import get_redis
 from . import bp
 from .bodies import (
+    FUTURE_SLACK,
     AccountSettingsBody,
     AcquireBody,
     BudgetBody,
@@ -25,9 +27,10 @@ from .bodies import (
     EventsBody,
     ServiceLimitBody,
     UsageEvent,
+    UsageEventFields,
 )
 from .guard import api_error, gate
-from .operations import operation
+from .operations import operation, parse_body
 from .schemas import CostReportQuery, RateLimitQuery
 from .views import limit_specs, tenant_id, utcnow
 
@@ -37,20 +40,21 @@ from .views import limit_specs, tenant_id, utcnow
     "Report calls made to outside services",
     category="usage",
     tag="costs",
-    body=EventsBody,
     status=202,
     budget_exempt=True,
     responses={503: "Redis is unreachable: nothing was stored, send the events again"},
     description=UsageEvent.__doc__ or "",
 )
-def usage_events(payload: list[UsageEvent]):
+def usage_events():
+    payload = _events_payload()
     state = gate()
     now = state.clock()
-    future = [n for n, event in enumerate(payload) if event.in_future(now)]
+    events = [event.as_event(now) for event in payload]
+    latest = now + FUTURE_SLACK.total_seconds()
+    future = [n for n, event in enumerate(events) if event["occurred_at"] > latest]
     if future:
         where = ", ".join(f"events[{n}].occurred_at" for n in future) if len(payload) > 1 else "occurred_at"
         return api_error(422, f"{where}: lies in the future (more than 5 minutes ahead of the server's clock)")
-    events = [event.as_event(now) for event in payload]
     call = g.api_call
     try:
         reported = report_events(get_redis(), STREAM, tenant_id(), call.entry.key_id, limit_specs(), events, now)
@@ -60,6 +64,20 @@ def usage_events(payload: list[UsageEvent]):
         return response
     body = {"success": True, "accepted": len(events), "duplicates": reported.duplicates, "ids": reported.ids}
     return body, 202
+
+
+# The view validates its body itself (see _events_payload); it is documented as any other.
+usage_events.operation = replace(usage_events.operation, body=EventsBody)
+
+
+def _events_payload() -> list[UsageEventFields]:
+    """The request's events: a batch valid as sent straight from its JSON bytes, anything else as
+    every body is read (the same answers and the same 422s)."""
+    if request.is_json:
+        events = EventsBody.parse_batch_bytes(request.get_data(cache=True))
+        if events is not None:
+            return events
+    return parse_body(EventsBody)
 
 
 @bp.post("/usage/rate-limits/<service:service>/acquire")

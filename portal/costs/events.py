@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
 from redis import Redis
 
 from ..metering.store import DEFAULTS as STORED_DEFAULTS
@@ -34,16 +35,20 @@ ID_PREFIX = "e:"
 
 EVENTS_SCRIPT = """
 -- KEYS: the usage stream
--- ARGV: seconds an id is remembered, tenant id, key id, then per event: its seen-id key, its
---       permit key or '', its record (JSON), n, and n counters as key, amount, ttl, counts units
+-- ARGV: seconds an id is remembered, tenant id, key id, m, then m counters as key, ttl, counts
+--       units; then per event: its seen-id key, its permit key or '', its record (JSON), n, and
+--       n of the counters it adds to as the counter's number (1..m) and amount
 local ttl = tonumber(ARGV[1])
+local m = tonumber(ARGV[4])
+local sums = {}
+for c = 1, m do sums[c] = 0 end
 local accepted = {}
 local duplicates = 0
-local i = 4
+local i = 5 + 3 * m
 while i <= #ARGV do
   local seen, permit, record, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local first = i + 4
-  i = first + 4 * n
+  i = first + 2 * n
   if redis.call('SET', seen, '1', 'NX', 'EX', ttl) then
     local permitted = -1
     if permit ~= '' then
@@ -53,20 +58,27 @@ while i <= #ARGV do
         permitted = tonumber(held)
       end
     end
-    for c = first, i - 1, 4 do
+    for c = first, i - 1, 2 do
+      local counter = tonumber(ARGV[c])
       local amount = tonumber(ARGV[c + 1])
       if permitted >= 0 then
         -- counted at the acquire; only units beyond those acquired count now
-        if ARGV[c + 3] == '1' then amount = math.max(0, amount - permitted) else amount = 0 end
+        if ARGV[3 * counter + 4] == '1' then amount = math.max(0, amount - permitted) else amount = 0 end
       end
-      if amount > 0 then
-        local value = redis.call('INCRBY', ARGV[c], amount)
-        if value == amount then redis.call('EXPIRE', ARGV[c], tonumber(ARGV[c + 2])) end
-      end
+      sums[counter] = sums[counter] + amount
     end
     accepted[#accepted + 1] = record
   else
     duplicates = duplicates + 1
+  end
+end
+-- each counter once, with what the batch's new events add to it
+for c = 1, m do
+  local amount = sums[c]
+  if amount > 0 then
+    local key = ARGV[3 * c + 2]
+    local value = redis.call('INCRBY', key, amount)
+    if value == amount then redis.call('EXPIRE', key, tonumber(ARGV[3 * c + 3])) end
   end
 end
 if #accepted > 0 then
@@ -94,27 +106,43 @@ RECORD_FIELDS = tuple(name for name in STORED_FIELDS if name not in PER_ENTRY)
 DEFAULTS = {name: value for name, value in STORED_DEFAULTS.items() if name in RECORD_FIELDS and name != "method"}
 
 
-def _record(event: dict[str, Any]) -> str:
+_RECORD_DEFAULTS = tuple((name, DEFAULTS.get(name, ...)) for name in RECORD_FIELDS)
+
+
+def _record(event: dict[str, Any], event_id: str) -> bytes | str:
     """The stream's form of one event: a usage record, its time as epoch seconds."""
-    record = {name: event[name] for name in RECORD_FIELDS if event[name] != DEFAULTS.get(name, ...)}
+    record = {name: value for name, default in _RECORD_DEFAULTS if (value := event[name]) != default}
     record["occurred_at"] = event["occurred_at"]
-    record["idempotency_key"] = ID_PREFIX + event["id"]
+    record["idempotency_key"] = ID_PREFIX + event_id
+    if "meta" not in record:
+        # pydantic's encoder is several times faster; metadata (NaN, say) and a lone surrogate
+        # keep the standard library's form.
+        try:
+            return to_json(record)
+        except PydanticSerializationError:
+            pass
     return json.dumps(record, separators=(",", ":"))
 
 
 class _Counters:
     """The window counters events add to: those of the event's service (and model) whose window,
     the one containing the event's time, has not long ended. Windows are worked out once per
-    batch (a batch's events mostly share their minute)."""
+    batch (a batch's events mostly share their minute), and each counter is named to the script
+    once, events referring to it by its number."""
 
     def __init__(self, tenant_id: int, specs: Sequence[LimitSpec], now: float) -> None:
         self.tenant_id = tenant_id
         self.specs = specs
         self.now = now
-        self._windows: dict[tuple[LimitSpec, int], tuple[str, int]] = {}
+        self._windows: dict[tuple[LimitSpec, int], tuple[int, int]] = {}
+        self._numbers: dict[str, int] = {}
+        # The script's counter arguments: key, ttl, counts units, for counter 1, 2...
+        self.table: list = []
 
     def args(self, event: dict[str, Any]) -> list:
-        """``n`` and the counters as the script's arguments: key, amount, ttl, counts units."""
+        """``n`` and the event's counters as the script's arguments: counter number, amount."""
+        if not self.specs:
+            return [0]
         found: list = []
         at = event["occurred_at"]
         for spec in self.specs:
@@ -124,11 +152,16 @@ class _Counters:
             window = self._windows.get(memo)
             if window is None:
                 key, end = counter_for(self.tenant_id, spec, at)
-                window = self._windows[memo] = (key, int(end - self.now) + COUNTER_GRACE_SECONDS)
-            key, ttl = window
+                ttl = int(end - self.now) + COUNTER_GRACE_SECONDS
+                number = self._numbers.get(key, 0)
+                if not number and ttl > 0:
+                    number = self._numbers[key] = len(self._numbers) + 1
+                    self.table += [key, ttl, 1 if spec.unit == "quota_units" else 0]
+                window = self._windows[memo] = (number, ttl)
+            number, ttl = window
             if ttl > 0:
-                found += [key, spec.amount(event["quota_units"]), ttl, 1 if spec.unit == "quota_units" else 0]
-        return [len(found) // 4, *found]
+                found += [number, spec.amount(event["quota_units"])]
+        return [len(found) // 2, *found]
 
 
 def report_events(
@@ -144,19 +177,21 @@ def report_events(
     seconds; an event without ``id`` gets one). All or nothing: one script call."""
     now = time.time() if now is None else now
     counters = _Counters(tenant_id, specs, now)
-    args: list = [EVENT_ID_TTL_SECONDS, tenant_id, key_id or 0]
+    args: list = []
     ids = []
+    seen_prefix = event_seen_key(tenant_id, "")  # the id ends the key
     for event in events:
         event_id = event.get("id") or new_event_id()
-        event = {**event, "id": event_id}
         ids.append(event_id)
-        permit = event.get("permit_id") or ""
+        permit = event.get("permit_id")
         args += [
-            event_seen_key(tenant_id, event_id),
+            seen_prefix + event_id,
             permit_key(tenant_id, event["service"], permit) if permit else "",
-            _record(event),
-            *counters.args(event),
+            _record(event, event_id),
         ]
+        args += counters.args(event)
+    table = counters.table
+    args = [EVENT_ID_TTL_SECONDS, tenant_id, key_id or 0, len(table) // 3, *table, *args]
     accepted, duplicates = redis.register_script(EVENTS_SCRIPT)(keys=[stream], args=args)
     return Reported(int(accepted), int(duplicates), ids)
 
