@@ -4,7 +4,7 @@ OpenAPI document describes these same models."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -68,7 +68,7 @@ class StatsQuery(Query):
 class LevelChange(Body):
     warning: Threshold | None = None
     critical: Threshold | None = None
-    enabled: bool = Field(None, strict=True)
+    enabled: bool | None = Field(None, strict=True, description="null leaves it as it is")
 
 
 class AlertSettingsBody(Body):
@@ -125,22 +125,31 @@ class RuleBody(Body):
 
 
 class RuleChange(Body):
-    """Fields to change; a filter or threshold set to null is removed. A default rule takes
-    changes to its thresholds, threshold unit, window, minimum volume, cooldown and
-    is_enabled only (422 otherwise), and the result must still be a valid rule (see creating
-    one)."""
+    """Fields to change. A filter or threshold set to null is removed; any other field set to
+    null stays as it is. A default rule takes changes to its thresholds, threshold unit, window,
+    minimum volume, cooldown and is_enabled only (422 otherwise), and the result must still be
+    a valid rule (see creating one)."""
 
-    name: str = Field(None, min_length=1, max_length=120)
-    metric: CustomMetric = None
-    comparator: Comparator = None
-    threshold_unit: ThresholdUnit = None
+    name: str | None = Field(None, min_length=1, max_length=120)
+    metric: CustomMetric | None = None
+    comparator: Comparator | None = None
+    threshold_unit: ThresholdUnit | None = None
     warning_threshold: Threshold | None = None
     critical_threshold: Threshold | None = None
-    window_minutes: int = Field(None, strict=True, ge=1, le=10080)
-    min_volume: int = Field(None, strict=True, ge=0, le=10**9)
-    cooldown_minutes: int = Field(None, strict=True, ge=0, le=10080)
+    window_minutes: int | None = Field(None, strict=True, ge=1, le=10080)
+    min_volume: int | None = Field(None, strict=True, ge=0, le=10**9)
+    cooldown_minutes: int | None = Field(None, strict=True, ge=0, le=10080)
     service: str | None = Field(None, min_length=1, max_length=64)
     endpoint: str | None = Field(None, min_length=1, max_length=255)
     api_key_id: int | None = Field(None, strict=True, ge=1, le=2**31 - 1)
     end_user: str | None = Field(None, min_length=1, max_length=120)
-    is_enabled: bool = Field(None, strict=True)
+    is_enabled: bool | None = Field(None, strict=True)
+
+    # Fields that null removes; for the others null is no change.
+    REMOVABLE: ClassVar[frozenset[str]] = frozenset(
+        {"warning_threshold", "critical_threshold", "service", "endpoint", "api_key_id", "end_user"}
+    )
+
+    def changes(self) -> dict:
+        given = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k in self.REMOVABLE}

@@ -128,7 +128,8 @@ def alert_settings():
 )
 def change_alert_settings(payload: AlertSettingsBody):
     thresholds = {
-        kind: change.model_dump(exclude_unset=True) for kind, change in (payload.alert_thresholds or {}).items()
+        kind: {k: v for k, v in change.model_dump(exclude_unset=True).items() if v is not None or k != "enabled"}
+        for kind, change in (payload.alert_thresholds or {}).items()
     }
     try:
         settings = service.change_settings(
@@ -184,7 +185,7 @@ def change_rule(rule_id: str, payload: RuleChange):
     if missing:
         return missing
     try:
-        rule_domain.apply_changes(rule, payload.model_dump(exclude_unset=True))
+        rule_domain.apply_changes(rule, payload.changes())
     except rule_domain.RuleError as error:
         db.session.rollback()
         return api_error(422, str(error))
