@@ -87,9 +87,8 @@ def add_channel(tenant_id: int, min_severity: str = "warning") -> NotificationCh
 
 
 def deliveries(tenant_id: int) -> list[tuple[str, str]]:
-    rows = db.session.scalars(
-        select(NotificationDelivery).where(NotificationDelivery.tenant_id == tenant_id).order_by(NotificationDelivery.id)
-    )
+    query = select(NotificationDelivery).where(NotificationDelivery.tenant_id == tenant_id)
+    rows = db.session.scalars(query.order_by(NotificationDelivery.id))
     return [(d.event_type, d.payload["data"]["alert"]["severity"]) for d in rows]
 
 

@@ -61,8 +61,22 @@ def test_alerts_lists_the_open_ones_and_filters_by_type_severity_and_status(clie
     resolved = client.get("/api/v1/alerts?status=resolved", headers=tenant.headers).get_json()["alerts"]
     assert [a["status"] for a in resolved] == ["resolved"]
     alert = body["alerts"][0]
-    for field in ("id", "type", "severity", "status", "title", "message", "value", "threshold", "occurrences",
-                  "first_triggered_at", "last_triggered_at", "acknowledged_at", "resolved_at", "url"):
+    for field in (
+        "id",
+        "type",
+        "severity",
+        "status",
+        "title",
+        "message",
+        "value",
+        "threshold",
+        "occurrences",
+        "first_triggered_at",
+        "last_triggered_at",
+        "acknowledged_at",
+        "resolved_at",
+        "url",
+    ):
         assert field in alert
     assert alert["url"].startswith("http://localhost/alerts/")
 
@@ -75,10 +89,20 @@ def test_a_bad_filter_is_a_422_naming_it(client, tenant):
 
 def test_history_includes_resolved_alerts_of_the_last_days(client, db, tenant, clock):
     now = datetime.fromtimestamp(clock(), UTC)
-    make_alert(tenant.tenant_id, dedup_key="old", last_triggered_at=now - timedelta(days=40), status="resolved",
-               resolved_at=now - timedelta(days=40))
-    make_alert(tenant.tenant_id, dedup_key="recent", last_triggered_at=now - timedelta(days=2), status="resolved",
-               resolved_at=now - timedelta(days=2))
+    make_alert(
+        tenant.tenant_id,
+        dedup_key="old",
+        last_triggered_at=now - timedelta(days=40),
+        status="resolved",
+        resolved_at=now - timedelta(days=40),
+    )
+    make_alert(
+        tenant.tenant_id,
+        dedup_key="recent",
+        last_triggered_at=now - timedelta(days=2),
+        status="resolved",
+        resolved_at=now - timedelta(days=2),
+    )
     make_alert(tenant.tenant_id, dedup_key="open", last_triggered_at=now - timedelta(hours=1))
     body = client.get("/api/v1/alerts/history", headers=tenant.headers).get_json()
     assert [a["status"] for a in body["alerts"]] == ["active", "resolved"]
@@ -125,10 +149,23 @@ def test_another_tenants_alert_is_a_404(app, client, db, tenant):
 def test_stats_count_by_type_and_severity_and_time_to_acknowledge_and_resolve(client, db, tenant, clock):
     now = datetime.fromtimestamp(clock(), UTC)
     start = now - timedelta(days=1)
-    make_alert(tenant.tenant_id, dedup_key="1", first_triggered_at=start, acknowledged_at=start + timedelta(minutes=10),
-               status="resolved", resolved_at=start + timedelta(hours=1))
-    make_alert(tenant.tenant_id, dedup_key="2", first_triggered_at=start, alert_type="usage_spike",
-               severity="critical", status="resolved", resolved_at=start + timedelta(hours=3))
+    make_alert(
+        tenant.tenant_id,
+        dedup_key="1",
+        first_triggered_at=start,
+        acknowledged_at=start + timedelta(minutes=10),
+        status="resolved",
+        resolved_at=start + timedelta(hours=1),
+    )
+    make_alert(
+        tenant.tenant_id,
+        dedup_key="2",
+        first_triggered_at=start,
+        alert_type="usage_spike",
+        severity="critical",
+        status="resolved",
+        resolved_at=start + timedelta(hours=3),
+    )
     make_alert(tenant.tenant_id, dedup_key="3", first_triggered_at=start, alert_type="usage_spike")
     stats = client.get("/api/v1/alerts/stats", headers=tenant.headers).get_json()["stats"]
     assert stats["total"] == 3
@@ -180,7 +217,7 @@ def test_an_admin_changes_thresholds_in_seed_units(client, db, tenant, admin):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"alert_thresholds": {"error_rate": {"warning": 0.2}}}, "alert_thresholds.error_rate.critical: must be at least"),
+        ({"alert_thresholds": {"error_rate": {"warning": 0.2}}}, "error_rate.critical: must be at least"),
         ({"alert_thresholds": {"loudness": {"warning": 1}}}, "alert_thresholds"),
         ({"resolve_after_evaluations": 0}, "resolve_after_evaluations"),
         ({"alert_thresholds": {"response_time": {"warning": -1}}}, "warning"),
