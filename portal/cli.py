@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from .billing.plans import UnknownPlan, update_plan_limits
+from .billing.cli import billing_group
 from .costs.cli import prices_group
 from .extensions import db
 from .models import utcnow
@@ -243,3 +244,4 @@ def init_app(app: Flask) -> None:
         app.cli.add_command(command)
     app.cli.add_command(jobs_group)
     app.cli.add_command(prices_group)
+    app.cli.add_command(billing_group)

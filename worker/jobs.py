@@ -8,6 +8,7 @@ from dataclasses import asdict
 from flask import current_app
 
 from portal.alerts.evaluate import evaluate_alerts as evaluate_alert_rules
+from portal.billing.statements import close_periods as close_billing_periods
 from portal.costs import recompute
 from portal.metering.ingest import ingest_usage
 from portal.metering.retention import delete_expired_usage
@@ -45,3 +46,8 @@ def evaluate_alerts() -> dict:
 def deliver_notifications() -> dict:
     """Send the notifications waiting in the outbox whose time has come."""
     return deliver_due(utcnow())
+
+
+def close_periods() -> dict:
+    """Close every billing period that has ended into its statement."""
+    return close_billing_periods(get_redis(), utcnow())

@@ -44,7 +44,7 @@ class RecordId(BaseConverter):
 def init_app(app: Flask) -> None:
     app.url_map.converters["service"] = ServiceName
     app.url_map.converters["record_id"] = RecordId
-    from . import alerts, costs, guard, notify, views  # noqa: F401 - registers the routes
+    from . import alerts, billing, costs, guard, notify, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first
     # The plan's windows, one bucket per tenant shared by all its keys and endpoints; the

@@ -85,6 +85,13 @@ def subscription_info(tenant_id: int) -> dict:
         "currentPeriodEnd": _iso(subscription.current_period_end),
         "startedAt": _iso(subscription.started_at),
         "allowOverage": subscription.allow_overage,
+        "pendingPlanChange": None
+        if subscription.scheduled_plan is None
+        else {
+            "plan": subscription.scheduled_plan.code,
+            "name": subscription.scheduled_plan.name,
+            "effectiveAt": _iso(subscription.current_period_end),
+        },
         "overageCap": None if subscription.overage_cap is None else str(subscription.overage_cap),
         "plan": {
             "code": plan.code,

@@ -39,6 +39,7 @@ STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"
 WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 UNKNOWN_STATUS = 0  # status of a record whose process died before the response
+QUOTA_KEPT_AFTER_PERIOD = 35 * 86400  # seconds a period's quota counter outlives the period
 
 # Moves finished calls from the in-flight hash to the stream with their status and duration.
 COMPLETE_FUNCTION = """
@@ -252,8 +253,8 @@ class Admission:
             budget_stops_key(tenant_id),
         ]
         quota = -1 if limits.quota is None else limits.quota
-        # The quota counter outlives its period by a day, for the headers of late stragglers.
-        quota_ttl = int(period.end - now) + 86400
+        # The quota counter outlives its period by 35 days: closing the period bills what it counted.
+        quota_ttl = int(period.end - now) + QUOTA_KEPT_AFTER_PERIOD
         done = self._take_pending()
         try:
             reply = self._admit(

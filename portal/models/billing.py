@@ -31,6 +31,10 @@ class Statement(db.Model):
     overage_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
     token_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
     service_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    # Late usage of earlier periods billed on this statement (lines of kind "adjustment").
+    adjustments: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    # Outside calls of the period with no price yet: listed, never billed as $0.
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[Decimal] = mapped_column(Money)
     closed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -45,10 +49,18 @@ class StatementLine(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     statement_id: Mapped[int] = mapped_column(ForeignKey("statements.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
-    kind: Mapped[str] = mapped_column(String(16))  # plan, overage, tokens, service
+    # plan, overage, tokens (priced by tokens), service (per call or unit), unpriced, adjustment
+    kind: Mapped[str] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(String(200))
     quantity: Mapped[int] = mapped_column(BigInteger, default=1)
-    unit_price: Mapped[Decimal] = mapped_column(FineMoney)
-    amount: Mapped[Decimal] = mapped_column(Money)
+    unit_price: Mapped[Decimal | None] = mapped_column(FineMoney)
+    # Rounded once, half up, to the cent; None for unpriced calls (listed, not billed).
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    # The amount before rounding: what later adjustments and reconciliation compare with.
+    exact_amount: Mapped[Decimal | None] = mapped_column(FineMoney)
+    service: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(120))
+    # For an adjustment, the closed period ("2026-10") whose late usage it bills.
+    reference_period: Mapped[str | None] = mapped_column(String(7))
 
     statement: Mapped[Statement] = relationship(back_populates="lines")

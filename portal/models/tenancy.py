@@ -131,6 +131,9 @@ class Subscription(db.Model):
     overage_cap: Mapped[Decimal | None] = mapped_column(Money)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A downgrade waits for the end of the period: the plan the next period starts on.
+    scheduled_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
 
     tenant: Mapped[Tenant] = relationship(back_populates="subscriptions")
-    plan: Mapped[Plan] = relationship()
+    plan: Mapped[Plan] = relationship(foreign_keys=[plan_id])
+    scheduled_plan: Mapped[Plan | None] = relationship(foreign_keys=[scheduled_plan_id])

@@ -1,0 +1,141 @@
+"""Statements as the API shows them: JSON (seed 004's camelCase, as the other billing
+endpoints) and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+
+from ..models import Statement
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def _iso(at) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def statement_summary(statement: Statement) -> dict:
+    return {
+        "id": statement.id,
+        "period": f"{statement.period_start:%Y-%m}",
+        "periodStart": _iso(statement.period_start),
+        "periodEnd": _iso(statement.period_end),
+        "planCode": statement.plan_code,
+        "currency": statement.currency,
+        "requests": statement.requests,
+        "includedRequests": statement.included_requests,
+        "overageRequests": statement.overage_requests,
+        "planFee": _money(statement.plan_fee),
+        "overage": _money(statement.overage_amount),
+        "tokenCost": _money(statement.token_cost),
+        "serviceCost": _money(statement.service_cost),
+        "adjustments": _money(statement.adjustments),
+        "unpricedCalls": statement.unpriced_calls,
+        "total": _money(statement.total),
+        "closedAt": _iso(statement.closed_at),
+    }
+
+
+def statement_json(statement: Statement) -> dict:
+    return {
+        **statement_summary(statement),
+        "lines": [
+            {
+                "position": line.position,
+                "kind": line.kind,
+                "description": line.description,
+                "quantity": line.quantity,
+                "unitPrice": None if line.unit_price is None else str(line.unit_price.normalize()),
+                "amount": _money(line.amount),
+                "service": line.service,
+                "model": line.model or None,
+                "referencePeriod": line.reference_period,
+            }
+            for line in statement.lines
+        ],
+    }
+
+
+LINE_COLUMNS = (
+    "period",
+    "position",
+    "kind",
+    "description",
+    "service",
+    "model",
+    "reference_period",
+    "quantity",
+    "unit_price",
+    "amount",
+)
+
+
+def statement_csv(statement: Statement) -> str:
+    """One row per line, then the total (amounts in dollars with cents; unpriced lines empty)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(LINE_COLUMNS)
+    period = f"{statement.period_start:%Y-%m}"
+    for line in statement.lines:
+        writer.writerow(
+            [
+                period,
+                line.position,
+                line.kind,
+                line.description,
+                line.service or "",
+                line.model or "",
+                line.reference_period or "",
+                line.quantity,
+                "" if line.unit_price is None else str(line.unit_price.normalize()),
+                _money(line.amount) or "",
+            ]
+        )
+    writer.writerow([period, "", "total", "Total", "", "", "", "", "", _money(statement.total)])
+    return out.getvalue()
+
+
+SUMMARY_COLUMNS = (
+    "id",
+    "period",
+    "plan",
+    "requests",
+    "overage_requests",
+    "plan_fee",
+    "overage",
+    "token_cost",
+    "service_cost",
+    "adjustments",
+    "unpriced_calls",
+    "total",
+    "closed_at",
+)
+
+
+def statements_csv(statements: list[Statement]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(SUMMARY_COLUMNS)
+    for s in statements:
+        writer.writerow(
+            [
+                s.id,
+                f"{s.period_start:%Y-%m}",
+                s.plan_code,
+                s.requests,
+                s.overage_requests,
+                _money(s.plan_fee),
+                _money(s.overage_amount),
+                _money(s.token_cost),
+                _money(s.service_cost),
+                _money(s.adjustments),
+                s.unpriced_calls,
+                _money(s.total),
+                _iso(s.closed_at),
+            ]
+        )
+    return out.getvalue()
