@@ -329,3 +329,30 @@ def test_plan_changes_through_the_api_need_an_admin_key_and_say_when_they_apply(
         actions = _db.session.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == tenant.tenant_id)).all()
         _db.session.remove()
     assert {"plan.changed", "plan.change_scheduled", "plan.change_cancelled"} <= set(actions)
+
+
+def test_retention_keeps_the_raw_records_of_a_period_without_its_statement(app, db):
+    from portal.metering.retention import delete_expired_usage
+
+    tenant = make_api_tenant(app, "Unbilled Co", "free")  # keeps raw records 90 days
+    june, july = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC)
+    _db.session.execute(
+        update(Subscription)
+        .where(Subscription.tenant_id == tenant.tenant_id)
+        .values(started_at=june, current_period_start=june, current_period_end=july)
+    )
+    _db.session.commit()
+    outside(tenant.tenant_id, june + timedelta(days=3), "openai", "gpt-4o", "1.00", count=4)
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+    def kept() -> int:
+        return _db.session.scalar(
+            select(func.count()).select_from(UsageRecord).where(UsageRecord.tenant_id == tenant.tenant_id)
+        )
+
+    delete_expired_usage(now)
+    assert kept() == 4  # June has no statement yet: its records stay, however old
+    close(app, now)  # June to November close, one statement each
+    assert len(statements_of(tenant.tenant_id)) == 6
+    delete_expired_usage(now)
+    assert kept() == 0

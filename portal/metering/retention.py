@@ -3,7 +3,8 @@
 What is kept:
 
 * raw usage records: the tenant's plan's ``retention_days``, in whole UTC days (a day's records
-  go together once the whole day is older than that, so each is kept at least its retention);
+  go together once the whole day is older than that, so each is kept at least its retention),
+  and never those of a billing period without its statement yet (reconciliation reads them);
 * hourly rollups: as long as the raw records (only ``account/usage?interval=hourly`` reads them,
   and the API documents hourly data as kept within the plan's retention);
 * daily rollups: :data:`DAILY_ROLLUP_RETENTION_DAYS` (730), and never less than any plan keeps
@@ -26,17 +27,18 @@ A raw record is deleted only once it is in the rollups, and this is checked, not
   it. A stream longer than :data:`STREAM_SCAN_LIMIT` entries (a backlog) holds every raw delete
   until the worker has caught up.
 
-Deletes go in batches of at most ``batch_size`` rows (one id range per statement, scoped to the
-tenant and the day or the rollups' cutoff), each committed on its own, so no lock is held for
-long; a run starts no batch once its time budget is spent and the next run goes on from there.
-One run at a time (a Redis lock).
+Deletes go in batches of at most ``batch_size`` rows, each one statement naming exactly the ids
+it read (a row that arrives meanwhile waits for the next run) and committed on its own, so no
+lock is held for long; a run starts no batch once its time budget is spent and the next run goes
+on from there. One run at a time (a Redis lock).
 
 With ``RETENTION_EXPORT_DIR`` set, a day's records are first exported to
 ``<dir>/<tenant slug>/usage-<YYYY-MM-DD>.jsonl.gz``: gzip, one JSON object per line with every
 column (costs as strings, times ISO 8601 UTC), written to a temporary file, fsynced and renamed
-into place (and the folder fsynced) before any of the day's rows is deleted. A crash in between
-leaves rows behind; the next run exports them again into the same file, merged with what it holds
-(by record id), so the file always ends up with the whole day, once.
+into place (and the folder fsynced) before any of the day's rows is deleted, and only the rows
+exported are deleted. A crash in between leaves rows behind; the next run exports them again
+into the same file, merged with what it holds (by record id), so the file always ends up with the
+whole day, once.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_
 
 from ..costs.events import EVENTS_FIELD
 from ..extensions import db
@@ -172,6 +174,7 @@ def still_delivering(redis: Redis, spool_folder: Path | None = None) -> dict[int
 _COLUMNS = tuple(UsageRecord.__table__.c)
 _NAMES = tuple(column.name for column in _COLUMNS)
 _ID = _NAMES.index("id")
+_AT = _NAMES.index("occurred_at")
 
 
 def _json_default(value: Any) -> Any:
@@ -190,8 +193,8 @@ def _json_lines(rows: list, seen: set[int]) -> bytes:
     return "".join(_ENCODE(dict(zip(_NAMES, row, strict=True))) + "\n" for row in rows if row[_ID] not in seen).encode()
 
 
-def export_path(export_dir: Path, tenant: Tenant, day: datetime) -> Path:
-    folder = tenant.slug if _SAFE_SLUG.match(tenant.slug) else f"tenant-{tenant.id}"
+def export_path(export_dir: Path, tenant_id: int, slug: str, day: datetime) -> Path:
+    folder = slug if _SAFE_SLUG.match(slug) else f"tenant-{tenant_id}"
     return export_dir / folder / f"usage-{day.date().isoformat()}.jsonl.gz"
 
 
@@ -203,16 +206,24 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _day_conditions(tenant_id: int, day: datetime) -> list:
+    return [
+        UsageRecord.tenant_id == tenant_id,
+        UsageRecord.occurred_at >= day,
+        UsageRecord.occurred_at < day + timedelta(days=1),
+    ]
+
+
 def _export_day(
     path: Path, tenant_id: int, day: datetime, batch_size: int, check_time: Callable[[], None]
-) -> list[tuple[int, int, int]]:
+) -> list[list[int]]:
     """Write the day's records (with what ``path`` already holds) to ``path`` durably; returns the
-    exported records' id ranges as (first id, last id, records), ``batch_size`` records each."""
+    exported records' ids, ``batch_size`` a list."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run that crashed
         stale.unlink(missing_ok=True)
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ranges: list[tuple[int, int, int]] = []
+    batches: list[list[int]] = []
     try:
         # No name or time in the gzip header: the same records make the same bytes.
         with (
@@ -225,25 +236,21 @@ def _export_day(
                     for line in previous:
                         seen.add(json.loads(line)["id"])
                         out.write(line.encode())
-            after = 0
+            # In the order of the (tenant, occurred_at) index: "ORDER BY id LIMIT n" led
+            # PostgreSQL's generic plan to walk the primary key from the table's start.
+            query = select(*_COLUMNS).order_by(UsageRecord.occurred_at, UsageRecord.id).limit(batch_size)
+            after: tuple | None = None
             while True:
                 check_time()
-                rows = db.session.execute(
-                    select(*_COLUMNS)
-                    .where(
-                        UsageRecord.tenant_id == tenant_id,
-                        UsageRecord.occurred_at >= day,
-                        UsageRecord.occurred_at < day + timedelta(days=1),
-                        UsageRecord.id > after,
-                    )
-                    .order_by(UsageRecord.id)
-                    .limit(batch_size)
-                ).all()
+                conditions = _day_conditions(tenant_id, day)
+                if after is not None:
+                    conditions.append(tuple_(UsageRecord.occurred_at, UsageRecord.id) > tuple_(*after))
+                rows = db.session.execute(query.where(*conditions)).all()
                 if not rows:
                     break
                 out.write(_json_lines(rows, seen))
-                ranges.append((rows[0][_ID], rows[-1][_ID], len(rows)))
-                after = rows[-1][_ID]
+                batches.append([row[_ID] for row in rows])
+                after = (rows[-1][_AT], rows[-1][_ID])
             out.close()
             raw.flush()
             os.fsync(raw.fileno())
@@ -252,7 +259,7 @@ def _export_day(
         _fsync_folder(path.parent)
     finally:
         scratch.unlink(missing_ok=True)
-    return ranges
+    return batches
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -277,24 +284,26 @@ class _Run:
         if self.clock() >= self.deadline:
             raise _OutOfTime
 
-    def _batch_done(self, started: float) -> None:
+    def _delete(self, model, ids: list[int], started: float) -> int:
+        """One batch: delete exactly these rows and commit."""
+        deleted = db.session.execute(delete(model).where(model.id.in_(ids))).rowcount
+        db.session.commit()
         self.result.batches += 1
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.result.longest_batch_ms = max(self.result.longest_batch_ms, round(elapsed_ms, 1))
+        return deleted
+
+    def _next_ids(self, model, conditions: list) -> list[int]:
+        """Up to a batch of ids of rows that go (in no particular order: see _export_day)."""
+        self.check_time()
+        return db.session.scalars(select(model.id).where(*conditions).limit(self.batch_size)).all()
 
     # raw records
-
-    def _day_conditions(self, tenant_id: int, day: datetime) -> list:
-        return [
-            UsageRecord.tenant_id == tenant_id,
-            UsageRecord.occurred_at >= day,
-            UsageRecord.occurred_at < day + timedelta(days=1),
-        ]
 
     def _rolled_up(self, tenant_id: int, day: datetime) -> bool:
         """Whether the day's remaining records are all in its daily rollups (checked by count)."""
         records = db.session.scalar(
-            select(func.count()).select_from(UsageRecord).where(*self._day_conditions(tenant_id, day))
+            select(func.count()).select_from(UsageRecord).where(*_day_conditions(tenant_id, day))
         )
         calls = db.session.scalar(
             select(func.coalesce(func.sum(UsageRollup.calls), 0)).where(
@@ -315,68 +324,38 @@ class _Run:
             return False
         return True
 
-    def _unexported_ranges(self, tenant_id: int, day: datetime) -> Iterator[tuple[int, int, int]]:
-        while True:
-            self.check_time()
-            ids = db.session.scalars(
-                select(UsageRecord.id)
-                .where(*self._day_conditions(tenant_id, day))
-                .order_by(UsageRecord.id)
-                .limit(self.batch_size)
-            ).all()
-            if not ids:
-                return
-            yield ids[0], ids[-1], len(ids)
-
-    def delete_day(self, tenant: Tenant, day: datetime) -> None:
-        if not self._rolled_up(tenant.id, day):
+    def delete_day(self, tenant_id: int, slug: str, day: datetime) -> None:
+        if not self._rolled_up(tenant_id, day):
             self.result.held_days += 1
             return
-        if self.export_dir is not None:
-            path = export_path(self.export_dir, tenant, day)
-            try:
-                ranges: Iterator[tuple[int, int, int]] = iter(
-                    _export_day(path, tenant.id, day, self.batch_size, self.check_time)
-                )
-            except (OSError, EOFError, ValueError, KeyError) as error:
-                db.session.rollback()
-                log.error(
-                    "retention keeps tenant %s's usage of %s: exporting it failed: %s", tenant.slug, day.date(), error
-                )
-                self.result.held_days += 1
-                return
-            self.result.exported_files += 1
-        else:
-            ranges = self._unexported_ranges(tenant.id, day)
-        while True:
-            started = time.perf_counter()
-            span = next(ranges, None)
-            if span is None:
-                return
-            first, last, count = span
-            self.check_time()
-            statement = delete(UsageRecord).where(
-                *self._day_conditions(tenant.id, day), UsageRecord.id >= first, UsageRecord.id <= last
+        if self.export_dir is None:
+            while True:
+                started = time.perf_counter()
+                ids = self._next_ids(UsageRecord, _day_conditions(tenant_id, day))
+                if not ids:
+                    db.session.commit()
+                    return
+                self.result.records += self._delete(UsageRecord, ids, started)
+        try:
+            exported = _export_day(
+                export_path(self.export_dir, tenant_id, slug, day), tenant_id, day, self.batch_size, self.check_time
             )
-            deleted = db.session.execute(statement).rowcount
-            if self.export_dir is not None and deleted > count:
-                # A record of this day committed into the range after the export read it.
-                db.session.rollback()
-                log.warning(
-                    "usage of tenant %s on %s grew while it was exported; next run exports it again",
-                    tenant.slug,
-                    day.date(),
-                )
-                return
-            db.session.commit()
-            self._batch_done(started)
-            self.result.records += deleted
+        except (OSError, EOFError, ValueError, KeyError) as error:
+            db.session.rollback()
+            log.error("retention keeps tenant %s's usage of %s: exporting it failed: %s", slug, day.date(), error)
+            self.result.held_days += 1
+            return
+        self.result.exported_files += 1
+        # Exactly the exported rows: one that arrives meanwhile stays for the next run's export.
+        for ids in exported:
+            self.check_time()
+            self.result.records += self._delete(UsageRecord, ids, time.perf_counter())
 
-    def delete_records(self, tenant: Tenant, cutoff: datetime) -> None:
+    def delete_records(self, tenant_id: int, slug: str, cutoff: datetime) -> None:
         """Every whole day of the tenant's records before ``cutoff`` (a midnight UTC)."""
         after = None
         while True:
-            conditions = [UsageRecord.tenant_id == tenant.id, UsageRecord.occurred_at < cutoff]
+            conditions = [UsageRecord.tenant_id == tenant_id, UsageRecord.occurred_at < cutoff]
             if after is not None:
                 conditions.append(UsageRecord.occurred_at >= after)
             oldest = db.session.scalar(select(func.min(UsageRecord.occurred_at)).where(*conditions))
@@ -384,7 +363,7 @@ class _Run:
             if oldest is None:
                 return
             day = _day(oldest)
-            self.delete_day(tenant, day)
+            self.delete_day(tenant_id, slug, day)
             after = day + timedelta(days=1)
 
     # rollups
@@ -392,18 +371,12 @@ class _Run:
     def delete_rollups(self, conditions: list) -> int:
         deleted = 0
         while True:
-            self.check_time()
             started = time.perf_counter()
-            ids = db.session.scalars(
-                select(UsageRollup.id).where(*conditions).order_by(UsageRollup.id).limit(self.batch_size)
-            ).all()
+            ids = self._next_ids(UsageRollup, conditions)
             if not ids:
                 db.session.commit()
                 return deleted
-            statement = delete(UsageRollup).where(*conditions, UsageRollup.id >= ids[0], UsageRollup.id <= ids[-1])
-            deleted += db.session.execute(statement).rowcount
-            db.session.commit()
-            self._batch_done(started)
+            deleted += self._delete(UsageRollup, ids, started)
 
 
 def apply_retention(
@@ -455,22 +428,25 @@ def _apply(run: _Run, now: datetime, redis: Redis, spool_folder: Path | None) ->
             "retention keeps raw usage this run: the usage stream holds more than %d entries", STREAM_SCAN_LIMIT
         )
     tenants = db.session.execute(
-        select(Tenant, Plan.retention_days)
+        select(Tenant.id, Tenant.slug, Plan.retention_days, Subscription.current_period_start)
         .join(Subscription, Subscription.tenant_id == Tenant.id)
         .join(Plan, Plan.id == Subscription.plan_id)
         .where(Subscription.ended_at.is_(None))
         .order_by(Tenant.id)
     ).all()
     db.session.commit()
-    for tenant, retention_days in tenants:
+    for tenant_id, slug, retention_days, unbilled_from in tenants:
         # Whole days only: a record goes once its whole day is older than the plan keeps records.
         cutoff = _day(now - timedelta(days=retention_days))
         if delivering is not None:
-            held_from = delivering.get(tenant.id)
+            held_from = delivering.get(tenant_id)
+            # A period without its statement keeps its raw records (closing moves the
+            # subscription's period on only once the statement is stored).
+            kept_from = min(cutoff, _day(unbilled_from))
             # Hourly rollups are never read to deduplicate a record, so they go at the plan's cutoff.
-            run.delete_records(tenant, cutoff if held_from is None else min(cutoff, _day(held_from)))
+            run.delete_records(tenant_id, slug, kept_from if held_from is None else min(kept_from, _day(held_from)))
         result.hourly_rollups += run.delete_rollups(
-            [UsageRollup.tenant_id == tenant.id, UsageRollup.granularity == "hour", UsageRollup.bucket_start < cutoff]
+            [UsageRollup.tenant_id == tenant_id, UsageRollup.granularity == "hour", UsageRollup.bucket_start < cutoff]
         )
     longest_kept = db.session.scalar(select(func.max(Plan.retention_days))) or 0
     db.session.commit()
