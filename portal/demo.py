@@ -7,16 +7,20 @@ rows, rollups and key counters agree exactly.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
 import secrets
+import time
 import uuid
+from bisect import bisect
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import islice
+from itertools import accumulate, islice
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from .costs.prices import PriceBook
@@ -41,6 +45,12 @@ API_ENDPOINTS = (
     ("/api/v1/billing/subscription", "GET", "billing", 5, 20),
     ("/api/v1/usage/summary", "GET", "analytics", 12, 40),
     ("/api/v1/ping", "GET", "system", 11, 4),
+)
+# The occasional client error of Tollgate's own API.
+API_ERRORS = (
+    (400, "Invalid date range"),
+    (422, "interval must be one of hourly, daily, weekly, monthly"),
+    (404, "Not found"),
 )
 # (service, endpoint, model, weight, typical duration ms, tokens in, tokens out, quota units)
 EXTERNAL_CALLS = (
@@ -143,13 +153,7 @@ def _api_call(rng: random.Random, outage: bool, throttled: bool) -> dict[str, An
     elif outage and roll < 0.35:
         status, error = rng.choice(((500, "Internal server error"), (503, "Service unavailable")))
     elif roll < 0.012:
-        status, error = rng.choice(
-            (
-                (400, "Invalid date range"),
-                (422, "interval must be one of hourly, daily, weekly, monthly"),
-                (404, "Not found"),
-            )
-        )
+        status, error = rng.choice(API_ERRORS)
     return {
         "service": "tollgate",
         "endpoint": endpoint,
@@ -258,23 +262,149 @@ def synthetic_records(
     """``count`` records spread evenly over ``days`` and over the tenants (benchmark data).
 
     They come oldest first, as traffic does, so a batch of them shares a few hours' rollups.
+    Each is an API call as :func:`_api_call` draws it (the same seed, the same records), with
+    every field, so the store takes it as it is.
     """
     span = days * 86400
     step = span / count
     start = now - timedelta(seconds=span)
+    random_, choice, lognormal, bits = rng.random, rng.choice, rng.lognormvariate, rng.getrandbits
+    # rng.choices(API_ENDPOINTS, weights=...)[0], without building the weights every call
+    cumulative = list(accumulate(endpoint[3] for endpoint in API_ENDPOINTS))
+    total, last = cumulative[-1] + 0.0, len(API_ENDPOINTS) - 1
+    endpoints = [(e[0], e[1], e[2], math.log(e[4])) for e in API_ENDPOINTS]
+    tenants = len(tenant_ids)
+    keys = [keys_by_tenant.get(tenant_id) or [None] for tenant_id in tenant_ids]
     for i in range(count):
-        tenant_id = tenant_ids[i % len(tenant_ids)]
-        at = start + timedelta(seconds=(i + rng.random()) * step)
-        record = _api_call(rng, outage=False, throttled=rng.random() < 0.01)
-        keys = keys_by_tenant.get(tenant_id) or [None]
-        record.update(
-            tenant_id=tenant_id,
-            api_key_id=rng.choice(keys),
-            source="api",
-            occurred_at=at,
-            idempotency_key=uuid.UUID(int=rng.getrandbits(128)).hex,
+        at = start + timedelta(seconds=(i + random_()) * step)
+        throttled = random_() < 0.01
+        endpoint, method, category, log_typical = endpoints[bisect(cumulative, random_() * total, 0, last)]
+        status, error = 200, None
+        roll = random_()
+        if throttled and roll < 0.45:
+            status, error = 429, "Rate limit exceeded for minute"
+        elif roll < 0.012:
+            status, error = choice(API_ERRORS)
+        duration = 1 if status == 429 else max(1, int(lognormal(log_typical, 0.45)))
+        yield {
+            "tenant_id": tenant_ids[i % tenants],
+            "api_key_id": choice(keys[i % tenants]),
+            "end_user": "",
+            "source": "api",
+            "service": "tollgate",
+            "endpoint": endpoint,
+            "method": method,
+            "category": category,
+            "status_code": status,
+            "duration_ms": duration,
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "cached_tokens": 0,
+            "quota_units": 0,
+            "model": "",
+            "cost": None,
+            "price_id": None,
+            "error_message": error,
+            "meta": None,
+            "occurred_at": at,
+            "idempotency_key": f"{bits(128):032x}",
+        }
+
+
+def store_synthetic(
+    tenant_ids: list[int],
+    keys_by_tenant: dict[int, list[int]],
+    count: int,
+    days: int,
+    now: datetime,
+    seed: int | None = None,
+    writers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    batch: int = 20_000,
+) -> int:
+    """Store ``count`` :func:`synthetic_records`; returns how many were new.
+
+    With ``writers`` > 1 (PostgreSQL only) that many processes share the work, each with its
+    own connection and its own tenants, so no two write the same rollup or key rows; one
+    writer draws exactly the records of ``random.Random(seed)``. Batches of ``batch`` records
+    (bigger than the demo's: a batch's calls share more rollup rows).
+    """
+    writers = max(1, min(writers, len(tenant_ids)))
+    if writers == 1 or db.engine.dialect.name != "postgresql":
+        records = synthetic_records(tenant_ids, keys_by_tenant, count, days, now, random.Random(seed))
+        return store_in_batches(records, batch, progress)
+    shares = []
+    for w in range(writers):
+        # Shares in proportion to the writers' tenants, adding up to count.
+        positions = range(w, len(tenant_ids), writers)
+        share = sum(count // len(tenant_ids) + (n < count % len(tenant_ids)) for n in positions)
+        rng = random.Random(None if seed is None else f"{seed}/{w}")
+        shares.append(([tenant_ids[n] for n in positions], share, rng))
+    return _store_in_processes(keys_by_tenant, days, now, shares, batch, progress)
+
+
+def _store_in_processes(
+    keys_by_tenant: dict[int, list[int]],
+    days: int,
+    now: datetime,
+    shares: list[tuple[list[int], int, random.Random]],
+    batch: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    app = current_app._get_current_object()
+    context = multiprocessing.get_context("fork")
+    done = [context.Value("q", 0) for _ in shares]  # each writer's records so far
+    stored = [context.Value("q", -1) for _ in shares]  # each writer's new records, when it is over
+    db.session.remove()
+    db.engine.dispose()  # each writer opens its own connections
+    processes = [
+        context.Process(
+            target=_write_share,
+            args=(app, tenants, keys_by_tenant, share, days, now, rng, batch, done[n], stored[n]),
+            name=f"tollgate-generate-{n}",
         )
-        yield record
+        for n, (tenants, share, rng) in enumerate(shares)
+    ]
+    for process in processes:
+        process.start()
+    reported = 0
+    try:
+        while any(process.is_alive() for process in processes):
+            time.sleep(0.2)
+            if any(process.exitcode not in (None, 0) for process in processes):
+                break
+            reported = _report(done, reported, progress)
+    finally:
+        for process in processes:
+            if process.exitcode is None and any(p.exitcode not in (None, 0) for p in processes):
+                process.terminate()  # its batch in progress rolls back; committed ones stay
+            process.join()
+    failed = [process.name for process in processes if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"storing synthetic usage failed in {', '.join(failed)} (see its error above)")
+    _report(done, reported, progress)
+    return sum(value.value for value in stored)
+
+
+def _report(done: list, reported: int, progress: Callable[[int], None] | None) -> int:
+    total = sum(value.value for value in done)
+    if progress and total > reported:
+        progress(total - reported)
+    return total
+
+
+def _write_share(app, tenants, keys_by_tenant, count, days, now, rng, batch, done, stored) -> None:
+    """One writer process: its tenants' share of the records, in batches of its own."""
+
+    def count_done(n: int) -> None:
+        with done.get_lock():
+            done.value += n
+
+    with app.app_context():
+        records = synthetic_records(tenants, keys_by_tenant, count, days, now, rng)
+        stored.value = store_in_batches(records, batch, count_done)
+        db.session.remove()
+        db.engine.dispose()
 
 
 def bench_tenants(count: int) -> list[Tenant]:

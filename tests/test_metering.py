@@ -595,3 +595,45 @@ def test_the_price_version_is_kept_with_the_record(db, tenant):
     store_usage([call(tenant, idem="priced", source="external", price_id=price.id, cost=Decimal("0.5"))])
     db.session.commit()
     assert db.session.scalar(select(UsageRecord.price_id)) == price.id
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_synthetic_usage_stores_exactly_n_records_with_their_rollups_whatever_the_writers(db, make_tenant, writers):
+    from portal.demo import store_synthetic
+
+    tenants = [make_tenant()[2] for _ in range(3)]
+    for tenant_id in tenants:
+        create_api_key(db.session.get(Tenant, tenant_id), "Production")
+    db.session.commit()
+    keys: dict[int, list[int]] = {}
+    for tenant_id, key_id in db.session.execute(select(ApiKey.tenant_id, ApiKey.id)):
+        keys.setdefault(tenant_id, []).append(key_id)
+    seen: list[int] = []
+    stored = store_synthetic(tenants, keys, 10_001, 3, T0, seed=5, writers=writers, progress=seen.append, batch=1500)
+    # On PostgreSQL two writer processes share the tenants (elsewhere one writer does it all).
+    assert stored == 10_001 and sum(seen) == 10_001
+    db.session.expire_all()
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 10_001
+    for tenant_id in tenants:
+        tenant = db.session.get(Tenant, tenant_id)
+        assert stored_rollups(db, tenant) == recount(db, tenant)
+        [key] = db.session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id))
+        rows = select(func.count(), func.max(UsageRecord.occurred_at)).where(UsageRecord.tenant_id == tenant_id)
+        assert (key.usage_count, key.last_used_at) == tuple(db.session.execute(rows).one())
+        assert 3300 <= key.usage_count <= 3400  # the tenants share the records evenly
+
+
+def test_synthetic_records_are_the_api_calls_of_the_demo_drawn_the_same_way(db):
+    from portal.demo import _api_call, synthetic_records
+
+    rng = random.Random(11)
+    expected = []
+    span = 2 * 86400
+    for i in range(2000):
+        at = T0 - timedelta(seconds=span) + timedelta(seconds=(i + rng.random()) * span / 2000)
+        record = _api_call(rng, outage=False, throttled=rng.random() < 0.01)
+        record.update(tenant_id=[1, 2][i % 2], api_key_id=rng.choice([7, None] if i % 2 == 0 else [None]))
+        record.update(source="api", occurred_at=at, idempotency_key=f"{rng.getrandbits(128):032x}")
+        expected.append(record)
+    drawn = list(synthetic_records([1, 2], {1: [7, None]}, 2000, 2, T0, random.Random(11)))
+    assert [{name: r[name] for name in e} for r, e in zip(drawn, expected, strict=True)] == expected

@@ -180,7 +180,7 @@ def _store_batch(redis: Redis, batch: _Batch, clock: Callable[[], datetime]) -> 
 
 def ingest_usage(
     redis: Redis,
-    batch_size: int = 5000,
+    batch_size: int = 20_000,
     claim_idle_ms: int = 30_000,
     abandon_after_seconds: float = 120.0,
     time_budget_seconds: float = 20.0,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import case, select, update
@@ -271,19 +272,30 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM {STAGING}) - (SELE
 """  # noqa: S608 - built from constants only
 
 
-_ROW_TEMPLATE = tuple((name, DEFAULTS.get(name)) for name in RECORD_FIELDS)
+_ROW = itemgetter(*RECORD_FIELDS)
 
 
 def _copy_row(record: dict[str, Any]) -> tuple:
     """A record as a staging row, in ``RECORD_FIELDS`` order."""
-    _check_fields(record)
-    row = [record.get(name, default) for name, default in _ROW_TEMPLATE]
-    row[_AT] = _utc(row[_AT])
-    cost = row[_COST]
+    if not record.keys() <= _FIELDS:
+        _check_fields(record)
+    try:
+        row = _ROW(record)
+    except KeyError:  # fields left at their defaults
+        try:
+            row = _ROW({**DEFAULTS, **record})
+        except KeyError:
+            _check_fields(record)
+            raise
+    at, cost, meta = row[_AT], row[_COST], row[_META]
+    if at.tzinfo is UTC and (cost is None or cost.__class__ is Decimal) and meta is None:
+        return row  # as most records come: nothing to convert
+    row = list(row)
+    row[_AT] = _utc(at)
     if cost is not None and cost.__class__ is not Decimal:
         row[_COST] = Decimal(str(cost))
-    if row[_META] is not None:
-        row[_META] = json.dumps(row[_META], separators=(",", ":"))
+    if meta is not None:
+        row[_META] = json.dumps(meta, separators=(",", ":"))
     return tuple(row)
 
 
