@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 
 import click
@@ -133,11 +132,18 @@ def seed_demo_command(days: int, password: str | None) -> None:
 @click.option("--records", type=click.IntRange(min=1), required=True)
 @click.option("--days", type=click.IntRange(min=1), required=True)
 @click.option("--seed", type=int, default=None, help="random seed, for repeatable data")
-def generate_usage_command(tenant_slug, tenants, records, days, seed) -> None:
+@click.option(
+    "--writers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="processes writing at once, each its own tenants (PostgreSQL; at most one per tenant)",
+)
+def generate_usage_command(tenant_slug, tenants, records, days, seed, writers) -> None:
     """Add synthetic usage records (and their rollups), for benchmarks."""
     from sqlalchemy import select
 
-    from .demo import bench_tenants, store_in_batches, synthetic_records
+    from .demo import bench_tenants, store_synthetic
     from .models import ApiKey
 
     if (tenant_slug is None) == (tenants is None):
@@ -150,10 +156,10 @@ def generate_usage_command(tenant_slug, tenants, records, days, seed) -> None:
     keys: dict[int, list[int]] = {}
     for tenant_id, key_id in db.session.execute(select(ApiKey.tenant_id, ApiKey.id).where(ApiKey.tenant_id.in_(ids))):
         keys.setdefault(tenant_id, []).append(key_id)
-    rows = synthetic_records(ids, keys, records, days, utcnow(), random.Random(seed))
+    slugs = [t.slug for t in targets[:10]]
     with click.progressbar(length=records, label="Storing usage", show_pos=True) as bar:
-        stored = store_in_batches(rows, progress=bar.update)
-    click.echo(f"Stored {stored:,} records for {len(ids)} tenant(s): {', '.join(t.slug for t in targets[:10])}")
+        stored = store_synthetic(ids, keys, records, days, utcnow(), seed, writers, progress=bar.update)
+    click.echo(f"Stored {stored:,} records for {len(ids)} tenant(s): {', '.join(slugs)}")
 
 
 @click.command("worker")
