@@ -353,6 +353,28 @@ def test_a_crash_between_export_and_delete_exports_the_same_rows_again_into_the_
     assert (tmp_path / slug / "usage-2026-08-18.jsonl.gz").read_bytes() == first
 
 
+def test_a_record_stored_into_a_day_while_it_is_exported_stays_for_the_next_run(app, free, tmp_path, monkeypatch):
+    slug, tenant_id = free
+    day = CUTOFF - timedelta(days=2)
+    store(app, (call(tenant_id, day + timedelta(minutes=n), f"r{n}") for n in range(4)))
+    real_export = retention._export_day
+
+    def export_then_a_late_record_arrives(*args, **kwargs):
+        exported = real_export(*args, **kwargs)
+        store_usage([call(tenant_id, day + timedelta(hours=3), "late")])
+        db.session.commit()
+        return exported
+
+    monkeypatch.setattr(retention, "_export_day", export_then_a_late_record_arrives)
+    assert run(app, export_dir=tmp_path).records == 4
+    assert list(stored(app, tenant_id)["records"].values()) == ["late"]
+    monkeypatch.setattr(retention, "_export_day", real_export)
+
+    assert run(app, export_dir=tmp_path).records == 1
+    [lines] = exported(tmp_path).values()
+    assert sorted(line["idempotency_key"] for line in lines) == ["late", "r0", "r1", "r2", "r3"]
+
+
 # --- only what is in the rollups and no longer on its way --------------------------------------
 
 
