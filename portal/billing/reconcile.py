@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from ..extensions import db
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord, UsageRollup
@@ -88,7 +89,9 @@ def _raw_kept_since(tenant_ids: list[int], now: datetime) -> dict[int, datetime]
 
 
 def reconcile(now: datetime, period: str | None = None) -> Reconciliation:
-    query = select(Statement).order_by(Statement.period_start, Statement.tenant_id)
+    query = (
+        select(Statement).options(selectinload(Statement.lines)).order_by(Statement.period_start, Statement.tenant_id)
+    )
     if period:
         start, _ = _period_bounds(period)
         query = query.where(Statement.period_start == start)
