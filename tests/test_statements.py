@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from portal.billing.changes import change_plan
 from portal.billing.plans import set_overage
 from portal.billing.reconcile import reconcile
-from portal.billing.statements import close_periods
+from portal.billing.statements import close_periods, to_cent
 from portal.billing.usage import current_subscription, quota_key
 from portal.extensions import db as _db
 from portal.metering.store import store_usage
@@ -356,3 +356,39 @@ def test_retention_keeps_the_raw_records_of_a_period_without_its_statement(app, 
     assert len(statements_of(tenant.tenant_id)) == 6
     delete_expired_usage(now)
     assert kept() == 0
+
+
+def test_a_closed_months_statement_agrees_with_costs_report_and_usage_stats(app, client, clock):
+    tenant = since_november(app, "Agreeing Co")
+    with app.app_context():
+        outside(tenant.tenant_id, NOV + timedelta(days=1), "openai", "gpt-4o", "0.0125", count=37)
+        outside(tenant.tenant_id, NOV + timedelta(days=9), "groq", "llama-3.1-70b-versatile", "0.000590", count=400)
+        outside(tenant.tenant_id, NOV + timedelta(days=20), "twitter", "", "0.000116", count=55)
+        _db.session.remove()
+    close(app, DEC + timedelta(minutes=1))
+    clock.now = (DEC + timedelta(minutes=10)).timestamp()
+    [summary] = client.get("/api/v1/billing/statements", headers=tenant.headers).get_json()["statements"]
+    statement = client.get(f"/api/v1/billing/statements/{summary['id']}", headers=tenant.headers).get_json()
+    billed = {
+        (line["service"], line["model"] or ""): Decimal(line["amount"])
+        for line in statement["statement"]["lines"]
+        if line["kind"] in ("tokens", "service")
+    }
+    report = client.get(
+        "/api/v1/costs/report?group_by=model&startDate=2026-11-01&endDate=2026-11-30", headers=tenant.headers
+    ).get_json()
+    stats = client.get("/api/v1/usage/stats?days=31", headers=tenant.headers).get_json()["stats"]
+    # Each line is its service and model's cost for the month, rounded once to the cent.
+    assert billed == {
+        ("openai", "gpt-4o"): Decimal("0.46"),  # 37 × $0.0125 = $0.4625
+        ("groq", "llama-3.1-70b-versatile"): Decimal("0.24"),  # 400 × $0.00059 = $0.236
+        ("twitter", ""): Decimal("0.01"),  # 55 × $0.000116 = $0.00638
+    }
+    by_model = {group["key"]: Decimal(str(group["cost"])) for group in report["groups"]}
+    assert sorted(to_cent(v) for v in by_model.values()) == sorted(billed.values())
+    for service, figures in stats["by_service"].items():
+        if service in ("openai", "groq", "twitter"):
+            assert to_cent(Decimal(str(figures["cost"]))) == sum(v for (s, _), v in billed.items() if s == service)
+    assert Decimal(summary["tokenCost"]) + Decimal(summary["serviceCost"]) == sum(billed.values())
+    assert to_cent(Decimal(str(report["total_cost"]))) == Decimal("0.70")  # $0.70488 for the month
+    assert sum(billed.values()) == Decimal("0.71")  # lines rounded one by one, then added
