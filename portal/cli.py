@@ -8,8 +8,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from .billing.plans import UnknownPlan, update_plan_limits
 from .billing.cli import billing_group
+from .billing.plans import UnknownPlan, update_plan_limits
 from .costs.cli import prices_group
 from .extensions import db
 from .models import utcnow
