@@ -23,6 +23,8 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
+from .billing.plans import billing_period
+from .billing.statements import close_periods
 from .costs.prices import PriceBook
 from .extensions import db
 from .metering.store import store_usage
@@ -248,6 +250,15 @@ def seed_demo(
     stored = store_in_batches(records, progress=progress)
     revoke_api_key(db.session.get(ApiKey, key_ids[-1]), retired_at)
     db.session.commit()
+    # The demo tenant has been a customer since its history began: its past months are closed
+    # into statements (calls counted from the rollups; there are no live counters for them).
+    since = now - timedelta(days=days)
+    subscription = tenant.subscription
+    subscription.started_at = since
+    subscription.current_period_start, subscription.current_period_end = billing_period(since)
+    tenant.created_at = since
+    db.session.commit()
+    close_periods(None, now)
     return DemoResult(tenant, DEMO_EMAIL, password, stored, created=True)
 
 

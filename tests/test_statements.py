@@ -392,3 +392,18 @@ def test_a_closed_months_statement_agrees_with_costs_report_and_usage_stats(app,
     assert Decimal(summary["tokenCost"]) + Decimal(summary["serviceCost"]) == sum(billed.values())
     assert to_cent(Decimal(str(report["total_cost"]))) == Decimal("0.70")  # $0.70488 for the month
     assert sum(billed.values()) == Decimal("0.71")  # lines rounded one by one, then added
+
+
+def test_seed_demo_closes_its_past_months_and_reconcile_finds_no_difference(app, db):
+    from portal.demo import seed_demo
+
+    now = datetime(2026, 11, 18, 12, tzinfo=UTC)
+    demo = seed_demo(days=40, password="a long demo password", now=now)
+    [october] = statements_of(demo.tenant.id)
+    assert october.period_start == datetime(2026, 10, 1, tzinfo=UTC)
+    assert october.plan_fee < 99  # on the plan since October 9th: the fee is prorated
+    assert october.token_cost + october.service_cost > 0
+    assert october.requests > 0
+    result = reconcile(now)
+    assert (result.statements, result.differences, result.pending) == (1, [], [])
+    assert current_subscription(demo.tenant.id).current_period_start == NOV
