@@ -309,8 +309,12 @@ def test_plan_changes_through_the_api_need_an_admin_key_and_say_when_they_apply(
     admin = {"X-API-Key": secret}
     refused = client.put("/api/v1/billing/subscription", json={"plan": "professional"}, headers=tenant.headers)
     assert refused.status_code == 403
+    assert client.get("/api/v1/ping", headers=tenant.headers).headers["X-RateLimit-Minute-Limit"] == "300"
     up = client.put("/api/v1/billing/subscription", json={"plan": "professional"}, headers=admin)
     assert up.status_code == 200 and up.get_json()["change"]["applies"] == "now"
+    # The next call already has the professional plan's windows and quota.
+    ping = client.get("/api/v1/ping", headers=tenant.headers)
+    assert (ping.headers["X-RateLimit-Minute-Limit"], ping.headers["X-RateLimit-Limit"]) == ("1000", "1000000")
     assert client.get("/api/v1/billing/subscription", headers=admin).get_json()["subscription"]["plan"]["code"] == (
         "professional"
     )
@@ -319,6 +323,8 @@ def test_plan_changes_through_the_api_need_an_admin_key_and_say_when_they_apply(
     pending = client.get("/api/v1/billing/subscription", headers=admin).get_json()["subscription"]
     assert pending["plan"]["code"] == "professional"
     assert pending["pendingPlanChange"]["plan"] == "starter"
+    # Until the period ends the professional windows stay.
+    assert client.get("/api/v1/ping", headers=tenant.headers).headers["X-RateLimit-Minute-Limit"] == "1000"
     again = client.put("/api/v1/billing/subscription", json={"plan": "professional"}, headers=admin).get_json()
     assert again["change"] == {"applies": "now", "plan": "professional", "cancelled": True}
     same = client.put("/api/v1/billing/subscription", json={"plan": "professional"}, headers=admin)
