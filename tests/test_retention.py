@@ -375,6 +375,43 @@ def test_a_record_stored_into_a_day_while_it_is_exported_stays_for_the_next_run(
     assert sorted(line["idempotency_key"] for line in lines) == ["late", "r0", "r1", "r2", "r3"]
 
 
+def test_a_row_committed_between_exported_ids_stops_the_delete_until_it_is_exported(app, free, tmp_path, monkeypatch):
+    slug, tenant_id = free
+    day = CUTOFF - timedelta(days=2)
+    other = "/api/v1/other"
+    store(app, [call(tenant_id, day, "r0"), call(tenant_id, day + timedelta(minutes=1), "r1")])
+    store(app, [call(tenant_id, day + timedelta(days=1), "between", endpoint=other)])  # the id between theirs
+    store(app, [call(tenant_id, day + timedelta(minutes=2), "r2")])
+    real_export = retention._export_day
+    moved = []
+
+    def export_then_a_row_commits_between_the_ids(*args, **kwargs):
+        exported = real_export(*args, **kwargs)
+        if not moved:  # as a writer whose transaction took its id earlier would, rollups and all
+            moved.append(day)
+            db.session.execute(
+                UsageRecord.__table__.update()
+                .where(UsageRecord.idempotency_key == "between")
+                .values(occurred_at=day + timedelta(hours=1))
+            )
+            db.session.execute(
+                UsageRollup.__table__.update()
+                .where(UsageRollup.granularity == "day", UsageRollup.endpoint == other)
+                .values(bucket_start=day)
+            )
+            db.session.commit()
+        return exported
+
+    monkeypatch.setattr(retention, "_export_day", export_then_a_row_commits_between_the_ids)
+    assert run(app, export_dir=tmp_path).records == 0  # the batch met a row it had not exported
+    assert len(stored(app, tenant_id)["records"]) == 4
+    monkeypatch.setattr(retention, "_export_day", real_export)
+
+    assert run(app, export_dir=tmp_path).records == 4
+    [lines] = exported(tmp_path).values()
+    assert sorted(line["idempotency_key"] for line in lines) == ["between", "r0", "r1", "r2"]
+
+
 # --- only what is in the rollups and no longer on its way --------------------------------------
 
 
