@@ -74,6 +74,15 @@ def timed_pass(redis, now, statements: Statements, server, tenant_ids=None) -> d
     }
 
 
+def table_row(name: str, runs: list[dict]) -> str:
+    """A markdown row: the medians of wall time, CPU here and in the database, SQL statements."""
+    wall = statistics.median(r["wall"] for r in runs)
+    here = statistics.median(r["cpu_here"] for r in runs)
+    there = statistics.median(r["cpu_server"] for r in runs)
+    sql = statistics.median(r["statements"] for r in runs)
+    return f"| {name} | {wall:.2f} s | {here:.2f} s | {there:.2f} s | {sql:.0f} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/tollgate_alerts_bench")
@@ -160,20 +169,13 @@ def main() -> None:
         steady = [timed_pass(redis, now + timedelta(minutes=2 + i), statements, server) for i in range(args.passes)]
         opened = db.session.scalar(sa.select(sa.func.count()).select_from(Alert))
 
-    def row(name: str, runs: list[dict]) -> str:
-        wall = statistics.median(r["wall"] for r in runs)
-        here = statistics.median(r["cpu_here"] for r in runs)
-        there = statistics.median(r["cpu_server"] for r in runs)
-        sql = statistics.median(r["statements"] for r in runs)
-        return f"| {name} | {wall:.2f} s | {here:.2f} s | {there:.2f} s | {sql:.0f} |"
-
     print(f"\nload average: {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}; alerts opened: {opened:,}")
     print(f"first pass: {first['result']}")
     print("| pass | wall | CPU, worker | CPU, database | SQL statements |")
     print("| --- | --- | --- | --- | --- |")
-    print(row("10 tenants (baseline, median of 3)", baseline))
-    print(row(f"{len(ids):,} tenants, first pass (opens alerts, writes notifications)", [first]))
-    print(row(f"{len(ids):,} tenants, steady (median of {args.passes})", steady))
+    print(table_row("10 tenants (baseline, median of 3)", baseline))
+    print(table_row(f"{len(ids):,} tenants, first pass (opens alerts, writes notifications)", [first]))
+    print(table_row(f"{len(ids):,} tenants, steady (median of {args.passes})", steady))
 
 
 if __name__ == "__main__":

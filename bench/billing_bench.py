@@ -14,7 +14,6 @@ statements. Median of --runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.alerts_bench import Statements, cpu  # noqa: E402
+from bench.alerts_bench import Statements, cpu, table_row  # noqa: E402
 from bench.ingest_bench import make_app  # noqa: E402
 from portal.billing.reconcile import reconcile  # noqa: E402
 from portal.billing.statements import close_periods  # noqa: E402
@@ -129,7 +128,7 @@ def timed_close(now: datetime, statements: Statements, server) -> dict:
         "wall": wall,
         "cpu_here": after_cpu[0] - before_cpu[0],
         "cpu_server": after_cpu[1] - before_cpu[1],
-        "statements_sql": statements.count - before_sql,
+        "statements": statements.count - before_sql,
         "result": result,
     }
 
@@ -179,18 +178,11 @@ def main() -> None:
             f"{time.perf_counter() - start:.1f} s"
         )
 
-    def row(name: str, runs: list[dict]) -> str:
-        wall = statistics.median(r["wall"] for r in runs)
-        here = statistics.median(r["cpu_here"] for r in runs)
-        there = statistics.median(r["cpu_server"] for r in runs)
-        sql = statistics.median(r["statements_sql"] for r in runs)
-        return f"| {name} | {wall:.2f} s | {here:.2f} s | {there:.2f} s | {sql:.0f} |"
-
     print(f"\nload average: {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}; last run: {closed}, {lines:,} lines")
     print("| close-periods | wall | CPU, worker | CPU, database | SQL statements |")
     print("| --- | --- | --- | --- | --- |")
-    print(row(f"10 tenants (baseline, median of {args.runs})", baseline))
-    print(row(f"{len(ids):,} tenants (median of {args.runs})", full))
+    print(table_row(f"10 tenants (baseline, median of {args.runs})", baseline))
+    print(table_row(f"{len(ids):,} tenants (median of {args.runs})", full))
 
 
 if __name__ == "__main__":

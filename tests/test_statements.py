@@ -276,14 +276,8 @@ def test_another_tenants_statement_is_a_404(app, client, billed):
 
 
 def test_upcoming_shows_the_period_so_far_and_a_forecast_after_a_tenth_of_it(app, client, clock):
-    tenant = make_api_tenant(app, "Upcoming Co", "starter")
+    tenant = since_november(app, "Upcoming Co")
     with app.app_context():
-        _db.session.execute(
-            update(Subscription)
-            .where(Subscription.tenant_id == tenant.tenant_id)
-            .values(started_at=NOV, current_period_start=NOV, current_period_end=DEC)
-        )
-        _db.session.commit()
         outside(tenant.tenant_id, datetime(2026, 11, 5, tzinfo=UTC), "openai", "gpt-4o", "6.00")
         get_redis(app).set(quota_key(tenant.tenant_id, NOV), 30_000)
         _db.session.remove()

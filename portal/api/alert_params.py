@@ -8,22 +8,13 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from ..alerts.rules import COMPARATORS, METRICS, THRESHOLD_UNITS
+from ..alerts.rules import COMPARATORS, DEFAULT_RULES, METRICS, THRESHOLD_UNITS
 from .bodies import Body
 from .schemas import Query
 
-AlertType = Literal[
-    "quota_usage",
-    "day_window",
-    "rate_limited",
-    "error_rate",
-    "response_time",
-    "usage_spike",
-    "unauthorized_access",
-    "daily_cost",
-    "budget",
-    *sorted(METRICS),  # custom rules' alerts carry their metric
-]
+# The default rules' kinds whose thresholds seed 001's settings carry (budgets carry their own).
+THRESHOLD_KINDS = tuple(rule.kind for rule in DEFAULT_RULES if rule.kind != "budget")
+AlertType = Literal[(*THRESHOLD_KINDS, "budget", *sorted(METRICS))]  # custom rules' alerts carry their metric
 Severity = Literal["warning", "critical"]
 # A threshold in the metric's unit, as a JSON number or a string ("0.05"); kept to 6 decimals.
 Threshold = Annotated[
@@ -78,16 +69,7 @@ class AlertSettingsBody(Body):
 
     alert_thresholds: (
         dict[
-            Literal[
-                "quota_usage",
-                "day_window",
-                "rate_limited",
-                "error_rate",
-                "response_time",
-                "usage_spike",
-                "unauthorized_access",
-                "daily_cost",
-            ],
+            Literal[THRESHOLD_KINDS],
             LevelChange,
         ]
         | None

@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from ..extensions import db
-from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord, UsageRollup
+from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord
 from .plans import billing_period
-from .statements import ZERO, fee_lines, overage_line, period_label, to_cent
+from .statements import ZERO, fee_lines, outside_costs, overage_line, period_label, to_cent
 
 
 @dataclass
@@ -58,24 +58,11 @@ def _from_records(tenant_ids: list[int], start: datetime, end: datetime) -> dict
 
 
 def _from_rollups(tenant_ids: list[int], start: datetime, end: datetime) -> dict:
-    rows = db.session.execute(
-        select(
-            UsageRollup.tenant_id,
-            UsageRollup.service,
-            UsageRollup.model,
-            func.sum(UsageRollup.cost),
-            func.sum(UsageRollup.unpriced),
-        )
-        .where(
-            UsageRollup.tenant_id.in_(tenant_ids),
-            UsageRollup.granularity == "day",
-            UsageRollup.source == "external",
-            UsageRollup.bucket_start >= start,
-            UsageRollup.bucket_start < end,
-        )
-        .group_by(UsageRollup.tenant_id, UsageRollup.service, UsageRollup.model)
-    )
-    return {(t, s, m): (Decimal(cost or 0), int(unpriced or 0)) for t, s, m, cost, unpriced in rows}
+    return {
+        (tenant_id, row.service, row.model): (Decimal(row.cost or 0), int(row.unpriced or 0))
+        for tenant_id, rows in outside_costs(tenant_ids, start, end).items()
+        for row in rows
+    }
 
 
 def _raw_kept_since(tenant_ids: list[int], now: datetime) -> dict[int, datetime]:

@@ -117,7 +117,7 @@ def _segments(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int
     return found
 
 
-def _outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, list]:
+def outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, list]:
     """Outside-service calls, tokens, cost and unpriced calls by service and model."""
     rows = db.session.execute(
         select(
@@ -342,7 +342,7 @@ def draft_statements(redis: Redis | None, tenant_ids: list[int], start: datetime
     """The statements of [start, end) for ``tenant_ids`` with usage up to ``upto`` (the end, when
     closing; now, for the period so far)."""
     segments = _segments(tenant_ids, start, end)
-    costs = _outside_costs(tenant_ids, start, min(end, upto + timedelta(days=1)))
+    costs = outside_costs(tenant_ids, start, min(end, upto + timedelta(days=1)))
     calls = admitted_calls(redis, tenant_ids, start, end)
     since = (start - timedelta(days=31 * ADJUSTMENT_MONTHS)).replace(day=1)
     history = _billed_before(tenant_ids, since, start)

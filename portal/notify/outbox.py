@@ -84,8 +84,9 @@ def _matching(channels: list[NotificationChannel], severity: str) -> list[Notifi
     return [c for c in channels if SEVERITY_RANK.get(c.min_severity, 1) <= rank]
 
 
-def enqueue_delivery(channel: NotificationChannel, payload: dict, at: datetime, alert_id: int | None = None):
-    delivery = NotificationDelivery(
+def new_delivery(channel: NotificationChannel, payload: dict, at: datetime, alert_id: int | None = None):
+    """An outbox row for ``channel``, due at once, with a message id of its own."""
+    return NotificationDelivery(
         tenant_id=channel.tenant_id,
         alert_id=alert_id,
         channel_id=channel.id,
@@ -97,6 +98,10 @@ def enqueue_delivery(channel: NotificationChannel, payload: dict, at: datetime, 
         next_attempt_at=at,
         created_at=at,
     )
+
+
+def enqueue_delivery(channel: NotificationChannel, payload: dict, at: datetime, alert_id: int | None = None):
+    delivery = new_delivery(channel, payload, at, alert_id)
     db.session.add(delivery)
     return delivery
 
@@ -120,21 +125,10 @@ def enqueue_many(changes: list[tuple[Alert, str]], at: datetime) -> list[Notific
     notices: list[Notification] = []
     for alert, event_type in changes:
         payload = alert_event(alert, event_type, at, tenants[alert.tenant_id])
-        for channel in _matching(channels.get(alert.tenant_id, []), alert.severity):
-            deliveries.append(
-                NotificationDelivery(
-                    tenant_id=alert.tenant_id,
-                    alert_id=alert.id,
-                    channel_id=channel.id,
-                    event_type=event_type,
-                    message_id=new_message_id(),
-                    payload=payload,
-                    status="pending",
-                    attempts=0,
-                    next_attempt_at=at,
-                    created_at=at,
-                )
-            )
+        deliveries += [
+            new_delivery(channel, payload, at, alert.id)
+            for channel in _matching(channels.get(alert.tenant_id, []), alert.severity)
+        ]
         title = f"{VERBS[event_type]}{alert.title}"[:200]
         notices += [
             Notification(
