@@ -118,7 +118,7 @@ def test_jobs_run_cleanup_deletes_what_each_plan_no_longer_keeps(app, cli, usage
     result = cli("jobs", "run", "cleanup")
     assert result.exit_code == 0, result.output
     # starter: 200, 100 and 91 days old; professional: 200 and 181 days old.
-    assert "cleanup: {'records': 5, 'hourly_rollups': 5, 'daily_rollups': 0}" in result.output
+    assert "cleanup: {'records': 5, 'hourly_rollups': 5, 'daily_rollups': 0, 'exported_files': 0," in result.output
     assert_retention_applied(app, usage)
 
     # Running it again finds nothing more to delete.
@@ -166,7 +166,8 @@ def test_worker_burst_runs_the_queued_cleanup_in_an_app_context(app, cli, redis,
     assert queue.failed_job_registry.count == 0
     finished = Job.fetch_many(queue.finished_job_registry.get_job_ids(), connection=redis)
     [cleanup] = [job for job in finished if job.func_name == "worker.jobs.cleanup"]
-    assert cleanup.return_value() == {"records": 5, "hourly_rollups": 5, "daily_rollups": 0}
+    counts = cleanup.return_value()
+    assert (counts["records"], counts["hourly_rollups"], counts["daily_rollups"], counts["finished"]) == (5, 5, 0, True)
 
 
 def test_worker_burst_enqueues_the_due_periodic_jobs_itself(app, cli, redis, usage):
@@ -202,7 +203,7 @@ def test_flask_worker_burst_as_a_process(app, redis, usage, tmp_path):
     job = Job.fetch(job.id, connection=redis)
     assert job.get_status() == "finished", job.exc_info
     # The worker also enqueued the due periodic cleanup, which may have run first.
-    assert set(job.return_value()) == {"records", "hourly_rollups", "daily_rollups"}
+    assert {"records", "hourly_rollups", "daily_rollups", "batches", "finished"} <= set(job.return_value())
     assert_retention_applied(app, usage)
     assert queued(redis) == {queues.PERIODIC: 0, queues.DEFAULT: 0}
 

@@ -98,15 +98,6 @@ class RetentionResult:
         return asdict(self)
 
 
-@dataclass
-class Deleted:
-    """What a run deleted (the periodic job's result)."""
-
-    records: int = 0
-    hourly_rollups: int = 0
-    daily_rollups: int = 0
-
-
 class _OutOfTime(Exception):
     pass
 
@@ -474,9 +465,9 @@ def _apply(run: _Run, now: datetime, redis: Redis, spool_folder: Path | None) ->
     )
 
 
-def delete_expired_usage(now: datetime) -> Deleted:
-    """Apply retention with the application's settings (``RETENTION_EXPORT_DIR``); returns what
-    was deleted (the full counts are logged)."""
+def delete_expired_usage(now: datetime) -> RetentionResult:
+    """Apply retention with the application's settings (``RETENTION_EXPORT_DIR``); returns the
+    run's counts (the periodic job's result)."""
     from flask import current_app
 
     from ..redis_store import get_redis
@@ -487,4 +478,4 @@ def delete_expired_usage(now: datetime) -> Deleted:
         export_dir=current_app.config.get("RETENTION_EXPORT_DIR"),
         spool_folder=Path(current_app.instance_path) / "spool",
     )
-    return Deleted(result.records, result.hourly_rollups, result.daily_rollups)
+    return result
