@@ -629,3 +629,13 @@ def test_every_default_rule_fires_on_generated_data_and_clears_when_it_is_over(a
     db.session.expire_all()
     assert open_alerts(tenant.tenant_id) == []
     assert {a.resolved_by for a in alerts_of(tenant.tenant_id)} == {"auto"}
+
+
+def test_a_deactivated_tenant_is_not_paged(app, db, tenant):
+    from portal.models import Tenant
+
+    db.session.get(Tenant, tenant.tenant_id).is_active = False
+    db.session.commit()
+    store(tenant.tenant_id, NOW - timedelta(minutes=5), 2, status_code=429)
+    result = run(app, NOW)
+    assert (result.rules, result.triggered) == (0, 0)

@@ -33,7 +33,7 @@ from sqlalchemy import select
 
 from ..billing.plans import billing_period
 from ..extensions import db
-from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing
+from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing, Tenant
 from ..notify.outbox import enqueue_many
 from . import metrics
 from .rules import COMPARATORS, FILTERABLE, METRICS
@@ -198,8 +198,11 @@ class Evaluator:
     def __init__(self, redis: Redis, now: datetime, tenant_ids: list[int] | None = None) -> None:
         self.now = now
         # Plain rows, not ORM objects: a pass reads every rule of every tenant.
-        rules_query = select(*(AlertRule.__table__.c[name] for name in RULE_COLUMNS)).where(
-            AlertRule.is_enabled.is_(True)
+        # A deactivated tenant's rules rest (its open alerts resolve as their conditions clear).
+        rules_query = (
+            select(*(AlertRule.__table__.c[name] for name in RULE_COLUMNS))
+            .join(Tenant, Tenant.id == AlertRule.tenant_id)
+            .where(AlertRule.is_enabled.is_(True), Tenant.is_active.is_(True))
         )
         if tenant_ids is not None:
             rules_query = rules_query.where(AlertRule.tenant_id.in_(tenant_ids))
