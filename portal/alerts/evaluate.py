@@ -36,7 +36,7 @@ from ..extensions import db
 from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing, Tenant
 from ..notify.outbox import enqueue_many
 from . import metrics
-from .rules import COMPARATORS, FILTERABLE, METRICS
+from .rules import COMPARATORS, FILTERABLE, METRICS, RULE_FIELDS
 
 log = logging.getLogger("tollgate.alerts")
 LOCK_KEY = "tollgate:alerts:evaluating"
@@ -161,24 +161,9 @@ def _filter_text(rule: AlertRule) -> str:
     return f" for {', '.join(parts)}" if parts else ""
 
 
-RULE_COLUMNS = (
-    "id",
-    "tenant_id",
-    "kind",
-    "name",
-    "metric",
-    "comparator",
-    "threshold_unit",
-    "warning_threshold",
-    "critical_threshold",
-    "window_minutes",
-    "min_volume",
-    "service",
-    "endpoint",
-    "api_key_id",
-    "end_user",
-    "cooldown_minutes",
-)
+# The columns a pass reads: a rule's identity and every field a tenant sets but on/off (only
+# enabled rules are read).
+RULE_COLUMNS = ("id", "tenant_id", "kind", *(name for name in RULE_FIELDS if name != "is_enabled"))
 ZERO = Decimal(0)
 EMPTY = metrics.Sums()
 

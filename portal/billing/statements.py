@@ -117,6 +117,17 @@ def _segments(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int
     return found
 
 
+def _outside_rollups(tenant_ids: list[int], start: datetime, end: datetime) -> tuple:
+    """The daily rollups of outside-service calls of ``tenant_ids`` in [start, end)."""
+    return (
+        UsageRollup.tenant_id.in_(tenant_ids),
+        UsageRollup.granularity == "day",
+        UsageRollup.source == "external",
+        UsageRollup.bucket_start >= start,
+        UsageRollup.bucket_start < end,
+    )
+
+
 def outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, list]:
     """Outside-service calls, tokens, cost and unpriced calls by service and model."""
     rows = db.session.execute(
@@ -129,13 +140,7 @@ def outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict
             func.sum(UsageRollup.cost).label("cost"),
             func.sum(UsageRollup.unpriced).label("unpriced"),
         )
-        .where(
-            UsageRollup.tenant_id.in_(tenant_ids),
-            UsageRollup.granularity == "day",
-            UsageRollup.source == "external",
-            UsageRollup.bucket_start >= start,
-            UsageRollup.bucket_start < end,
-        )
+        .where(*_outside_rollups(tenant_ids, start, end))
         .group_by(UsageRollup.tenant_id, UsageRollup.service, UsageRollup.model)
         .order_by(UsageRollup.tenant_id, UsageRollup.service, UsageRollup.model)
     )
@@ -215,13 +220,7 @@ def _costs_by_month(tenant_ids: list[int], since: datetime, before: datetime) ->
             UsageRollup.model,
             func.sum(UsageRollup.cost).label("cost"),
         )
-        .where(
-            UsageRollup.tenant_id.in_(tenant_ids),
-            UsageRollup.granularity == "day",
-            UsageRollup.source == "external",
-            UsageRollup.bucket_start >= since,
-            UsageRollup.bucket_start < before,
-        )
+        .where(*_outside_rollups(tenant_ids, since, before))
         .group_by(UsageRollup.tenant_id, month, UsageRollup.service, UsageRollup.model)
     )
     return {(r.tenant_id, r.month, r.service, r.model): Decimal(r.cost or 0) for r in rows}
