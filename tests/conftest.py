@@ -27,7 +27,7 @@ from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
 # Fixtures shared by the API tests (clock, acme).
-pytest_plugins = ["tests.api_helpers"]
+pytest_plugins = ["tests.api_helpers", "tests.portal_helpers"]
 
 # Tables whose rows come from migrations and stay between tests.
 REFERENCE_TABLES = {"plans", "model_prices", "alembic_version"}

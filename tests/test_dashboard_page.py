@@ -98,7 +98,7 @@ def test_chart_is_inline_svg_with_a_bar_per_day(client, signed_in):
     html = client.get("/dashboard").text
     assert '<svg viewBox="0 0 720' in html
     assert 'role="img"' in html
-    assert "<title>API calls per day, last 30 days</title>" in html
+    assert "API calls per day, last 30 days</title>" in html
     assert html.count('class="bar"') == 30
 
 

@@ -6,10 +6,7 @@ session, a flash message, a URL or a redirect.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
-
-from flask import abort, flash, make_response, redirect, render_template, request, url_for
+from flask import flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from ..extensions import db
@@ -19,26 +16,11 @@ from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_k
 from . import bp
 from .forms import ApiKeyForm, first_expiry_date
 from .once import first_submission, new_submission_token
+from .roles import admin_required, can_change
 from .tenancy import get_owned_or_404, owned
 
-KEY_MANAGER_ROLES = frozenset({"owner", "admin"})
-
-
-def can_manage_keys(user) -> bool:
-    return getattr(user, "role", None) in KEY_MANAGER_ROLES
-
-
-def key_manager_required(view: Callable) -> Callable:
-    """Signed in as an owner or admin of the tenant, or 403."""
-
-    @wraps(view)
-    @login_required
-    def wrapper(*args, **kwargs):
-        if not can_manage_keys(current_user):
-            abort(403)
-        return view(*args, **kwargs)
-
-    return wrapper
+can_manage_keys = can_change
+key_manager_required = admin_required
 
 
 def _audit(action: str, key: ApiKey, **details: object) -> None:

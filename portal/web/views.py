@@ -9,10 +9,8 @@ from ..analytics import charts
 from ..analytics.totals import calls_per_day
 from ..analytics.totals import totals as usage_totals
 from ..billing.plans import billing_period
-from ..extensions import db
-from ..models import AuditEvent, utcnow
+from ..models import utcnow
 from . import bp
-from .tenancy import owned
 
 
 @bp.route("/")
@@ -59,10 +57,3 @@ def dashboard():
         quota_fraction=None if not quota else min(used / quota, 1.0),
         bars=charts.daily_bars(days),
     )
-
-
-@bp.route("/activity")
-@login_required
-def activity():
-    events = db.session.scalars(owned(AuditEvent).order_by(AuditEvent.created_at.desc()).limit(100)).all()
-    return render_template("web/activity.html", events=events)

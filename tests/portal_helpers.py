@@ -1,0 +1,107 @@
+"""Helpers for the portal's page tests: a tenant with one user of each role, signing in, sending
+forms with their CSRF token, reading a page's text and counting the SQL statements a page runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import event
+
+from portal.extensions import db
+from portal.tenancy.accounts import create_tenant, create_user
+
+from .conftest import PASSWORD, csrf_token
+
+__all__ = ["PASSWORD", "PortalTenant", "count_statements", "page_text", "post_form", "sign_in"]
+
+
+@dataclass
+class PortalTenant:
+    tenant_id: int
+    slug: str
+    owner: str
+    admin: str
+    member: str
+    user_ids: dict[str, int]
+
+
+def make_portal_tenant(app: Flask, name: str, plan: str = "starter") -> PortalTenant:
+    """A tenant with an owner, an admin and a member (all with ``PASSWORD``)."""
+    slug_part = re.sub(r"[^a-z0-9]+", "", name.lower()) or "tenant"
+    with app.app_context():
+        tenant = create_tenant(name, plan, f"owner@{slug_part}.example", PASSWORD)
+        create_user(tenant, f"admin@{slug_part}.example", PASSWORD, role="admin")
+        create_user(tenant, f"member@{slug_part}.example", PASSWORD, role="member")
+        db.session.commit()
+        ids = {user.role: user.id for user in tenant.users}
+        result = PortalTenant(
+            tenant.id,
+            tenant.slug,
+            f"owner@{slug_part}.example",
+            f"admin@{slug_part}.example",
+            f"member@{slug_part}.example",
+            ids,
+        )
+        db.session.remove()
+    return result
+
+
+@pytest.fixture
+def portal_tenant(app: Flask) -> PortalTenant:
+    """Initech: an owner, an admin and a member, on the starter plan."""
+    return make_portal_tenant(app, "Initech")
+
+
+@pytest.fixture
+def other_tenant(app: Flask) -> PortalTenant:
+    """Globex: a second tenant, for isolation tests."""
+    return make_portal_tenant(app, "Globex")
+
+
+def sign_in(client: FlaskClient, email: str, password: str = PASSWORD) -> None:
+    """Sign ``client`` in through the real form (it is signed out of any earlier session)."""
+    client.get("/logout")  # harmless when signed out; GET shows the sign-out page
+    client.delete_cookie("session")
+    page = client.get("/login")
+    response = client.post("/login", data={"email": email, "password": password, "csrf_token": csrf_token(page.text)})
+    assert response.status_code == 302, f"sign-in as {email} failed: {response.status_code}"
+
+
+def post_form(client: FlaskClient, url: str, data: dict | None = None, page: str | None = None, **kwargs):
+    """POST ``data`` to ``url`` with the CSRF token of ``page`` (default: the page at ``url``,
+    or the dashboard when ``url`` has no GET)."""
+    source = client.get(page or url)
+    if source.status_code != 200 or "csrf_token" not in source.text:
+        source = client.get("/dashboard")
+    form = dict(data or {})
+    form.setdefault("csrf_token", csrf_token(source.text))
+    return client.post(url, data=form, **kwargs)
+
+
+def page_text(html: str) -> str:
+    """The page's visible text: tags dropped, spaces collapsed."""
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
+
+
+@contextmanager
+def count_statements(app: Flask) -> Iterator[list[str]]:
+    """Collects the SQL statements run inside the block (a list of their texts)."""
+    statements: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
