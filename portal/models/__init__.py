@@ -15,6 +15,7 @@ from .audit import AuditEvent
 from .billing import Statement, StatementLine
 from .keys import ApiKey
 from .pricing import ModelPrice, ServiceLimit
+from .team import Invite
 from .tenancy import Plan, Subscription, Tenant, User
 from .usage import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, UsageRecord, UsageRollup
 
@@ -28,6 +29,7 @@ __all__ = [
     "AuditEvent",
     "Budget",
     "BudgetCrossing",
+    "Invite",
     "ModelPrice",
     "Notification",
     "NotificationChannel",

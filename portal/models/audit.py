@@ -20,7 +20,17 @@ ACTIONS = (
     "api_key.revoked",
     "api_key.rotated",
     "plan.changed",
+    "plan.change_scheduled",
+    "plan.change_cancelled",
     "settings.changed",
+    "alert.acknowledged",
+    "alert.resolved",
+    "alerts.settings_changed",
+    "invite.created",
+    "invite.revoked",
+    "invite.accepted",
+    "user.role_changed",
+    "user.removed",
 )
 
 
