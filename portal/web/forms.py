@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, HiddenField, SelectField, StringField, TextAreaField
+from wtforms import DateField, HiddenField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Length, Optional, ValidationError
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
 from ..models import utcnow
+from ..tenancy.key_search import PAGE_SIZES, STATES, KeyQuery
 from .once import new_submission_token
 
 
@@ -46,3 +47,35 @@ class ApiKeyForm(FlaskForm):
         """The key stops working at the start (00:00 UTC) of the chosen day."""
         day = self.expires_on.data
         return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
+
+
+class KeyFilterForm(FlaskForm):
+    """The keys page's GET form: its state lives in the URL."""
+
+    class Meta:
+        csrf = False
+
+    q = StringField("Search", filters=[_strip], validators=[Optional(), Length(max=120)])
+    state = SelectField(
+        "State", choices=[SelectChoice("", "any state")] + [SelectChoice(s, s) for s in STATES], default=""
+    )
+    scope = SelectField(
+        "Scope",
+        choices=[SelectChoice("", "any scope"), SelectChoice("usage", "usage"), SelectChoice("admin", "admin")],
+        default="",
+    )
+    per_page = SelectField(
+        "Per page", choices=[SelectChoice(str(n), str(n)) for n in PAGE_SIZES], default="50", coerce=str
+    )
+    before = IntegerField(validators=[Optional(), NumberRange(min=1)])
+    after = IntegerField(validators=[Optional(), NumberRange(min=1)])
+
+    def query(self) -> KeyQuery:
+        return KeyQuery(
+            text=self.q.data or "",
+            state=self.state.data or "",
+            scope=self.scope.data or "",
+            per_page=int(self.per_page.data or 50),
+            before=self.before.data,
+            after=self.after.data if self.before.data is None else None,
+        )

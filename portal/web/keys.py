@@ -10,14 +10,16 @@ from flask import flash, make_response, redirect, render_template, request, url_
 from flask_login import current_user, login_required
 
 from ..extensions import db
-from ..models import ApiKey, utcnow
+from ..models import ApiKey
 from ..tenancy.audit import record_event
+from ..tenancy.key_search import KeyQuery, search_keys
 from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_key_active
 from . import bp
-from .forms import ApiKeyForm, first_expiry_date
+from .clock import now
+from .forms import ApiKeyForm, KeyFilterForm, first_expiry_date
 from .once import first_submission, new_submission_token
 from .roles import admin_required, can_change
-from .tenancy import get_owned_or_404, owned
+from .tenancy import get_owned_or_404
 
 can_manage_keys = can_change
 key_manager_required = admin_required
@@ -37,11 +39,22 @@ def _audit(action: str, key: ApiKey, **details: object) -> None:
 
 
 def _render_list(form: ApiKeyForm, status: int = 200):
-    rows = db.session.scalars(owned(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())).all()
+    filters = KeyFilterForm(request.args)
+    if request.args and not filters.validate():
+        status = 400
+        found = search_keys(current_user.tenant_id, KeyQuery(), now())
+    else:
+        found = search_keys(current_user.tenant_id, filters.query(), now())
+    base = {k: v for k, v in request.args.items() if k not in ("before", "after") and v}
     page = render_template(
         "web/keys.html",
-        keys=rows,
-        now=utcnow(),
+        keys=found.keys,
+        found=found,
+        filters=filters,
+        filtered=bool(base.keys() - {"per_page"}),
+        older_url=url_for("web.keys", **base, before=found.older) if found.older else None,
+        newer_url=url_for("web.keys", **base, after=found.newer) if found.newer else None,
+        now=now(),
         form=form,
         can_manage=can_manage_keys(current_user),
         first_expiry=first_expiry_date(),
@@ -51,7 +64,7 @@ def _render_list(form: ApiKeyForm, status: int = 200):
 
 def _render_secret(key: ApiKey, secret: str, rotated: bool, status: int):
     response = make_response(
-        render_template("web/key_secret.html", key=key, secret=secret, rotated=rotated, now=utcnow()), status
+        render_template("web/key_secret.html", key=key, secret=secret, rotated=rotated, now=now()), status
     )
     # The page holds a secret: no browser or proxy may keep a copy.
     response.headers["Cache-Control"] = "no-store"
@@ -104,7 +117,7 @@ def create_key():
 @login_required
 def key_detail(key_id: int):
     key = get_owned_or_404(ApiKey, key_id)
-    return render_template("web/key_detail.html", key=key, now=utcnow(), can_manage=can_manage_keys(current_user))
+    return render_template("web/key_detail.html", key=key, now=now(), can_manage=can_manage_keys(current_user))
 
 
 def _set_active(key_id: int, active: bool):
