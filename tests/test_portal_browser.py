@@ -1,55 +1,234 @@
-"""The portal in a real browser (Debian's Chromium, headless): sign in, look around, sign out."""
+"""The portal in a real browser (Debian's Chromium, headless): sign in, walk every page with axe,
+screenshots at 1280 and 390 px and no console error, charts with text alternatives, the keyboard,
+the usage explorer and its exports, keys, alerts and notifications, sign out."""
 
 from __future__ import annotations
 
-import threading
 import uuid
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from werkzeug.serving import make_server
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from portal.extensions import db
 from portal.metering.store import store_usage
 from portal.models import utcnow
 
+from . import browser_helpers
+from .browser_helpers import (
+    ARTIFACTS,
+    PageReport,
+    add_extras,
+    check_page,
+    focused,
+    raise_error_rate_alert,
+    seed_demo_tenant,
+    sign_in_through_form,
+)
 from .conftest import PASSWORD
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# The fixtures: a live server, one Chromium for the module, a page whose browser errors fail the test.
+chromium, live_url, page = browser_helpers.chromium, browser_helpers.live_url, browser_helpers.page
+
+# GET endpoints that are not pages to walk: redirects, the health check, sign-in and out.
+NOT_PAGES = {"web.index", "web.health", "static"}
 
 
-@pytest.fixture
-def live_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+# -- walking every page ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
+def portal_pages(app) -> set[str]:
+    """The portal's GET pages (endpoints), downloads left out."""
+    pages = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.endpoint.startswith("web.") or rule.endpoint in NOT_PAGES or "GET" not in rule.methods:
+            continue
+        if rule.rule.endswith((".csv", ".json")) or "export" in rule.endpoint:
+            continue
+        pages.add(rule.endpoint)
+    return pages
 
-    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium package (/usr/bin/chromium)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
+
+def endpoint_of(app, path: str) -> str | None:
+    try:
+        endpoint, _ = app.url_map.bind("localhost").match(path, method="GET")
+    except (NotFound, MethodNotAllowed, RequestRedirect):
+        return None
+    return endpoint
+
+
+def links_on(page, live_url: str) -> list[str]:
+    """Same-site links of the page (path and query), downloads and sign-out left out."""
+    hrefs = page.eval_on_selector_all("a[href]:not([download])", "els => els.map(a => a.href)")
+    found = []
+    for href in hrefs:
+        if not href.startswith(live_url):
+            continue
+        parts = urlsplit(href)
+        if parts.path.endswith((".csv", ".json")) or parts.path.startswith(("/logout", "/static", "/api/")):
+            continue
+        found.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+    return found
+
+
+def visit(page, live_url: str, path: str) -> PageReport:
+    response = page.goto(f"{live_url}{path}")
+    report = check_page(page, path)
+    if response is None or response.status != 200:
+        report.problems.insert(0, f"status {response.status if response else 'none'}")
+    return report
+
+
+def test_every_page_passes_axe_shows_no_console_error_and_fits_a_phone(app, clock, live_url, page):
+    demo = seed_demo_tenant(app)
+    add_extras(app, demo.tenant_id)
+    raise_error_rate_alert(app, demo.tenant_id)
+    sign_in_through_form(page, live_url, demo.email)
+    reports = [check_page(page, "/dashboard")]
+    visited = {"web.dashboard"}
+
+    # The main navigation, found on the page, so a new section is walked without naming it here.
+    nav_links = page.eval_on_selector_all("nav[aria-label=Main] a", "els => els.map(a => a.getAttribute('href'))")
+    assert len(nav_links) >= 2, nav_links
+    queue = [path for path in nav_links if path != "/dashboard"]
+    seen_paths = set(nav_links)
+    # Then the pages their pages link to (statements, a log, a key, alert and team sub-pages,
+    # notifications), one page per endpoint, three links deep.
+    pages = portal_pages(app)
+    for _depth in range(4):
+        found = []
+        for path in queue:
+            endpoint = endpoint_of(app, urlsplit(path).path)
+            if endpoint in visited:
+                continue
+            visited.add(endpoint)
+            reports.append(visit(page, live_url, path))
+            found += links_on(page, live_url)
+        # Prefer a page's plain address to one with a query (filters, pages of a list).
+        queue = []
+        for path in sorted(set(found) - seen_paths, key=lambda p: ("?" in p, p)):
+            endpoint = endpoint_of(app, urlsplit(path).path)
+            if endpoint in pages and endpoint not in visited and endpoint not in {endpoint_of(app, q) for q in queue}:
+                queue.append(path)
+        seen_paths |= set(found)
+
+    unreached = sorted(pages - visited)
+    for endpoint in [e for e in unreached if not any(r.arguments for r in app.url_map.iter_rules(e))]:
+        # Not linked from any page: checked all the same, and reported.
+        report = visit(page, live_url, app.url_map.bind("localhost").build(endpoint))
+        report.problems.append(f"not linked from any page ({endpoint})")
+        reports.append(report)
+        unreached.remove(endpoint)
+
+    summary = "\n".join(f"{r.path}: {r.charts} charts" for r in reports)
+    print(f"walked {len(reports)} pages:\n{summary}")
+    failed = [r for r in reports if r.problems]
+    assert not failed, "\n\n".join(f"{r.path}:\n" + "\n".join(r.problems) for r in failed)
+    assert not unreached, f"pages no link led to: {unreached}"
+    assert sum(r.charts for r in reports) >= 1
+
+
+# -- the keyboard --------------------------------------------------------------------------------
+
+TABS = 40  # how many Tab presses are checked on a page
+
+
+def tab_through(page, presses: int = TABS) -> list[dict]:
+    """Press Tab from the top of the page; what had focus after each press."""
+    reached = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        element = focused(page)
+        if element is None:  # focus left the document: the tab order is over
+            break
+        reached.append(element)
+    return reached
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/keys"])
+def test_tab_reaches_the_skip_link_then_the_nav_and_focus_is_always_seen(app, clock, live_url, page, path):
+    demo = seed_demo_tenant(app, days=3)
+    sign_in_through_form(page, live_url, demo.email)
+    page.goto(f"{live_url}{path}")
+    nav = page.eval_on_selector_all("nav[aria-label=Main] a", "els => els.map(a => a.getAttribute('href'))")
+
+    reached = tab_through(page)
+    assert reached, "Tab moves focus nowhere"
+    assert "skip-link" in reached[0]["cls"], f"the first Tab goes to {reached[0]}, not the skip link"
+    in_nav = [n for n, element in enumerate(reached) if element["inNav"]]
+    assert [reached[n]["href"] for n in in_nav] == nav, "Tab does not go through the navigation in order"
+    assert in_nav == list(range(in_nav[0], in_nav[0] + len(nav))), "the navigation's links are not one after another"
+    assert in_nav[0] <= 3, f"the navigation comes after {in_nav[0]} other stops"
+    unseen = [e for e in reached if not e["visible"]]
+    unmarked = [e for e in reached if not e["indicator"]]
+    assert not unseen, f"focus goes to elements that cannot be seen: {unseen}"
+    assert not unmarked, f"focused elements without an outline or shadow: {unmarked}"
+
+    # The skip link moves focus to the main content; the next Tab goes on from there.
+    page.goto(f"{live_url}{path}")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "content"
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => !!document.activeElement.closest('main')"), f"after main: {focused(page)}"
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def key_state(page) -> str:
+    return page.locator("dl.details .badge").first.inner_text().strip()
+
+
+def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, clock, live_url, page, make_tenant):
+    _, email, _ = make_tenant("Keyring Co")
+    sign_in_through_form(page, live_url, email)
+    page.goto(f"{live_url}/keys")
+    page.fill("#key-name", "billing worker")
+    page.fill("#key-description", "the nightly invoices")
+    page.click("text=Create key")
+    secret = page.locator("#secret").inner_text()
+    assert secret.startswith("tg_")
+    assert "Copy it now, it will not be shown again." in page.locator(".secret-warning").inner_text()
+    report = check_page(page, "/keys (new secret)", name="key-secret")
+    assert not report.problems, "\n".join(report.problems)
+
+    page.click("text=I have copied it: go to the key")
+    page.wait_for_url("**/keys/*")
+    assert page.locator("h1").inner_text() == "billing worker"
+    assert key_state(page) == "active"
+    assert secret not in page.content(), "the secret is shown again"
+
+    page.click("button:has-text('Deactivate')")
+    assert "is deactivated" in page.locator(".flashes").inner_text()
+    assert key_state(page) == "inactive"
+    page.click("button:has-text('Reactivate')")
+    assert "is active again" in page.locator(".flashes").inner_text()
+    assert key_state(page) == "active"
+
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    page.click("button:has-text('Revoke')")
+    page.wait_for_selector(".flashes")
+    assert "is revoked" in page.locator(".flashes").inner_text()
+    assert asked, "revoking a key asks for no confirmation"
+    assert key_state(page) == "revoked"
+    assert page.locator("button:has-text('Reactivate'), button:has-text('Deactivate')").count() == 0
+    check = check_page(page, "/keys/<id> (revoked)", name="key-revoked")
+    assert not check.problems, "\n".join(check.problems)
+    page.goto(f"{live_url}/keys")
+    row = page.locator("tr", has_text="billing worker")
+    assert row.locator(".badge").inner_text().strip() == "revoked"
+
+
+# -- what was here first: signing in and out, a reloaded form -------------------------------------
 
 
 def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
@@ -86,7 +265,7 @@ def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
     assert page.locator("#plan-heading").inner_text() == "Professional plan"
     assert page.locator("#quota-used").inner_text() == "42"
     assert page.locator("[role=progressbar]").count() == 1
-    nav = page.locator("nav")
+    nav = page.locator("nav[aria-label=Main]")
     assert nav.locator("a").all_inner_texts()[:1] == ["Dashboard"]
     assert nav.locator("a[aria-current=page]").inner_text() == "Dashboard"
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -104,11 +283,7 @@ def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
 
 def test_reloading_the_new_key_page_makes_no_second_key(app, make_tenant, live_url, page):
     _, email, tenant_id = make_tenant("Reload Co")
-    page.goto(f"{live_url}/login")
-    page.fill("#email", email)
-    page.fill("#password", PASSWORD)
-    page.click("button.primary")
-    page.wait_for_url("**/dashboard")
+    sign_in_through_form(page, live_url, email)
 
     page.goto(f"{live_url}/keys")
     page.fill("#key-name", "production backend")
