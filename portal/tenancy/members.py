@@ -1,0 +1,254 @@
+"""A tenant's team: its members and their roles, changing a role, removing someone, and the
+team's audit trail (filtered, a page at a time, or all of it for export).
+
+Owners may do anything; admins may change members and admins but never touch the owner role;
+every tenant keeps at least one owner. A removed user is disabled, not deleted: the audit trail
+keeps saying who did what, and their sessions end at once (a disabled user is not signed in).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, case, func, or_, select
+
+from ..extensions import db
+from ..models import AuditEvent, Tenant, User
+from ..models.tenancy import ROLES
+from .audit import record_event
+
+ROLE_ORDER = {role: rank for rank, role in enumerate(ROLES)}
+
+
+class TeamError(ValueError):
+    """A change the team rules forbid (the last owner); the message says why."""
+
+
+class NotAllowed(TeamError):
+    """The signed-in user's role does not allow this change."""
+
+
+def team_members(tenant_id: int) -> list[User]:
+    """The tenant's enabled users: owners first, then admins, then members, by e-mail."""
+    rank = case({role: n for role, n in ROLE_ORDER.items()}, value=User.role, else_=len(ROLES))
+    query = select(User).where(User.tenant_id == tenant_id, User.is_enabled.is_(True)).order_by(rank, User.email)
+    return list(db.session.scalars(query))
+
+
+def may_manage(actor: User, target: User) -> bool:
+    """Whether ``actor`` may change ``target``'s role or remove them at all."""
+    if actor.role == "owner":
+        return True
+    return actor.role == "admin" and target.role != "owner"
+
+
+def assignable_roles(actor: User) -> tuple[str, ...]:
+    return ROLES if actor.role == "owner" else ("admin", "member") if actor.role == "admin" else ()
+
+
+def _owner_count(tenant_id: int) -> int:
+    # The tenant row is locked first (PostgreSQL), so two owners demoting each other at the same
+    # moment are taken one after the other and the second is refused.
+    db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    return db.session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.tenant_id == tenant_id, User.role == "owner", User.is_enabled.is_(True))
+    )
+
+
+def _check_owner_rules(actor: User, target: User, new_role: str | None) -> None:
+    """``new_role`` None means removing ``target``."""
+    if actor.role not in ("owner", "admin"):
+        raise NotAllowed("Only owners and admins can change the team.")
+    if (target.role == "owner" or new_role == "owner") and actor.role != "owner":
+        raise NotAllowed("Only an owner can grant or take away the owner role, or remove an owner.")
+    if target.role == "owner" and new_role != "owner" and _owner_count(target.tenant_id) <= 1:
+        doing = "be removed" if new_role is None else f"become {'an' if new_role == 'admin' else 'a'} {new_role}"
+        raise TeamError(f"{target.email} is the only owner and cannot {doing}: make someone else an owner first.")
+
+
+def change_role(target: User, new_role: str, actor: User, now: datetime, ip: str | None = None) -> str | None:
+    """Give ``target`` the role ``new_role``; returns the old role, or None when it is unchanged."""
+    if new_role not in ROLES:
+        raise TeamError(f"Choose one of: {', '.join(ROLES)}.")
+    if new_role == target.role:
+        return None
+    _check_owner_rules(actor, target, new_role)
+    old_role, target.role = target.role, new_role
+    event = record_event(
+        "user.role_changed",
+        target.tenant_id,
+        actor.id,
+        ip,
+        member_id=target.id,
+        email=target.email,
+        **{"from": old_role, "to": new_role},
+    )
+    event.created_at = now
+    return old_role
+
+
+def remove_member(target: User, actor: User, now: datetime, ip: str | None = None) -> None:
+    """Take ``target`` off the team: disabled, so every session of theirs ends at once."""
+    _check_owner_rules(actor, target, None)
+    target.is_enabled = False
+    event = record_event(
+        "user.removed", target.tenant_id, actor.id, ip, member_id=target.id, email=target.email, role=target.role
+    )
+    event.created_at = now
+
+
+# -- the audit trail ----------------------------------------------------------------------------
+
+PAGE_SIZE = 50
+EXPORT_BATCH = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the audit page shows: an action (or a family such as ``invite.*``), one user's
+    events, days from ``since`` to ``until`` inclusive (UTC)."""
+
+    action: str | None = None
+    user_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None  # the start of the last day shown
+
+    def where(self, tenant_id: int) -> list:
+        conditions = [AuditEvent.tenant_id == tenant_id]
+        if self.action:
+            if self.action.endswith(".*"):
+                conditions.append(AuditEvent.action.startswith(self.action[:-1], autoescape=True))
+            else:
+                conditions.append(AuditEvent.action == self.action)
+        if self.user_id is not None:
+            conditions.append(AuditEvent.user_id == self.user_id)
+        if self.since is not None:
+            conditions.append(AuditEvent.created_at >= self.since)
+        if self.until is not None:
+            conditions.append(AuditEvent.created_at < self.until + timedelta(days=1))
+        return conditions
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A place in the trail (newest first): an event's time and id."""
+
+    created_at: datetime
+    event_id: int
+
+    def __str__(self) -> str:
+        return f"{(self.created_at - _EPOCH) // timedelta(microseconds=1)}-{self.event_id}"
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> Cursor:
+        return cls(event.created_at, event.id)
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """Raises ValueError for anything but ``<microseconds>-<id>``."""
+        micros, _, event_id = text.partition("-")
+        if not (micros.isdigit() and event_id.isdigit()) or len(micros) > 18 or len(event_id) > 18:
+            raise ValueError("not a page of the audit trail")
+        return cls(_EPOCH + timedelta(microseconds=int(micros)), int(event_id))
+
+    def older(self):
+        return or_(
+            AuditEvent.created_at < self.created_at,
+            and_(AuditEvent.created_at == self.created_at, AuditEvent.id < self.event_id),
+        )
+
+    def newer(self):
+        return or_(
+            AuditEvent.created_at > self.created_at,
+            and_(AuditEvent.created_at == self.created_at, AuditEvent.id > self.event_id),
+        )
+
+
+@dataclass
+class AuditPage:
+    events: list[AuditEvent]
+    newer: Cursor | None  # show the page above this one (before=None: after this cursor)
+    older: Cursor | None
+
+
+def audit_page(
+    tenant_id: int,
+    where: AuditFilter,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
+    size: int = PAGE_SIZE,
+) -> AuditPage:
+    """One page of the tenant's audit events, newest first (keyset pagination, one query):
+    the page older than ``before``, or newer than ``after``, or the newest."""
+    query = select(AuditEvent).where(*where.where(tenant_id))
+    if after is not None:
+        query = query.where(after.newer()).order_by(AuditEvent.created_at, AuditEvent.id)
+    else:
+        if before is not None:
+            query = query.where(before.older())
+        query = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+    rows = list(db.session.scalars(query.limit(size + 1)))
+    more = len(rows) > size
+    rows = rows[:size]
+    if after is not None:
+        rows.reverse()
+        newer = Cursor.of(rows[0]) if more and rows else None
+        older = Cursor.of(rows[-1]) if rows else after
+    else:
+        newer = Cursor.of(rows[0]) if before is not None and rows else None
+        older = Cursor.of(rows[-1]) if more else None
+    return AuditPage(rows, newer, older)
+
+
+def audit_users(tenant_id: int) -> list[User]:
+    """Everyone who can appear in the tenant's trail, removed users too."""
+    return list(db.session.scalars(select(User).where(User.tenant_id == tenant_id).order_by(User.email)))
+
+
+EXPORT_HEADER = ("id", "time_utc", "action", "user_id", "user_email", "ip_address", "details")
+
+
+def _cell(value: str) -> str:
+    # A spreadsheet would run a cell that starts like a formula; the quote makes it text.
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def export_rows(tenant_id: int, where: AuditFilter) -> Iterator[tuple[str, ...]]:
+    """Every event the filter matches, newest first, as CSV rows after a header row; read in
+    batches so the export never holds the whole trail."""
+    emails = dict(db.session.execute(select(User.id, User.email).where(User.tenant_id == tenant_id)).tuples())
+    yield EXPORT_HEADER
+    columns = (
+        AuditEvent.id,
+        AuditEvent.created_at,
+        AuditEvent.action,
+        AuditEvent.user_id,
+        AuditEvent.ip_address,
+        AuditEvent.details,
+    )
+    cursor: Cursor | None = None
+    while True:
+        query = select(*columns).where(*where.where(tenant_id))
+        if cursor is not None:
+            query = query.where(cursor.older())
+        query = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(EXPORT_BATCH)
+        batch = db.session.execute(query).all()
+        for event_id, created_at, action, user_id, ip_address, details in batch:
+            yield (
+                str(event_id),
+                created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                _cell(action),
+                "" if user_id is None else str(user_id),
+                _cell(emails.get(user_id, "")),
+                ip_address or "",
+                _cell(json.dumps(details, sort_keys=True, default=str)) if details else "",
+            )
+        if len(batch) < EXPORT_BATCH:
+            return
+        cursor = Cursor(batch[-1].created_at, batch[-1].id)
