@@ -108,12 +108,15 @@ class Problems:
 
 
 @pytest.fixture
-def page(chromium):
+def page(request, chromium):
     """A fresh browser context and page at 1280×900, its problems collected in ``page.problems``;
-    the test fails on any the test did not check itself."""
+    the test fails on any the test did not check itself. With the ``clock`` fixture, the
+    page's own clock (countdowns) reads the server's time too."""
     context = chromium.new_context(viewport=WIDE, accept_downloads=True)
     context.set_default_timeout(15_000)
     page = context.new_page()
+    if "clock" in request.fixturenames:
+        page.clock.set_fixed_time(request.getfixturevalue("clock").now)
     problems = Problems()
     page.on("console", problems.on_console)
     page.on("pageerror", problems.on_page_error)
@@ -155,22 +158,37 @@ def describe_violations(violations: list[dict]) -> str:
 
 
 def horizontal_overflow(page) -> dict | None:
-    """None when the document is no wider than the window, else the widths and the widest
-    elements sticking out (a wide table inside ``.table-scroll`` scrolls on its own and is fine)."""
+    """None when the document is no wider than the window, else the widths and the elements that
+    stick out on their own (not inside a scrolling container such as ``.table-scroll``, where a
+    wide table is fine)."""
     return page.evaluate(
         """() => {
-          const doc = document.documentElement;
-          if (doc.scrollWidth <= window.innerWidth + 1) return null;
-          const out = [];
-          for (const el of document.body.querySelectorAll('*')) {
-            const r = el.getBoundingClientRect();
-            if (r.right > window.innerWidth + 1 && !el.closest('.table-scroll')) {
-              const name = el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
-                + (el.classList.length ? '.' + [...el.classList].join('.') : '');
-              out.push(name + ' right=' + Math.round(r.right));
+          const doc = document.documentElement, width = window.innerWidth + 1;
+          if (doc.scrollWidth <= width) return null;
+          const name = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+            + (el.classList.length ? '.' + [...el.classList].join('.') : '');
+          // Clipped by a scrolling ancestor; an absolutely positioned element escapes every
+          // ancestor up to its containing block (a positioned one).
+          const clipped = el => {
+            const own = getComputedStyle(el).position;
+            if (own === 'fixed') return true;
+            let escaping = own === 'absolute';
+            for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+              const style = getComputedStyle(up);
+              if (escaping && style.position === 'static') continue;
+              if (style.overflowX !== 'visible' || style.position === 'fixed') return true;
+              escaping = style.position === 'absolute';
             }
+            return false;
+          };
+          const out = [];
+          const bad = el => el && el !== document.body && el.getBoundingClientRect().right > width && !clipped(el);
+          for (const el of document.body.querySelectorAll('*')) {
+            if (bad(el) && !bad(el.parentElement))
+              out.push(name(el) + ' (right edge ' + Math.round(el.getBoundingClientRect().right) + ' px, position '
+                + getComputedStyle(el).position + ') in ' + name(el.parentElement));
           }
-          return {scrollWidth: doc.scrollWidth, innerWidth: window.innerWidth, elements: out.slice(0, 12)};
+          return {scrollWidth: doc.scrollWidth, innerWidth: window.innerWidth, sticking_out: out.slice(0, 8)};
         }"""
     )
 

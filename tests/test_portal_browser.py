@@ -4,16 +4,22 @@ the usage explorer and its exports, keys, alerts and notifications, sign out."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import uuid
-from urllib.parse import urlsplit
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import func, select
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from portal.extensions import db
 from portal.metering.store import store_usage
-from portal.models import utcnow
+from portal.models import UsageRecord, utcnow
 
 from . import browser_helpers
 from .browser_helpers import (
@@ -124,6 +130,7 @@ def test_every_page_passes_axe_shows_no_console_error_and_fits_a_phone(app, cloc
 
     summary = "\n".join(f"{r.path}: {r.charts} charts" for r in reports)
     print(f"walked {len(reports)} pages:\n{summary}")
+    print("console warnings:", *sorted(set(page.problems.warnings)) or ["none"], sep="\n")
     failed = [r for r in reports if r.problems]
     assert not failed, "\n\n".join(f"{r.path}:\n" + "\n".join(r.problems) for r in failed)
     assert not unreached, f"pages no link led to: {unreached}"
@@ -228,6 +235,131 @@ def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, cl
     assert row.locator(".badge").inner_text().strip() == "revoked"
 
 
+# -- the usage explorer and its exports -----------------------------------------------------------
+
+
+def figure(page, selector: str) -> int:
+    return int(page.locator(selector).inner_text().replace(",", "").strip())
+
+
+def download(page, link_text: str) -> str:
+    with page.expect_download() as info:
+        page.click(f"p.exports a:has-text('{link_text}')")
+    return Path(info.value.path()).read_text()
+
+
+def test_the_explorer_filters_through_the_url_and_its_exports_add_up(app, clock, live_url, page):
+    demo = seed_demo_tenant(app, days=20)
+    sign_in_through_form(page, live_url, demo.email)
+    page.problems.allow_aborted.append("/usage/export.")  # a link that becomes a download
+    page.goto(f"{live_url}/usage")
+    everything = figure(page, "#figure-calls .figure")
+    daily_rows = page.locator("#series-table tbody tr").count()
+    assert everything > 0 and daily_rows == 30
+
+    page.select_option("#explorer-interval", "weekly")
+    page.select_option("#explorer-service", "openai")
+    page.click("form.explorer-filters button:has-text('Show')")
+    page.wait_for_url("**/usage?*")
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["interval"] == ["weekly"] and query["service"] == ["openai"], page.url
+    assert "weekly" in page.locator("#explorer-range").inner_text()
+    openai = figure(page, "#figure-calls .figure")
+    start, end = page.input_value("#explorer-start"), page.input_value("#explorer-end")
+    with app.app_context():
+        stored = db.session.scalar(
+            select(func.count())
+            .select_from(UsageRecord)
+            .where(
+                UsageRecord.tenant_id == demo.tenant_id,
+                UsageRecord.service == "openai",
+                UsageRecord.occurred_at >= datetime.fromisoformat(start).replace(tzinfo=UTC),
+                UsageRecord.occurred_at < datetime.fromisoformat(end).replace(tzinfo=UTC) + timedelta(days=1),
+            )
+        )
+        db.session.remove()
+    assert 0 < openai == stored < everything
+    assert page.locator("#series-table tbody tr").count() < daily_rows
+    report = check_page(page, "/usage (weekly, openai)", name="usage-filtered")
+    assert not report.problems, "\n".join(report.problems)
+
+    rows = list(csv.DictReader(io.StringIO(download(page, "CSV"))))
+    total = next(row for row in rows if row["period"] == "total")
+    series = [row for row in rows if row["period"] != "total" and not row["period"].startswith("previous")]
+    assert int(total["calls"]) == openai == sum(int(row["calls"]) for row in series)
+
+    exported = json.loads(download(page, "JSON"))
+    assert exported["interval"] == "weekly" and exported["filters"]["service"] == "openai"
+    assert exported["totals"]["calls"] == openai == sum(point["calls"] for point in exported["series"])
+    assert page.url.startswith(f"{live_url}/usage?"), "downloading left the page"
+
+
+# -- alerts and notifications --------------------------------------------------------------------
+
+
+def test_an_alert_is_acknowledged_and_resolved_and_notifications_are_read(app, clock, live_url, page, make_tenant):
+    _, email, tenant_id = make_tenant("Pager Co", plan="professional")
+    raise_error_rate_alert(app, tenant_id)
+    sign_in_through_form(page, live_url, email)
+    assert int(page.locator("#unread-count").inner_text().split()[0]) >= 1, "the nav shows no unread notice"
+
+    page.goto(f"{live_url}/alerts")
+    alert = page.locator("li.alert-item", has_text="Error rate")
+    assert alert.count() == 1, page.locator("main").inner_text()
+    assert "active" in alert.locator(".alert-badges").inner_text()
+    alert.locator("button:has-text('Acknowledge')").click()
+    assert "Acknowledged" in page.locator(".flashes").inner_text()
+    alert = page.locator("li.alert-item", has_text="Error rate")
+    assert "acknowledged" in alert.locator(".alert-badges").inner_text()
+    assert alert.locator("button:has-text('Acknowledge')").count() == 0
+    report = check_page(page, "/alerts (acknowledged)", name="alerts-acknowledged")
+    assert not report.problems, "\n".join(report.problems)
+
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    alert.locator("button:has-text('Resolve')").click()
+    page.wait_for_selector(".flashes")
+    assert "Resolved" in page.locator(".flashes").inner_text()
+    assert asked, "resolving asks for no confirmation"
+    assert page.locator("li.alert-item", has_text="Error rate").count() == 0, "a resolved alert is still listed as open"
+    page.goto(f"{live_url}/alerts/history")
+    assert "resolved" in page.locator("main", has_text="Error rate").inner_text()
+
+    page.goto(f"{live_url}/notifications")
+    assert page.locator("#unread-count").count() == 1
+    page.click("button:has-text('read')")
+    assert "read" in page.locator(".flashes").inner_text()
+    assert page.locator("#unread-count").count() == 0, "the nav still counts unread notifications"
+    report = check_page(page, "/notifications (all read)", name="notifications-read")
+    assert not report.problems, "\n".join(report.problems)
+
+
+# -- the harness itself -------------------------------------------------------------------------
+
+
+def test_what_the_content_security_policy_blocks_is_a_browser_error(app, live_url, page):
+    """An inline script or style attribute on a page would be refused and fail the walk above."""
+    page.goto(f"{live_url}/login")
+    page.evaluate(
+        """() => {
+          const script = document.createElement('script');
+          script.textContent = 'window.ran = true';
+          document.body.appendChild(script);
+          document.body.insertAdjacentHTML('beforeend', '<p style="color: red">styled</p>');
+        }"""
+    )
+    page.wait_for_function("() => true")
+    errors = page.problems.new()
+    assert page.evaluate("() => window.ran") is None
+    assert any("Content Security Policy directive 'script-src 'self''" in e for e in errors), errors
+    assert any("Content Security Policy directive 'style-src 'self''" in e for e in errors), errors
+
+
 # -- what was here first: signing in and out, a reloaded form -------------------------------------
 
 
@@ -256,6 +388,8 @@ def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
     page.fill("#password", "not the password")
     page.click("button.primary")
     assert page.locator(".flash-error").inner_text() == "Wrong e-mail or password."
+    # The refused sign-in answers 401, which the browser logs; nothing else may have gone wrong.
+    assert [e for e in page.problems.new() if "status of 401" not in e] == []
 
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
