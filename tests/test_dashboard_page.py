@@ -9,18 +9,23 @@ Times are pinned with the ``clock`` fixture: now is 2026-11-18 12:30:10 UTC.
 from __future__ import annotations
 
 import re
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from portal.extensions import db
+from portal import create_app
+from portal.billing.usage import current_subscription
+from portal.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from portal.extensions import db, limiter
 from portal.metering.store import store_usage
 from portal.models import Alert, Tenant
 from portal.tenancy.keys import create_api_key
 
-from .api_helpers import T0, add_key, drain
+from .api_helpers import T0, add_key, drain, set_limits
 from .conftest import PASSWORD
 from .portal_helpers import count_statements, page_text, sign_in
 
@@ -52,7 +57,9 @@ def store(app, records):
         db.session.commit()
 
 
-text = page_text
+def text(html: str) -> str:
+    """The page's visible text (a path's line-break hints dropped)."""
+    return page_text(html.replace("<wbr>", ""))
 
 
 def dashboard(client) -> str:
@@ -78,13 +85,23 @@ def table(html: str, table_id: str) -> list[list[str]]:
     match = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', html, re.S)
     assert match, f"no table {table_id}"
     return [
-        [page_text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        [text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
         for row in re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)
     ]
 
 
+def november_period(app, tenant_id: int) -> None:
+    """The subscription's period is the clock's month (tenants are made on the real date)."""
+    with app.app_context():
+        subscription = current_subscription(tenant_id)
+        subscription.current_period_start = datetime(2026, 11, 1, tzinfo=UTC)
+        subscription.current_period_end = datetime(2026, 12, 1, tzinfo=UTC)
+        db.session.commit()
+
+
 @pytest.fixture
-def signed_in(client, portal_tenant, clock):
+def signed_in(app, client, portal_tenant, clock):
+    november_period(app, portal_tenant.tenant_id)
     sign_in(client, portal_tenant.owner)
     return portal_tenant.tenant_id
 
@@ -201,6 +218,34 @@ def test_chart_is_inline_svg_with_a_bar_per_day(app, client, signed_in):
     assert "peak 30" in text(html)
 
 
+# -- the forecast --------------------------------------------------------------------------------
+def test_a_pace_past_the_quota_says_when_it_runs_out_and_what_to_upgrade_to(app, client, signed_in):
+    set_limits(app, "starter", monthly_quota=1000)
+    store(app, [usage(signed_in, datetime(2026, 11, 10, 9, 0, tzinfo=UTC)) for _ in range(800)])
+    page = text(dashboard(client))
+    assert "800 of 1,000 requests used (200 left, 80.0%)" in page
+    # 800 calls in 17.52 of 30 days: 1,370 at this pace; the last 200 go in 4.4 more days.
+    assert "At this pace the quota runs out on Nov 22, 2026. About 1,370 calls this period." in page
+    assert (
+        "Recommended: the Professional plan ($99.00/month). At this pace about 1,370 calls are needed "
+        "this period; the Professional plan includes 1,000,000 calls."
+    ) in page
+
+
+def test_a_pace_within_the_quota_needs_no_upgrade(app, client, signed_in):
+    store(app, [usage(signed_in, datetime(2026, 11, 10, 9, 0, tzinfo=UTC)) for _ in range(35)])
+    page = text(dashboard(client))
+    assert "At this pace about 60 calls this period: the quota lasts the period." in page
+    assert "runs out" not in page and "Recommended" not in page
+
+
+def test_no_forecast_in_the_first_days_of_the_period(app, client, signed_in, clock):
+    clock.advance(-16 * 86400)  # Nov 2, 12:30
+    store(app, [usage(signed_in, datetime(2026, 11, 2, 9, 0, tzinfo=UTC)) for _ in range(35)])
+    page = text(dashboard(client))
+    assert "A forecast is shown once 10% of the billing period has passed." in page
+
+
 # -- live counters --------------------------------------------------------------------------------
 def test_gauges_and_quota_follow_real_api_calls(app, client, signed_in):
     _, secret = add_key(app, signed_in, "backend")
@@ -208,9 +253,9 @@ def test_gauges_and_quota_follow_real_api_calls(app, client, signed_in):
     for _ in range(7):
         assert api.get("/api/v1/ping", headers={"X-API-Key": secret}).status_code == 200
     html = dashboard(client)
-    assert gauge_desc(html, "minute") == "7 of 300 used (2%), resets at 12:31 UTC"
-    assert gauge_desc(html, "hour") == "7 of 5,000 used (0%), resets at 13:00 UTC"
-    assert gauge_desc(html, "day") == "7 of 50,000 used (0%), resets at Nov 19 00:00 UTC"
+    assert gauge_desc(html, "minute") == "7 of 300 used (2%), resets 12:31 UTC"
+    assert gauge_desc(html, "hour") == "7 of 5,000 used (0%), resets 13:00 UTC"
+    assert gauge_desc(html, "day") == "7 of 50,000 used (0%), resets Nov 19 00:00 UTC"
     # The quota is the live counter, before the worker has stored a single call.
     assert "7 of 100,000 requests used" in text(html)
     assert progressbar(html)["aria-valuenow"] == "7"
@@ -231,9 +276,42 @@ def test_the_minute_gauge_starts_afresh_with_the_next_minute(app, client, signed
     clock.advance(60)
     api.get("/api/v1/ping", headers={"X-API-Key": secret})
     html = dashboard(client)
-    assert gauge_desc(html, "minute") == "1 of 300 used (0%), resets at 12:32 UTC"
+    assert gauge_desc(html, "minute") == "1 of 300 used (0%), resets 12:32 UTC"
     assert gauge_desc(html, "hour").startswith("4 of 5,000 used")
     drain(app)
+
+
+@pytest.fixture
+def redis_we_can_stop(app):
+    """An app on the test database with a Redis server of its own, which the test can stop."""
+    folder = Path(tempfile.mkdtemp(prefix="tg-dash-"))
+    own = create_app(
+        {
+            "INSTANCE_PATH": str(folder),
+            "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+            "REDIS_URL": ensure_embedded_redis(folder),
+            "SECRET_KEY": "dashboard-redis-down-secret",
+            "TESTING": True,
+        }
+    )
+    yield own, folder
+    stop_embedded_redis(folder)
+    # Flask-Limiter keeps one storage per limiter instance: the last app built took it over.
+    limiter.init_app(app)
+
+
+def test_with_redis_down_the_page_still_answers_from_the_rollups(app, portal_tenant, redis_we_can_stop):
+    own, folder = redis_we_can_stop
+    store(app, [usage(portal_tenant.tenant_id, datetime.now(UTC)) for _ in range(12)])
+    client = own.test_client()
+    sign_in(client, portal_tenant.owner)
+    stop_embedded_redis(folder)  # a real outage: the server is gone
+    html = dashboard(client)
+    page = text(html)
+    assert "The live window counters cannot be read right now." in page
+    assert "12 of 100,000 requests used" in page
+    assert "Counted from stored usage: the live counter cannot be read right now." in page
+    assert 'id="gauge-minute-desc"' not in html
 
 
 # -- endpoints, consumers, alerts -----------------------------------------------------------------
@@ -249,9 +327,9 @@ def test_top_endpoints_with_category_share_and_error_rate(app, client, signed_in
     records += [usage(signed_in, at, source="external", endpoint="/v1/chat/completions", category="llm")]
     store(app, records)
     assert table(dashboard(client), "top-endpoints") == [
-        ["GET /api/v1/usage/stats", "Analytics", "75", "75.0%", "20.0% (15)"],
-        ["GET /api/v1/billing/usage", "Billing", "20", "20.0%", "0.0%"],
-        ["GET /api/v1/ping", "System", "5", "5.0%", "100.0% (5)"],
+        ["GET /api/v1/usage/stats Analytics", "75", "75.0%", "20.0% 15 errors"],
+        ["GET /api/v1/billing/usage Billing", "20", "20.0%", "0.0%"],
+        ["GET /api/v1/ping System", "5", "5.0%", "100.0% 5 errors"],
     ]
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import and_, func, select
 from ..alerts.metrics import Sums
 from ..alerts.service import list_alerts, open_counts
 from ..billing.plans import billing_period
+from ..billing.recommend import Recommendation, recommend
 from ..billing.usage import quota_key
 from ..extensions import db
 from ..metering.admission import WINDOWS
@@ -175,6 +176,8 @@ class Dashboard:
     top_end_users: list[Consumer]
     alerts: list[Alert]
     open_alerts: int
+    # The quota forecast at this pace and the upgrade it calls for.
+    recommendation: Recommendation
 
     @property
     def period_last_day(self) -> datetime:
@@ -382,6 +385,7 @@ def build(redis: Redis, tenant_id: int, now: datetime) -> Dashboard:
         top_end_users=top_end_users(tenant_id, period_start, tomorrow),
         alerts=list_alerts(tenant_id, limit=SHOWN_ALERTS),
         open_alerts=open_counts([tenant_id]).get(tenant_id, 0),
+        recommendation=recommend(redis, tenant_id, now, used=quota.used, subscription=subscription),
     )
 
 
