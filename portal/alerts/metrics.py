@@ -23,6 +23,7 @@ from sqlalchemy import and_, func, or_, select
 from ..billing.plans import billing_period
 from ..billing.usage import quota_key
 from ..extensions import db
+from ..metering.admission import window_keys
 from ..models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, AlertRule, AuditEvent, Plan, Subscription, UsageRollup
 
 HOUR = timedelta(hours=1)
@@ -262,7 +263,7 @@ def _mget(redis: Redis, names: list[str]) -> list[int]:
 
 def day_window_key(tenant_id: int, now: datetime) -> str:
     """The admission script's per-day counter (see portal.metering.admission)."""
-    return f"tollgate:w:{tenant_id}:d:{int(now.timestamp()) // 86400}"
+    return window_keys(tenant_id, int(now.timestamp()))[2]
 
 
 def auth_failure_key(tenant_id: int, hour_bucket: int) -> str:

@@ -23,7 +23,7 @@ from ..billing.plans import billing_period
 from ..billing.recommend import Recommendation, recommend
 from ..billing.usage import quota_key
 from ..extensions import db
-from ..metering.admission import WINDOWS
+from ..metering.admission import WINDOWS, window_keys
 from ..models import LATENCY_COLUMNS, Alert, ApiKey, Plan, Subscription, UsageRollup
 from .totals import DayCalls
 
@@ -48,13 +48,6 @@ CATEGORY_LABELS = {
 
 def category_label(category: str) -> str:
     return CATEGORY_LABELS.get(category, category.replace("_", " ").replace("-", " ").capitalize())
-
-
-def window_keys(tenant_id: int, second: int) -> list[str]:
-    """The admission script's minute, hour and day counters (named as
-    :meth:`portal.metering.admission.Admission.admit` names them)."""
-    letters = {"minute": "m", "hour": "h", "day": "d"}
-    return [f"tollgate:w:{tenant_id}:{letters[name]}:{second // span}" for name, span in WINDOWS]
 
 
 # -- the figures ---------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ from ..tenancy.changes import CONFIG_VERSION
 STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"
 WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
+
+
+def window_keys(tenant_id: int, second: int) -> list[str]:
+    """The tenant's minute, hour and day window counters at ``second`` (seconds since the epoch)."""
+    return [f"tollgate:w:{tenant_id}:{name[0]}:{second // span}" for name, span in WINDOWS]
 UNKNOWN_STATUS = 0  # status of a record whose process died before the response
 QUOTA_KEPT_AFTER_PERIOD = 35 * 86400  # seconds a period's quota counter outlives the period
 
@@ -244,9 +249,7 @@ class Admission:
         second = int(now)
         keys = [
             CONFIG_VERSION,
-            f"tollgate:w:{tenant_id}:m:{second // 60}",
-            f"tollgate:w:{tenant_id}:h:{second // 3600}",
-            f"tollgate:w:{tenant_id}:d:{second // 86400}",
+            *window_keys(tenant_id, second),
             quota_key(tenant_id, now),
             STREAM,
             INFLIGHT,
