@@ -222,7 +222,7 @@ def _cell(value: str) -> str:
 def export_rows(tenant_id: int, where: AuditFilter) -> Iterator[tuple[str, ...]]:
     """Every event the filter matches, newest first, as CSV rows after a header row; read in
     batches so the export never holds the whole trail."""
-    emails = dict(db.session.execute(select(User.id, User.email).where(User.tenant_id == tenant_id)).tuples())
+    emails = dict(db.session.execute(select(User.id, User.email).where(User.tenant_id == tenant_id)).all())
     yield EXPORT_HEADER
     columns = (
         AuditEvent.id,

@@ -22,6 +22,9 @@ ROLE_LABELS = {
     "member": "Member: read everything, change nothing",
 }
 
+# Short enough for a phone's select.
+ROLE_CHOICES = {"owner": "Owner (everything)", "admin": "Admin (makes changes)", "member": "Member (reads only)"}
+
 
 def _strip(value: str | None) -> str | None:
     return value.strip() if isinstance(value, str) else value
@@ -35,7 +38,7 @@ class InviteForm(FlaskForm):
 
     def __init__(self, roles: tuple[str, ...], *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.role.choices = [SelectChoice(role, ROLE_LABELS[role]) for role in roles]
+        self.role.choices = [SelectChoice(role, ROLE_CHOICES[role]) for role in roles]
 
 
 class RoleForm(FlaskForm):
@@ -52,6 +55,11 @@ class AcceptInviteForm(FlaskForm):
     confirm = PasswordField(
         "Repeat the password", validators=[DataRequired(), EqualTo("password", message="The two passwords differ.")]
     )
+
+    def validate_password(self, field: PasswordField) -> None:
+        # The rule hash_password enforces, checked here too so it shows beside the other errors.
+        if len(field.data or "") < MIN_LENGTH:
+            raise ValidationError(f"The password must be at least {MIN_LENGTH} characters long.")
 
 
 def action_choices() -> list[SelectChoice]:
