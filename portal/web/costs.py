@@ -28,8 +28,8 @@ FILTER_FIELDS = ("month", "start", "end", "group")
 CENT = Decimal("0.01")
 
 
-def _unpriced_note(calls: int, before: str = ", ") -> str:
-    return f"{before}{calls:,} unpriced" if calls else ""
+def _unpriced_note(calls: int) -> str:
+    return f", {calls:,} unpriced" if calls else ""
 
 
 def cost_chart(days: list[DayCost]) -> dict:

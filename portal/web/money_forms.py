@@ -53,8 +53,9 @@ class CostFilterForm(FlaskForm):
             months.append((f"{first:%Y-%m}", month_label(first)))
             first = (first - timedelta(days=1)).replace(day=1)
         chosen = self.month.data
-        if chosen and chosen not in dict(months) and _MONTH.fullmatch(chosen):
-            months.append((chosen, chosen))
+        match = _MONTH.fullmatch(chosen or "")
+        if match and chosen not in dict(months) and int(match.group(1)) >= 2000 and 1 <= int(match.group(2)) <= 12:
+            months.append((chosen, month_label(date(int(match.group(1)), int(match.group(2)), 1))))
         self.month.choices = [SelectChoice(value, label) for value, label in [*months, ("", "Custom dates")]]
         if not any(field.raw_data and field.raw_data[0] for field in (self.month, self.start, self.end)):
             self.month.data = months[0][0]  # nothing chosen: this month
