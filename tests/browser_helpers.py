@@ -36,9 +36,6 @@ CHROMIUM_FLAGS = [
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
 SERIOUS = ("serious", "critical")
-# Chromium asks for /favicon.ico by itself; the portal has no icon yet (the base layout could link
-# one), and that 404 is the browser's own request, not the page's.
-BROWSER_OWN_REQUESTS = ("/favicon.ico",)
 # The clock fixture's T0 (tests/api_helpers.py): the seeded history ends here.
 T0 = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC)
 
@@ -73,19 +70,17 @@ def chromium():
 @dataclass
 class Problems:
     """What went wrong in the browser: console errors (CSP violations among them), uncaught
-    exceptions and requests that failed. ``allow_aborted`` names URLs whose request may end
-    as aborted (a link that becomes a download does)."""
+    exceptions and requests that failed. A request the browser itself cancelled (``ERR_ABORTED``:
+    the page moved on before the favicon came, a link became a download) is not a failure; a
+    missing file is, as the console error its 404 logs."""
 
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    allow_aborted: list[str] = field(default_factory=list)
     seen: int = 0
 
     def on_console(self, message) -> None:
         where = message.location.get("url", "?")
         text = f"console {message.type} on {where}: {message.text}"
-        if where.endswith(BROWSER_OWN_REQUESTS) and "404" in message.text:
-            return
         if message.type in ("error", "assert"):
             self.errors.append(text)
         elif message.type == "warning":
@@ -96,7 +91,7 @@ class Problems:
 
     def on_request_failed(self, request) -> None:
         failure = request.failure or ""
-        if "ERR_ABORTED" in failure and any(part in request.url for part in self.allow_aborted):
+        if failure == "net::ERR_ABORTED":
             return
         self.errors.append(f"request failed: {request.method} {request.url}: {failure}")
 
