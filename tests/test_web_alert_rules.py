@@ -160,8 +160,18 @@ def test_an_admin_changes_a_default_rules_thresholds_window_and_cooldown(app, cl
 
 def test_a_blank_threshold_removes_that_level(app, client, admin):
     rule = rule_of(app, admin.tenant_id, "error_rate")
-    assert change(client, rule.id, warning_threshold="", critical_threshold="12", window_minutes="60",
-                  min_volume="20", cooldown_minutes="60").status_code == 302  # fmt: skip
+    assert (
+        change(
+            client,
+            rule.id,
+            warning_threshold="",
+            critical_threshold="12",
+            window_minutes="60",
+            min_volume="20",
+            cooldown_minutes="60",
+        ).status_code
+        == 302
+    )
     rule = rule_of(app, admin.tenant_id, "error_rate")
     assert (rule.warning_threshold, rule.critical_threshold) == (None, Decimal("12"))
 
@@ -173,20 +183,29 @@ def test_a_blank_threshold_removes_that_level(app, client, admin):
         ({"warning_threshold": "-1"}, "warning_threshold", "Input should be greater than or equal to 0."),
         ({"critical_threshold": "2000000000"}, "critical_threshold", "Input should be less than or equal to"),
         ({"critical_threshold": "900"}, "critical_threshold", "Must be at least the warning threshold."),
-        ({"warning_threshold": "", "critical_threshold": ""}, "warning_threshold",
-         "A rule needs a warning or a critical threshold."),
+        (
+            {"warning_threshold": "", "critical_threshold": ""},
+            "warning_threshold",
+            "A rule needs a warning or a critical threshold.",
+        ),
         ({"window_minutes": "0"}, "window_minutes", "Input should be greater than or equal to 1."),
         ({"window_minutes": "20000"}, "window_minutes", "Input should be less than or equal to 10080."),
         ({"window_minutes": "1.5"}, "window_minutes", "Must be a whole number."),
         ({"cooldown_minutes": ""}, "cooldown_minutes", "Required."),
     ],
-)  # fmt: skip
+)
 def test_a_refused_value_is_shown_beside_its_field_with_400_and_nothing_is_stored(
     app, client, admin, fields, field, message
 ):
     rule = rule_of(app, admin.tenant_id, "response_time")
-    form = {"warning_threshold": "1000", "critical_threshold": "2000", "window_minutes": "60", "min_volume": "20",
-            "cooldown_minutes": "60", **fields}  # fmt: skip
+    form = {
+        "warning_threshold": "1000",
+        "critical_threshold": "2000",
+        "window_minutes": "60",
+        "min_volume": "20",
+        "cooldown_minutes": "60",
+        **fields,
+    }
     response = change(client, rule.id, **form)
     assert response.status_code == 400
     section = rule_section(response.text, rule.id)
@@ -201,17 +220,30 @@ def test_the_quota_rule_takes_percent_or_a_count_and_has_no_window(app, client, 
     rule = rule_of(app, admin.tenant_id, "quota_usage")
     section = rule_section(client.get(RULES).text, rule.id)
     assert f'id="rule-{rule.id}-threshold_unit"' in section and f'id="rule-{rule.id}-window_minutes"' not in section
-    response = change(client, rule.id, threshold_unit="absolute", warning_threshold="8000",
-                      critical_threshold="10000", cooldown_minutes="60")  # fmt: skip
+    response = change(
+        client,
+        rule.id,
+        threshold_unit="absolute",
+        warning_threshold="8000",
+        critical_threshold="10000",
+        cooldown_minutes="60",
+    )
     assert response.status_code == 302
     text = page_text(rule_section(client.get(RULES).text, rule.id))
     assert (
         "Monthly quota used in the billing month: warning at or above 8,000 calls; critical at or above 10,000 calls."
         in text
     )
-    refused = change(client, rule_of(app, admin.tenant_id, "error_rate").id, threshold_unit="absolute",
-                     warning_threshold="5", critical_threshold="10", window_minutes="60", min_volume="20",
-                     cooldown_minutes="60")  # fmt: skip
+    refused = change(
+        client,
+        rule_of(app, admin.tenant_id, "error_rate").id,
+        threshold_unit="absolute",
+        warning_threshold="5",
+        critical_threshold="10",
+        window_minutes="60",
+        min_volume="20",
+        cooldown_minutes="60",
+    )
     assert refused.status_code == 302  # not a field of the error-rate form: the rule keeps percent
     assert rule_of(app, admin.tenant_id, "error_rate").threshold_unit == "percent"
 
@@ -264,9 +296,23 @@ def test_a_custom_rule_is_changed_through_its_own_form(app, client, admin):
     rule_id = add_rule(app, admin.tenant_id, name="Busy")
     section = rule_section(client.get(RULES).text, rule_id)
     assert f'id="rule-{rule_id}-name"' in section and 'value="Busy"' in section
-    response = change(client, rule_id, name="Very busy", metric="calls", comparator="gte", threshold_unit="absolute",
-                      warning_threshold="500", critical_threshold="", window_minutes="5", min_volume="0",
-                      cooldown_minutes="60", service="openai", endpoint="", api_key_id="", end_user="")  # fmt: skip
+    response = change(
+        client,
+        rule_id,
+        name="Very busy",
+        metric="calls",
+        comparator="gte",
+        threshold_unit="absolute",
+        warning_threshold="500",
+        critical_threshold="",
+        window_minutes="5",
+        min_volume="0",
+        cooldown_minutes="60",
+        service="openai",
+        endpoint="",
+        api_key_id="",
+        end_user="",
+    )
     assert response.status_code == 302
     rule = rule_of(app, admin.tenant_id, name="Very busy")
     assert (rule.comparator, rule.warning_threshold, rule.window_minutes, rule.service) == ("gte", 500, 5, "openai")
@@ -277,16 +323,25 @@ def test_a_custom_rule_is_changed_through_its_own_form(app, client, admin):
     [
         ({"name": ""}, 'id="new-rule-name-error"', "Required."),
         ({"metric": "budget"}, 'id="new-rule-metric-error"', "Input should be 'quota_usage', 'day_window'"),
-        ({"warning_threshold": "", "critical_threshold": ""}, 'id="new-rule-warning_threshold-error"',
-         "A rule needs a warning or a critical threshold."),
-        ({"metric": "error_rate", "threshold_unit": "absolute"}, 'id="new-rule-threshold_unit-error"',
-         "error_rate takes percent thresholds."),
-        ({"metric": "usage_spike", "endpoint": "/x"}, 'role="alert"',
-         "usage_spike: cannot be narrowed by service, endpoint, key or end user."),
+        (
+            {"warning_threshold": "", "critical_threshold": ""},
+            'id="new-rule-warning_threshold-error"',
+            "A rule needs a warning or a critical threshold.",
+        ),
+        (
+            {"metric": "error_rate", "threshold_unit": "absolute"},
+            'id="new-rule-threshold_unit-error"',
+            "error_rate takes percent thresholds.",
+        ),
+        (
+            {"metric": "usage_spike", "endpoint": "/x"},
+            'role="alert"',
+            "usage_spike: cannot be narrowed by service, endpoint, key or end user.",
+        ),
         ({"api_key_id": "999999"}, 'id="new-rule-api_key_id-error"', "No such key."),
         ({"comparator": "lt"}, 'id="new-rule-critical_threshold-error"', "Must be at most the warning threshold."),
     ],
-)  # fmt: skip
+)
 def test_a_refused_custom_rule_says_why_with_400_and_is_not_stored(app, client, admin, fields, where, message):
     response = new_rule(client, **fields)
     assert response.status_code == 400
@@ -313,9 +368,13 @@ def test_an_admin_changes_the_alert_settings(app, client, admin):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("0", "Input should be greater than or equal to 1."), ("1441", "Input should be less than or equal to 1440."),
-     ("three", "Must be a whole number."), ("", "Required.")],
-)  # fmt: skip
+    [
+        ("0", "Input should be greater than or equal to 1."),
+        ("1441", "Input should be less than or equal to 1440."),
+        ("three", "Must be a whole number."),
+        ("", "Required."),
+    ],
+)
 def test_a_refused_setting_is_shown_beside_its_field(app, client, admin, value, message):
     form = {"resolve_after_evaluations": value, "notify_on_resolve": "y"}
     response = post_form(client, "/alerts/settings", form, page=RULES)
@@ -330,8 +389,14 @@ def test_a_refused_setting_is_shown_beside_its_field(app, client, admin, value, 
 def test_a_member_gets_403_on_every_rule_and_settings_post(app, client, clock, portal_tenant):
     rule_id = add_rule(app, portal_tenant.tenant_id, name="Mine")
     sign_in(client, portal_tenant.member)
-    for url in (RULES, f"{RULES}/{rule_id}", f"{RULES}/{rule_id}/disable", f"{RULES}/{rule_id}/enable",
-                f"{RULES}/{rule_id}/delete", "/alerts/settings"):  # fmt: skip
+    for url in (
+        RULES,
+        f"{RULES}/{rule_id}",
+        f"{RULES}/{rule_id}/disable",
+        f"{RULES}/{rule_id}/enable",
+        f"{RULES}/{rule_id}/delete",
+        "/alerts/settings",
+    ):
         assert post_form(client, url, {"name": "x", "resolve_after_evaluations": "4"}, page=RULES).status_code == 403
     assert custom_rules(app, portal_tenant.tenant_id) == ["Mine"]
     assert rule_of(app, portal_tenant.tenant_id, name="Mine").is_enabled is True

@@ -294,7 +294,7 @@ def test_an_alerts_page_shows_its_rule_value_and_the_notices_sent(app, client, a
         alert_id = _db.session.scalar(select(Alert.id).where(Alert.tenant_id == admin.tenant_id))
     text = page_text(page(client, f"/alerts/{alert_id}"))
     assert "Rule Rate-limited calls" in text
-    assert "Value 4 calls" in text and "Threshold 1 calls" in text
+    assert "Value 4 calls" in text and "Threshold 1 call" in text
     assert "Ops Slack (slack) alert.triggered pending 0" in text
     assert "Acknowledge" in text and "Resolve" in text
 

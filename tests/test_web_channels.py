@@ -125,7 +125,7 @@ def test_an_admin_adds_an_email_channel_and_sees_it_listed(app, client, admin):
     )
     text = page_text(client.get(CHANNELS).text)
     assert "Added the email channel “ops@initech.example”. Send it a test to check it." in text
-    assert "ops@initech.example E-mail ops@initech.example critical only active" in text
+    assert "ops@initech.example active E-mail told about critical alerts only Sends to ops@initech.example" in text
 
 
 def test_a_webhooks_secret_is_shown_once_and_then_only_hinted(app, client, admin):
@@ -210,13 +210,13 @@ def test_a_test_send_goes_through_the_outbox_to_a_real_smtp_sink(app, client, ad
     assert smtp.messages == []  # not sent from the request
     text = page_text(client.get(CHANNELS).text)
     assert "A test message to “ops@initech.example” is on its way" in text
-    assert "2026-11-18 12:30 UTC ops@initech.example test pending 0 — next 2026-11-18 12:30:10 UTC" in text
+    assert "2026-11-18 12:30 UTC ops@initech.example test pending 0 attempts next 2026-11-18 12:30:10 UTC —" in text
 
     assert deliver(app)["sent"] == 1
     [message] = smtp.messages
     assert message["To"] == "ops@initech.example" and message["Subject"].startswith("[TEST]")
     text = page_text(client.get(CHANNELS).text)
-    assert "ops@initech.example test sent 1 — sent 2026-11-18 12:30:10 UTC" in text
+    assert "ops@initech.example test sent 1 attempt sent 2026-11-18 12:30:10 UTC —" in text
     [event] = audit(app, admin.tenant_id, "notification_channel.tested")
     assert event.details == {"channel_id": channel_id, "delivery_id": queued.id}
 
@@ -241,8 +241,7 @@ def test_the_log_shows_failures_with_their_error_and_next_attempt_and_filters_by
     [row] = deliveries_of(app, admin.tenant_id)
     assert row.status == "pending" and row.attempts == 1 and row.last_error
     text = page_text(client.get(CHANNELS).text)
-    assert "Dead hook alert.triggered pending 1" in text
-    assert "next 2026-11-18 12:30:15 UTC" in text
+    assert "Dead hook alert.triggered pending 1 attempt next 2026-11-18 12:30:15 UTC could not connect" in text
     html = client.get(CHANNELS).text
     assert f'href="/alerts/{row.alert_id}">alert.triggered</a>' in html
     assert str(escape(row.last_error)) in html  # the whole error, as recorded

@@ -37,7 +37,7 @@ def type_label(alert_type: str) -> str:
 TYPE_CHOICES = [SelectChoice(t, type_label(t)) for t in dict.fromkeys(get_args(AlertType))]
 SEVERITY_CHOICES = [SelectChoice("warning", "Warning"), SelectChoice("critical", "Critical")]
 STATUS_CHOICES = [
-    SelectChoice("", "Open (active and acknowledged)"),
+    SelectChoice("", "Open (not resolved)"),
     SelectChoice("active", "Active"),
     SelectChoice("acknowledged", "Acknowledged"),
     SelectChoice("resolved", "Resolved"),
@@ -208,8 +208,8 @@ class RuleForm(FlaskForm):
     warning_threshold = StringField("Warning threshold")
     critical_threshold = StringField("Critical threshold")
     window_minutes = StringField("Window (minutes)", default="60")
-    min_volume = StringField("Least calls in the window", default="0")
-    cooldown_minutes = StringField("Repeat a notice after (minutes)", default="60")
+    min_volume = StringField("Minimum calls", default="0")
+    cooldown_minutes = StringField("Cooldown (minutes)", default="60")
     service = StringField("Only the service")
     endpoint = StringField("Only the endpoint")
     api_key_id = SelectField("Only the API key", choices=[SelectChoice("", "Any key")], default="")
@@ -321,8 +321,8 @@ class ChannelForm(FlaskForm):
     min_severity = SelectField(
         "Tell it about",
         choices=[
-            SelectChoice("warning", "Warnings and critical alerts"),
-            SelectChoice("critical", "Critical alerts only"),
+            SelectChoice("warning", "Warnings and critical"),
+            SelectChoice("critical", "Critical only"),
         ],
         default="warning",
     )

@@ -94,6 +94,8 @@ def reading(value, unit: str) -> str:
     if unit == "$":
         return f"${Decimal(value):,.2f}"
     text = number_text(value)
+    if unit.endswith("s") and Decimal(value) == 1:
+        unit = unit[:-1]  # 1 call, 1 attempt
     return {"%": f"{text}%", "×": f"{text}×", "": text}.get(unit, f"{text} {unit}")
 
 
