@@ -355,6 +355,35 @@ def test_a_deep_page_of_a_long_history_runs_the_same_statements(app, client, own
     assert len(newer) == len(far)
 
 
+def test_statement_count_does_not_grow_with_keys_end_users_or_days(app, client, owner):
+    tid = owner.tenant_id
+    key, _ = add_key(app, tid, "only")
+    store(app, [call(tid, NOW - timedelta(minutes=1), api_key_id=key, end_user="user-0")])
+    record_id = ids_newest_first(app, tid)[0]
+    urls = ("/logs", "/logs?status=2xx&service=tollgate&end_user=user-0", f"/logs/{record_id}")
+
+    def counts() -> list[int]:
+        result = []
+        for url in urls:
+            client.get(url)
+            with count_statements(app) as seen:
+                assert client.get(url).status_code == 200
+            result.append(len(seen))
+        return result
+
+    few = counts()
+    keys = [add_key(app, tid, f"key {n}")[0] for n in range(6)]
+    store(
+        app,
+        [
+            call(tid, NOW - timedelta(days=day, minutes=n), api_key_id=keys[n % 6], end_user=f"user-{(day + n) % 40}")
+            for day in range(60)
+            for n in range(10)
+        ],
+    )
+    assert counts() == few
+
+
 # -- one record ------------------------------------------------------------------------------------
 
 

@@ -88,7 +88,6 @@ class ExplorerForm(Form):
 
     def offer(self, choices: domain.Choices) -> None:
         """Fill the filters' options (a value asked for is offered even without calls)."""
-
         offer(self.category, "All categories", [(v, v) for v in choices.categories])
         offer(self.service, "All services", [(v, v) for v in choices.services])
         offer(self.key, "All keys", [(str(key_id), name) for key_id, name in choices.keys])

@@ -21,10 +21,9 @@ from ..analytics.totals import day_bounds
 from ..models import UsageRecord
 from . import bp
 from .clock import now
-from .explorer import offer
+from .explorer import DATE_MESSAGE, offer
 from .tenancy import get_owned_or_404
 
-DATE_MESSAGE = "Enter a date as YYYY-MM-DD, e.g. 2026-11-18."
 # Filter options come from the daily rollups of the range given, or else of the days whose raw
 # records are kept (at most this many).
 CHOICE_DAYS = 366
