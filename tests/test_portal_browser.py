@@ -192,6 +192,12 @@ def key_state(page) -> str:
     return page.locator("dl.details .badge").first.inner_text().strip()
 
 
+def press(page, button) -> None:
+    """Click a form's button (a selector or locator) and wait for the page it leads to."""
+    with page.expect_navigation():
+        (page.locator(button) if isinstance(button, str) else button).click()
+
+
 def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, clock, live_url, page, make_tenant):
     _, email, _ = make_tenant("Keyring Co")
     sign_in_through_form(page, live_url, email)
@@ -211,10 +217,10 @@ def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, cl
     assert key_state(page) == "active"
     assert secret not in page.content(), "the secret is shown again"
 
-    page.click("button:has-text('Deactivate')")
+    press(page, "button:has-text('Deactivate')")
     assert "is deactivated" in page.locator(".flashes").inner_text()
     assert key_state(page) == "inactive"
-    page.click("button:has-text('Reactivate')")
+    press(page, "button:has-text('Reactivate')")
     assert "is active again" in page.locator(".flashes").inner_text()
     assert key_state(page) == "active"
 
@@ -225,10 +231,8 @@ def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, cl
         dialog.accept()
 
     page.on("dialog", answer)
-    page.click("button:has-text('Revoke')")
-    page.wait_for_selector(".flashes")
+    press(page, "button:has-text('Revoke')")
     assert "is revoked" in page.locator(".flashes").inner_text()
-    assert asked, "revoking a key asks for no confirmation"
     assert key_state(page) == "revoked"
     assert page.locator("button:has-text('Reactivate'), button:has-text('Deactivate')").count() == 0
     check = check_page(page, "/keys/<id> (revoked)", name="key-revoked")
@@ -236,6 +240,7 @@ def test_a_key_is_created_shown_once_deactivated_reactivated_and_revoked(app, cl
     page.goto(f"{live_url}/keys")
     row = page.locator("tr", has_text="billing worker")
     assert row.locator(".badge").inner_text().strip() == "revoked"
+    assert asked, "revoking a key asks for no confirmation"
 
 
 # -- the usage explorer and its exports -----------------------------------------------------------
@@ -283,7 +288,6 @@ def test_the_explorer_filters_through_the_url_and_its_exports_add_up(app, clock,
     assert 0 < openai == stored < everything
     assert page.locator("#series-table tbody tr").count() < daily_rows
     report = check_page(page, "/usage (weekly, openai)", name="usage-filtered")
-    assert not report.problems, "\n".join(report.problems)
 
     rows = list(csv.DictReader(io.StringIO(download(page, "CSV"))))
     total = next(row for row in rows if row["period"] == "total")
@@ -294,6 +298,7 @@ def test_the_explorer_filters_through_the_url_and_its_exports_add_up(app, clock,
     assert exported["interval"] == "weekly" and exported["filters"]["service"] == "openai"
     assert exported["totals"]["calls"] == openai == sum(point["calls"] for point in exported["series"])
     assert page.url.startswith(f"{live_url}/usage?"), "downloading left the page"
+    assert not report.problems, "\n".join(report.problems)
 
 
 # -- alerts and notifications --------------------------------------------------------------------
@@ -309,7 +314,7 @@ def test_an_alert_is_acknowledged_and_resolved_and_notifications_are_read(app, c
     alert = page.locator("li.alert-item", has_text="Error rate")
     assert alert.count() == 1, page.locator("main").inner_text()
     assert "active" in alert.locator(".alert-badges").inner_text()
-    alert.locator("button:has-text('Acknowledge')").click()
+    press(page, alert.locator("button:has-text('Acknowledge')"))
     assert "Acknowledged" in page.locator(".flashes").inner_text()
     alert = page.locator("li.alert-item", has_text="Error rate")
     assert "acknowledged" in alert.locator(".alert-badges").inner_text()
@@ -324,8 +329,7 @@ def test_an_alert_is_acknowledged_and_resolved_and_notifications_are_read(app, c
         dialog.accept()
 
     page.on("dialog", answer)
-    alert.locator("button:has-text('Resolve')").click()
-    page.wait_for_selector(".flashes")
+    press(page, alert.locator("button:has-text('Resolve')"))
     assert "Resolved" in page.locator(".flashes").inner_text()
     assert asked, "resolving asks for no confirmation"
     assert page.locator("li.alert-item", has_text="Error rate").count() == 0, "a resolved alert is still listed as open"
@@ -334,7 +338,7 @@ def test_an_alert_is_acknowledged_and_resolved_and_notifications_are_read(app, c
 
     page.goto(f"{live_url}/notifications")
     assert page.locator("#unread-count").count() == 1
-    page.click("button:has-text('read')")
+    press(page, "button:has-text('Mark all read')")
     assert "read" in page.locator(".flashes").inner_text()
     assert page.locator("#unread-count").count() == 0, "the nav still counts unread notifications"
     report = check_page(page, "/notifications (all read)", name="notifications-read")
