@@ -227,12 +227,14 @@ class PageReport:
     path: str
     problems: list[str] = field(default_factory=list)
     charts: int = 0
+    tab_stops: int = 0
 
 
-def check_page(page, path: str, name: str | None = None, axe: bool = True) -> PageReport:
+def check_page(page, path: str, name: str | None = None, axe: bool = True, keyboard: bool = True) -> PageReport:
     """Checks the page the browser shows now (``path`` names it): no browser error since the
     last check, axe (also inside opened chart-data tables), the charts' text alternatives,
-    screenshots at 1280 and 390 px, and no sideways scrolling at 390 px. Returns what failed."""
+    screenshots at 1280 and 390 px, no sideways scrolling at 390 px, and a visible focus on the
+    first Tab stops. Returns what failed."""
     report = PageReport(path)
     name = name or shot_name(path)
     page.set_viewport_size(WIDE)
@@ -258,8 +260,31 @@ def check_page(page, path: str, name: str | None = None, axe: bool = True) -> Pa
         report.problems.append(f"scrolls sideways at 390 px: {overflow}")
     page.screenshot(path=str(ARTIFACTS / f"{name}-390.png"), full_page=True)
     page.set_viewport_size(WIDE)
+    if keyboard:
+        report.tab_stops, problems = focus_problems(page)
+        report.problems += problems
     report.problems += page.problems.new()
     return report
+
+
+def focus_problems(page, presses: int = 40) -> tuple[int, list[str]]:
+    """Tab from the top through up to ``presses`` stops: each must be visible and show where
+    the focus is (an outline or a shadow). Returns the stops reached and what was wrong."""
+    page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+    problems = []
+    stops = 0
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        element = focused(page)
+        if element is None:
+            break
+        stops += 1
+        name = f"<{element['tag']}{' id=' + element['id'] if element['id'] else ''}> “{element['text']}”"
+        if not element["visible"]:
+            problems.append(f"focus: Tab reaches {name}, which cannot be seen")
+        elif not element["indicator"]:
+            problems.append(f"focus: {name} shows no focus ring (outline {element['outline']}, shadow none)")
+    return stops, problems
 
 
 # -- keyboard ------------------------------------------------------------------------------------

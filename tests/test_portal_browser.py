@@ -131,7 +131,7 @@ def test_every_page_passes_axe_shows_no_console_error_and_fits_a_phone(app, cloc
         report.problems.append(f"not linked from any page ({endpoint})")
         reports.append(report)
 
-    summary = "\n".join(f"{r.path}: {r.charts} charts" for r in reports)
+    summary = "\n".join(f"{r.path}: {r.charts} charts, {r.tab_stops} Tab stops checked" for r in reports)
     print(f"walked {len(reports)} pages:\n{summary}")
     print("console warnings:", *sorted(set(page.problems.warnings)) or ["none"], sep="\n")
     failed = [r for r in reports if r.problems]
