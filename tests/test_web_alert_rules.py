@@ -292,30 +292,51 @@ def test_an_admin_adds_a_custom_rule_and_deletes_it(app, client, admin):
     assert len(audit(app, admin.tenant_id, "alert_rule.deleted")) == 1
 
 
-def test_a_custom_rule_is_changed_through_its_own_form(app, client, admin):
+def test_a_custom_rule_is_changed_on_its_own_page(app, client, admin):
     rule_id = add_rule(app, admin.tenant_id, name="Busy")
-    section = rule_section(client.get(RULES).text, rule_id)
-    assert f'id="rule-{rule_id}-name"' in section and 'value="Busy"' in section
-    response = change(
-        client,
-        rule_id,
-        name="Very busy",
-        metric="calls",
-        comparator="gte",
-        threshold_unit="absolute",
-        warning_threshold="500",
-        critical_threshold="",
-        window_minutes="5",
-        min_volume="0",
-        cooldown_minutes="60",
-        service="openai",
-        endpoint="",
-        api_key_id="",
-        end_user="",
-    )
-    assert response.status_code == 302
+    listed = rule_section(client.get(RULES).text, rule_id)
+    assert f'href="/alerts/rules/{rule_id}">Change this rule' in listed
+    assert f'action="/alerts/rules/{rule_id}" novalidate' not in listed  # the long form is on its page
+    own = client.get(f"{RULES}/{rule_id}")
+    assert own.status_code == 200
+    assert f'id="rule-{rule_id}-name" name="name" type="text" value="Busy"' in own.text
+    fields = {
+        "name": "Very busy",
+        "metric": "calls",
+        "comparator": "gte",
+        "threshold_unit": "absolute",
+        "warning_threshold": "500",
+        "critical_threshold": "",
+        "window_minutes": "5",
+        "min_volume": "0",
+        "cooldown_minutes": "60",
+        "service": "openai",
+        "endpoint": "",
+        "api_key_id": "",
+        "end_user": "",
+    }
+    refused = post_form(client, f"{RULES}/{rule_id}", {**fields, "window_minutes": "0"}, page=f"{RULES}/{rule_id}")
+    assert refused.status_code == 400
+    assert f'id="rule-{rule_id}-window_minutes-error">Input should be greater than or equal to 1.' in refused.text
+    assert 'value="Very busy"' in refused.text  # what was typed stays
+    assert rule_of(app, admin.tenant_id, name="Busy").window_minutes == 60
+
+    assert post_form(client, f"{RULES}/{rule_id}", fields, page=f"{RULES}/{rule_id}").status_code == 302
     rule = rule_of(app, admin.tenant_id, name="Very busy")
     assert (rule.comparator, rule.warning_threshold, rule.window_minutes, rule.service) == ("gte", 500, 5, "openai")
+
+
+def test_a_rules_own_page_shows_a_member_no_form_and_another_tenants_rule_is_not_found(
+    app, client, clock, portal_tenant, other_tenant
+):
+    ours = add_rule(app, portal_tenant.tenant_id, name="Busy")
+    theirs = add_rule(app, other_tenant.tenant_id, name="Globex rule")
+    sign_in(client, portal_tenant.member)
+    page = client.get(f"{RULES}/{ours}")
+    assert page.status_code == 200 and "Calls over the last 1 hour: warning above 100 calls." in page_text(page.text)
+    assert "<form" not in page.text.split("<main", 1)[1]
+    assert client.get(f"{RULES}/{theirs}").status_code == 404
+    assert client.get(f"{RULES}/{2**40}").status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ class RuleForm(FlaskForm):
         choices=[
             SelectChoice("", "The metric's own"),
             SelectChoice("percent", "Percent"),
-            SelectChoice("absolute", "Absolute (a count, ms, $…)"),
+            SelectChoice("absolute", "Absolute"),
         ],
         default="",
     )

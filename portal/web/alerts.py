@@ -318,7 +318,7 @@ def _rules_page(status: int = 200, bound: RuleForm | None = None, bound_id: int 
     views = []
     for rule in rule_domain.tenant_rules(tenant_id):
         form = None
-        if manage:
+        if manage and rule.kind != "custom":  # a custom rule's (longer) form is on its own page
             form = bound if rule.id == bound_id else RuleForm.of_rule(rule, keys)
         views.append(describe(rule, by_id, form))
     settings = rule_domain.settings_for(tenant_id)
@@ -338,10 +338,25 @@ def _to_rule(rule_id: int):
     return redirect(url_for("web.alerts_rules") + f"#rule-{rule_id}")
 
 
+def _rule_page(rule: AlertRule, form: RuleForm | None = None, status: int = 200):
+    keys = _keys(current_user.tenant_id)
+    manage = can_change()
+    if manage and form is None:
+        form = RuleForm.of_rule(rule, keys)
+    view = describe(rule, {key.id: key for key in keys}, form if manage else None)
+    return render_template("web/alerts/rule_edit.html", view=view, can_manage=manage), status
+
+
 @bp.get("/alerts/rules")
 @login_required
 def alerts_rules():
     return _rules_page()
+
+
+@bp.get("/alerts/rules/<int:rule_id>")
+@login_required
+def alerts_rule(rule_id: int):
+    return _rule_page(owned_or_404(AlertRule, rule_id))
 
 
 @bp.post("/alerts/rules")
@@ -378,6 +393,8 @@ def alerts_rule_change(rule_id: int):
             db.session.rollback()
             show_error(form, str(error))
     if changes is None or has_errors(form):
+        if rule.kind == "custom":
+            return _rule_page(rule, form, 400)
         return _rules_page(400, bound=form, bound_id=rule_id)
     changed = sorted(name for name, value in before.items() if getattr(rule, name) != value)
     if not changed:
