@@ -258,7 +258,7 @@ def alerts_detail(alert_id: int):
         value=reading(alert.value, unit),
         threshold=reading(alert.threshold, unit),
         deliveries=deliveries,
-        channels={c.id: c for c in list_channels(current_user.tenant_id)} if deliveries else {},
+        channels={c.id: c for c in list_channels(current_user.tenant_id)},
         people=people,
         can_manage=can_change(),
         type_label=type_label,
