@@ -459,6 +459,14 @@ def test_an_unpriced_outside_call_says_so(app, client, owner):
     assert "No metadata." in html
 
 
+def test_a_cost_past_the_cent_is_also_shown_exactly(app, client, owner):
+    tid = owner.tenant_id
+    store(app, [call(tid, NOW, source="external", service="openai", cost=Decimal("0.011805"))])
+    record_id = ids_newest_first(app, tid)[0]
+    html = client.get(f"/logs/{record_id}").text
+    assert page_text(re.search(r'<dd id="record-cost">(.*?)</dd>', html, re.S).group(1)) == "$0.01 exactly $0.011805"
+
+
 def test_another_tenants_record_is_a_404(app, client, owner, other_tenant):
     store(app, [call(other_tenant.tenant_id, NOW)])
     theirs = ids_newest_first(app, other_tenant.tenant_id)[0]
