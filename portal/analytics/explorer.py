@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from ..billing.plans import billing_period
 from ..extensions import db
 from ..models import ApiKey, Plan, Subscription, UsageRollup
-from .reports import INTERVALS, _interval_start, _rollups, iso
+from .reports import INTERVALS, interval_start, iso, rollup_conditions
 from .totals import Totals, day_bounds
 
 __all__ = ["INTERVALS", "MAX_DAYS", "MAX_HOURLY_DAYS", "Filters", "Report", "explore"]
@@ -158,7 +158,7 @@ def _add(a: Totals, b: Totals) -> Totals:
 def interval_starts(begin: datetime, finish: datetime, interval: str) -> list[datetime]:
     """The start of every interval that meets [begin, finish), in order."""
     starts = []
-    at = _interval_start(begin, interval)
+    at = interval_start(begin, interval)
     while at < finish:
         starts.append(at)
         if interval == "hourly":
@@ -175,7 +175,7 @@ def interval_starts(begin: datetime, finish: datetime, interval: str) -> list[da
 def _by_bucket(tenant_id: int, begin: datetime, finish: datetime, granularity: str, filters: Filters) -> list:
     return db.session.execute(
         select(UsageRollup.bucket_start, *_sum_columns())
-        .where(*_rollups(tenant_id, begin, finish, granularity), *filters.conditions())
+        .where(*rollup_conditions(tenant_id, begin, finish, granularity), *filters.conditions())
         .group_by(UsageRollup.bucket_start)
     ).all()
 
@@ -201,7 +201,7 @@ def explore(tenant_id: int, start: date, end: date, interval: str, filters: Filt
     rows = _by_bucket(tenant_id, begin, finish, granularity, filters)
     buckets: dict[datetime, Totals] = {}
     for bucket, *sums in rows:
-        key = _interval_start(bucket, interval)
+        key = interval_start(bucket, interval)
         buckets[key] = _add(buckets.get(key, Totals()), _totals(sums))
     series = [Point(at, buckets.get(at, Totals())) for at in interval_starts(begin, finish, interval)]
     totals = Totals()
@@ -213,7 +213,7 @@ def explore(tenant_id: int, start: date, end: date, interval: str, filters: Filt
     previous = _totals(
         db.session.execute(
             select(*_sum_columns()).where(
-                *_rollups(tenant_id, previous_begin, previous_finish, "day"), *filters.conditions()
+                *rollup_conditions(tenant_id, previous_begin, previous_finish, "day"), *filters.conditions()
             )
         ).one()
     )
@@ -223,7 +223,7 @@ def explore(tenant_id: int, start: date, end: date, interval: str, filters: Filt
     else:
         hourly = db.session.execute(
             select(UsageRollup.bucket_start, func.sum(UsageRollup.calls))
-            .where(*_rollups(tenant_id, begin, finish, "hour"), *filters.conditions())
+            .where(*rollup_conditions(tenant_id, begin, finish, "hour"), *filters.conditions())
             .group_by(UsageRollup.bucket_start)
         ).all()
     return Report(
@@ -266,7 +266,7 @@ def filter_choices(tenant_id: int, begin: datetime, finish: datetime) -> Choices
             UsageRollup.end_user,
             UsageRollup.api_key_id,
         )
-        .where(*_rollups(tenant_id, begin, finish, "day"))
+        .where(*rollup_conditions(tenant_id, begin, finish, "day"))
         .distinct()
     ).all()
     counts: list[dict] = [{}, {}, {}, {}, {}]

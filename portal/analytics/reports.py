@@ -36,7 +36,7 @@ def day_start(at: datetime) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _rollups(tenant_id: int, start: datetime, end: datetime, granularity: str = "day") -> list:
+def rollup_conditions(tenant_id: int, start: datetime, end: datetime, granularity: str = "day") -> list:
     return [
         UsageRollup.tenant_id == tenant_id,
         UsageRollup.granularity == granularity,
@@ -62,7 +62,7 @@ def usage_stats(tenant_id: int, now: datetime, days: int, service: str | None) -
     """Seed 003's ``/usage/stats``: totals, by service and by day over the last ``days`` days."""
     start = day_start(now) - timedelta(days=days - 1)
     end = day_start(now) + timedelta(days=1)
-    conditions = _rollups(tenant_id, start, end)
+    conditions = rollup_conditions(tenant_id, start, end)
     if service:
         conditions.append(UsageRollup.service == service)
     services = db.session.execute(
@@ -147,7 +147,7 @@ def usage_summary(tenant_id: int, now: datetime, limits: list[dict]) -> dict:
 INTERVALS = ("hourly", "daily", "weekly", "monthly")
 
 
-def _interval_start(at: datetime, interval: str) -> datetime:
+def interval_start(at: datetime, interval: str) -> datetime:
     """The start of the interval containing a rollup bucket (hourly and daily buckets are one)."""
     if interval in ("hourly", "daily"):
         return at
@@ -160,7 +160,7 @@ def account_usage(tenant_id: int, start: date, end: date, interval: str, categor
     """Seed 002's ``/account/usage``: requests per interval between two dates (inclusive)."""
     begin, finish = day_bounds(start, end)
     granularity = "hour" if interval == "hourly" else "day"
-    conditions = _rollups(tenant_id, begin, finish, granularity)
+    conditions = rollup_conditions(tenant_id, begin, finish, granularity)
     conditions.append(UsageRollup.source == "api")
     if category:
         conditions.append(UsageRollup.category == category)
@@ -180,7 +180,7 @@ def account_usage(tenant_id: int, start: date, end: date, interval: str, categor
     by_category: dict[str, int] = {}
     by_endpoint: dict[str, list[int]] = {}
     for bucket, cat, endpoint, calls, errors, duration in rows:
-        key = _interval_start(bucket, interval)
+        key = interval_start(bucket, interval)
         totals = buckets.setdefault(key, [0, 0, 0])
         totals[0] += int(calls)
         totals[1] += int(errors)
@@ -230,7 +230,7 @@ def top_keys(tenant_id: int, start: datetime, end: datetime, limit: int = 5) -> 
             func.sum(UsageRollup.tokens_in + UsageRollup.tokens_out),
             func.sum(UsageRollup.cost),
         )
-        .where(*_rollups(tenant_id, start, end), UsageRollup.api_key_id != 0)
+        .where(*rollup_conditions(tenant_id, start, end), UsageRollup.api_key_id != 0)
         .group_by(UsageRollup.api_key_id)
         .order_by(func.sum(UsageRollup.calls).desc())
         .limit(limit)
@@ -257,7 +257,7 @@ def api_usage(redis, tenant_id: int, now: datetime, days: int) -> dict:
     outcomes and top consumers (API keys) of the protected API."""
     start = day_start(now) - timedelta(days=days - 1)
     end = day_start(now) + timedelta(days=1)
-    conditions = [*_rollups(tenant_id, start, end), UsageRollup.source == "api"]
+    conditions = [*rollup_conditions(tenant_id, start, end), UsageRollup.source == "api"]
     sums = usage_totals(tenant_id, start, end, source="api")
     calls, errors, limited = sums.calls, sums.errors, sums.rate_limited
     trends = [
