@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,17 +46,21 @@ def pages(tenant_id: int) -> list[tuple[str, str, str | None]]:
     def first(model):
         return db.session.scalar(select(model.id).where(model.tenant_id == tenant_id).order_by(model.id).limit(1))
 
+    today = datetime.now(UTC).date()
+    dates = {"today": today, "d7": today - timedelta(days=6), "d90": today - timedelta(days=89)}
     key, record, statement = first(ApiKey), first(UsageRecord), first(Statement)
     budget = first(Budget)
-    return [
+    listed = [
         ("dashboard", "web.dashboard", "/dashboard"),
         ("usage explorer, 30 days daily", "web.explorer", "/usage"),
-        ("usage explorer, 90 days weekly", "web.explorer", "/usage?interval=weekly&days=90"),
-        ("usage explorer, 7 days hourly", "web.explorer", "/usage?interval=hourly&days=7"),
+        ("usage explorer, 90 days weekly", "web.explorer", "/usage?interval=weekly&start={d90}"),
+        ("usage explorer, 7 days hourly", "web.explorer", "/usage?interval=hourly&start={d7}"),
         ("usage export CSV", "web.explorer_export_csv", "/usage/export.csv"),
         ("logs", "web.logs", "/logs"),
         ("log record", "web.log_detail", f"/logs/{record}" if record else None),
         ("costs", "web.costs", "/costs"),
+        ("costs, grouped by key", "web.costs", "/costs?group=key"),
+        ("costs, 90 days", "web.costs", "/costs?month=&start={d90}&end={today}"),
         ("budget", "web.costs_budget", f"/costs/budgets/{budget}" if budget else None),
         ("API keys", "web.keys", "/keys"),
         ("API key", "web.key_detail", f"/keys/{key}" if key else None),
@@ -69,6 +74,7 @@ def pages(tenant_id: int) -> list[tuple[str, str, str | None]]:
         ("team", "web.team", "/team"),
         ("audit", "web.team_audit", "/team/audit"),
     ]
+    return [(label, endpoint, url.format(**dates) if url else None) for label, endpoint, url in listed]
 
 
 def main() -> None:

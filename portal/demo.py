@@ -259,7 +259,24 @@ def seed_demo(
     tenant.created_at = since
     db.session.commit()
     close_periods(None, now)
+    _add_budgets_and_alerts(tenant, now)
     return DemoResult(tenant, DEMO_EMAIL, password, stored, created=True)
+
+
+def _add_budgets_and_alerts(tenant: Tenant, now: datetime) -> None:
+    """Two budgets near the demo's monthly spend, and one alert pass, so the portal's cost and
+    alert pages show what a running tenant sees."""
+    from .alerts.evaluate import evaluate_alerts
+    from .costs.budgets import create_budget, evaluate_budgets
+    from .redis_store import get_redis
+
+    create_budget(tenant.id, "All outside services", "90.00", warning_percentages=[50, 80, 100])
+    create_budget(tenant.id, "OpenAI", "25.00", service="openai", warning_percentages=[50, 80, 100])
+    db.session.commit()
+    redis = get_redis()
+    evaluate_budgets(redis, [tenant.id], now)
+    db.session.commit()
+    evaluate_alerts(redis, now, [tenant.id])
 
 
 def synthetic_records(
