@@ -287,3 +287,60 @@ def test_another_tenants_rule_is_a_404(app, client, admin):
         _db.session.remove()
     assert client.put(f"/api/v1/alerts/rules/{theirs}", json={"min_volume": 1}, headers=admin).status_code == 404
     assert client.delete(f"/api/v1/alerts/rules/{theirs}", headers=admin).status_code == 404
+
+
+def rule_events(db, tenant_id: int) -> list[AuditEvent]:
+    query = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action.like("alert_rule.%"))
+    return list(db.session.scalars(query.order_by(AuditEvent.id)))
+
+
+def test_each_rule_change_through_the_api_writes_one_audit_event_naming_the_key(app, client, db, tenant):
+    key_id, secret = add_key(app, tenant.tenant_id, "automation", scope="admin")
+    admin = {"X-API-Key": secret}
+    body = {"name": "Busy", "metric": "calls", "warning_threshold": 100}
+    rule_id = client.post("/api/v1/alerts/rules", json=body, headers=admin).get_json()["rule"]["id"]
+    rule = f"/api/v1/alerts/rules/{rule_id}"
+    for change in ({"warning_threshold": 150}, {"warning_threshold": 150}, {"is_enabled": False}, {"is_enabled": True}):
+        assert client.put(rule, json=change, headers=admin).status_code == 200
+    assert client.delete(rule, headers=admin).status_code == 200
+    events = rule_events(db, tenant.tenant_id)
+    # The second change sets what is set already: no event.
+    assert [e.action for e in events] == [
+        "alert_rule.created",
+        "alert_rule.changed",
+        "alert_rule.disabled",
+        "alert_rule.enabled",
+        "alert_rule.deleted",
+    ]
+    assert all((e.user_id, e.ip_address, e.details["api_key_id"]) == (None, "127.0.0.1", key_id) for e in events)
+    assert all(e.details["rule_id"] == rule_id and e.details["name"] == "Busy" for e in events)
+    assert events[0].details["metric"] == "calls"
+    assert events[1].details["changes"] == {"warning_threshold": "150.000000"}
+
+
+def test_a_refused_rule_change_through_the_api_writes_no_audit_event(client, db, tenant, admin):
+    rules = client.get("/api/v1/alerts/rules", headers=tenant.headers).get_json()["rules"]
+    error_rate = next(r for r in rules if r["kind"] == "error_rate")
+    assert (
+        client.put(f"/api/v1/alerts/rules/{error_rate['id']}", json={"metric": "calls"}, headers=admin).status_code
+        == 422
+    )
+    assert client.post("/api/v1/alerts/rules", json={"name": "x", "metric": "calls"}, headers=admin).status_code == 422
+    assert client.delete(f"/api/v1/alerts/rules/{error_rate['id']}", headers=admin).status_code == 409
+    assert rule_events(db, tenant.tenant_id) == []
+
+
+def test_acknowledging_resolving_and_settings_through_the_api_record_the_callers_address(client, db, tenant, admin):
+    alert_id = make_alert(tenant.tenant_id)
+    assert client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=tenant.headers).status_code == 200
+    assert client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=tenant.headers).status_code == 200
+    body = {"resolve_after_evaluations": 4}
+    assert client.put("/api/v1/alerts/settings", json=body, headers=admin).status_code == 200
+    events = db.session.scalars(
+        select(AuditEvent).where(AuditEvent.tenant_id == tenant.tenant_id).order_by(AuditEvent.id)
+    ).all()
+    assert [(e.action, e.user_id, e.ip_address) for e in events] == [
+        ("alert.acknowledged", None, "127.0.0.1"),
+        ("alert.resolved", None, "127.0.0.1"),
+        ("alerts.settings_changed", None, "127.0.0.1"),
+    ]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from sqlalchemy import select
 
+from portal.extensions import db as _db
+from portal.models import AuditEvent
 from portal.notify.channels import SECRET, generate_secret
 
 from .api_helpers import add_key, drain, make_api_tenant
@@ -199,3 +202,58 @@ def test_the_openapi_document_describes_the_notification_operations(client):
     webhook = document["components"]["schemas"]["WebhookChannel"]
     assert webhook["properties"]["secret"]["pattern"] == f"^{SECRET}$"
     assert webhook["additionalProperties"] is False
+
+
+def channel_events(app, tenant_id: int) -> list[tuple]:
+    with app.app_context():
+        query = select(AuditEvent).where(
+            AuditEvent.tenant_id == tenant_id, AuditEvent.action.like("notification_channel.%")
+        )
+        rows = [
+            (e.action, e.user_id, e.ip_address, e.details) for e in _db.session.scalars(query.order_by(AuditEvent.id))
+        ]
+        _db.session.remove()
+    return rows
+
+
+def test_adding_and_testing_a_channel_through_the_api_write_one_audit_event_each(app, client, acme, slack):
+    key_id, secret = add_key(app, acme.tenant_id, "automation", scope="admin")
+    admin = {"X-API-Key": secret}
+    made = client.post(CHANNELS, json={"kind": "slack", "target": slack.url, "name": "Ops"}, headers=admin)
+    assert made.status_code == 201
+    channel = made.json["channel"]
+    [created] = channel_events(app, acme.tenant_id)
+    assert created == (
+        "notification_channel.created",
+        None,
+        "127.0.0.1",
+        {
+            "channel_id": channel["id"],
+            "kind": "slack",
+            "name": "Ops",
+            "target": channel["target"],  # a Slack hook's end only, as listed
+            "min_severity": "warning",
+            "api_key_id": key_id,
+        },
+    )
+    assert slack.url not in str(created)
+    sent = client.post(f"{CHANNELS}/{channel['id']}/test", headers=admin)
+    assert sent.status_code == 200 and sent.json["delivered"] is True
+    assert channel_events(app, acme.tenant_id)[1:] == [
+        (
+            "notification_channel.tested",
+            None,
+            "127.0.0.1",
+            {"channel_id": channel["id"], "delivery_id": sent.json["delivery"]["id"], "api_key_id": key_id},
+        )
+    ]
+
+
+def test_a_refused_channel_or_test_through_the_api_writes_no_audit_event(app, client, acme, admin, slack):
+    assert client.post(CHANNELS, json={"kind": "email", "target": "nope"}, headers=admin).status_code == 422
+    channel_id = client.post(CHANNELS, json={"kind": "slack", "target": slack.url}, headers=admin).json["channel"]["id"]
+    slack.then(SlackReceiver.CHANNEL_NOT_FOUND)
+    assert client.post(f"{CHANNELS}/{channel_id}/test", headers=admin).status_code == 200  # turns it off
+    assert client.post(f"{CHANNELS}/{channel_id}/test", headers=admin).status_code == 409
+    actions = [event[0] for event in channel_events(app, acme.tenant_id)]
+    assert actions == ["notification_channel.created", "notification_channel.tested"]

@@ -463,3 +463,58 @@ def test_the_rules_page_runs_a_fixed_number_of_statements_with_1_or_50_custom_ru
     assert response.status_code == 200 and "Rule 49" in response.text
     assert len(big) == len(small)
     assert elapsed < 1.0  # generous on a shared machine
+
+
+# -- the audit trail -------------------------------------------------------------------------------------
+def audit_trail(app, tenant_id: int) -> list[tuple]:
+    with app.app_context():
+        query = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action.like("alert%"))
+        rows = [
+            (e.action, e.user_id, e.ip_address, e.details) for e in _db.session.scalars(query.order_by(AuditEvent.id))
+        ]
+        _db.session.remove()
+    return rows
+
+
+def test_each_rule_change_through_the_page_writes_exactly_one_audit_event_with_the_user_and_address(app, client, admin):
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.7"
+    sign_in(client, admin.admin)  # from that address (a session is bound to its address)
+    who = (admin.user_ids["admin"], "203.0.113.7")
+    rule = rule_of(app, admin.tenant_id, "response_time")
+    form = {"warning_threshold": "1200", "critical_threshold": "2000", "window_minutes": "60", "min_volume": "20"}
+    assert change(client, rule.id, **form, cooldown_minutes="60").status_code == 302
+    assert change(client, rule.id, **form, cooldown_minutes="60").status_code == 302  # the same: no event
+    assert [event[:3] for event in audit_trail(app, admin.tenant_id)] == [("alert_rule.changed", *who)]
+    assert audit_trail(app, admin.tenant_id)[0][3] == {
+        "rule_id": rule.id,
+        "name": "p95 response time",
+        "changes": {"warning_threshold": "1200.000000"},
+    }
+
+    assert post_form(client, f"{RULES}/{rule.id}/disable", page=RULES).status_code == 302
+    assert new_rule(client).status_code == 302
+    custom = rule_of(app, admin.tenant_id, name="Slow search")
+    assert post_form(client, f"{RULES}/{custom.id}/delete", page=RULES).status_code == 302
+    trail = audit_trail(app, admin.tenant_id)
+    assert [event[:3] for event in trail] == [
+        ("alert_rule.changed", *who),
+        ("alert_rule.disabled", *who),
+        ("alert_rule.created", *who),
+        ("alert_rule.deleted", *who),
+    ]
+    assert trail[1][3] == {"rule_id": rule.id, "name": "p95 response time"}
+    assert trail[2][3] == trail[3][3] == {"rule_id": custom.id, "name": "Slow search", "metric": "p95_latency"}
+
+
+def test_a_settings_change_through_the_page_records_the_user_and_address_once(app, client, admin):
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.7"
+    sign_in(client, admin.admin)  # from that address (a session is bound to its address)
+    form = {"resolve_after_evaluations": "4", "notify_on_resolve": "y"}
+    assert post_form(client, "/alerts/settings", form, page=RULES).status_code == 302
+    [event] = audit_trail(app, admin.tenant_id)
+    assert event == (
+        "alerts.settings_changed",
+        admin.user_ids["admin"],
+        "203.0.113.7",
+        {"thresholds": [], "resolve_after_evaluations": 4, "notify_on_resolve": True},
+    )

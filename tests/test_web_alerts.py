@@ -385,3 +385,16 @@ def test_the_pages_run_a_fixed_number_of_statements_with_1_or_50_alerts_and_noti
     assert page_text(client.get(f"/alerts/{one}").text).count("ops@initech.example (email) alert.triggered") == 50
     slowest = max(seconds for _, seconds in big.values())
     assert slowest < 0.5, big  # a generous bound for a shared test machine; ~20 ms measured
+
+
+def test_acknowledging_and_resolving_through_the_page_record_the_user_and_address_once(app, client, admin):
+    alert_id = add_alert(app, admin.tenant_id)
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.7"
+    sign_in(client, admin.admin)  # from that address (a session is bound to its address)
+    assert post_form(client, f"/alerts/{alert_id}/acknowledge", page="/alerts").status_code == 302
+    assert post_form(client, f"/alerts/{alert_id}/resolve", page="/alerts").status_code == 302
+    events = audit(app, admin.tenant_id, "alert.acknowledged") + audit(app, admin.tenant_id, "alert.resolved")
+    assert [(e.action, e.user_id, e.ip_address, e.details["alert_id"]) for e in events] == [
+        ("alert.acknowledged", admin.user_ids["admin"], "203.0.113.7", alert_id),
+        ("alert.resolved", admin.user_ids["admin"], "203.0.113.7", alert_id),
+    ]

@@ -325,3 +325,37 @@ def test_the_page_runs_a_fixed_number_of_statements_with_1_or_50_deliveries(app,
     assert response.status_code == 200 and response.text.count("alert.triggered</a>") == 50
     assert len(big) == len(small) <= 6
     assert elapsed < 0.5  # generous on a shared machine
+
+
+def test_adding_and_testing_a_channel_through_the_page_write_one_audit_event_each_with_the_user_and_address(
+    app, client, admin
+):
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.7"
+    sign_in(client, admin.admin)  # from that address (a session is bound to its address)
+    assert add(client, target="ops@initech.example").status_code == 302
+    [made] = channels_of(app, admin.tenant_id)
+    assert post_form(client, f"{CHANNELS}/{made.id}/test", page=CHANNELS).status_code == 302
+    [queued] = deliveries_of(app, admin.tenant_id)
+    events = audit(app, admin.tenant_id, "notification_channel.created") + audit(
+        app, admin.tenant_id, "notification_channel.tested"
+    )
+    assert [(e.action, e.user_id, e.ip_address, e.details) for e in events] == [
+        (
+            "notification_channel.created",
+            admin.user_ids["admin"],
+            "203.0.113.7",
+            {
+                "channel_id": made.id,
+                "kind": "email",
+                "name": "ops@initech.example",
+                "target": "ops@initech.example",
+                "min_severity": "warning",
+            },
+        ),
+        (
+            "notification_channel.tested",
+            admin.user_ids["admin"],
+            "203.0.113.7",
+            {"channel_id": made.id, "delivery_id": queued.id},
+        ),
+    ]

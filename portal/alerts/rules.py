@@ -30,6 +30,10 @@ failed_auth        failed authentications in the last hour (API keys that are
 A period metric fires once per period (its alert's dedup key carries the period) and again the
 next period. Windowed metrics fire while the condition holds and resolve after it has been
 clear for the tenant's ``resolve_after_evaluations``.
+
+Creating, changing, switching and deleting a rule write its audit event here, whichever way the
+change came (the portal passes the signed-in user and address, the API the caller's address and
+key), so each change is recorded once.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import AlertRule, AlertSettings, ApiKey, Tenant
+from ..tenancy.audit import record_event
 
 COMPARATORS = {"gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
 THRESHOLD_UNITS = ("percent", "absolute")
@@ -291,8 +296,21 @@ def apply_changes(rule: AlertRule, changes: dict) -> AlertRule:
     return rule
 
 
-def create_custom_rule(tenant_id: int, fields: dict) -> AlertRule:
-    """A tenant's own rule from ``fields``; the caller commits. Raises RuleError."""
+def _via(api_key_id: int | None) -> dict:
+    """The audit details that say a change came through the API, with which key."""
+    return {} if api_key_id is None else {"api_key_id": api_key_id}
+
+
+def create_custom_rule(
+    tenant_id: int,
+    fields: dict,
+    *,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
+) -> AlertRule:
+    """A tenant's own rule from ``fields``, flushed (it has its id) and audited; the caller
+    commits. Raises RuleError."""
     for required in ("name", "metric"):
         if required not in fields:
             raise RuleError(f"{required}: is required")
@@ -314,4 +332,71 @@ def create_custom_rule(tenant_id: int, fields: dict) -> AlertRule:
         fields["threshold_unit"] = metric.units[0]
     apply_changes(rule, fields)
     db.session.add(rule)
+    db.session.flush()
+    record_event(
+        "alert_rule.created",
+        tenant_id,
+        user_id,
+        ip_address,
+        rule_id=rule.id,
+        name=rule.name,
+        metric=rule.metric,
+        **_via(api_key_id),
+    )
     return rule
+
+
+def change_rule(
+    rule: AlertRule,
+    changes: dict,
+    *,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
+) -> list[str]:
+    """Apply ``changes`` as :func:`apply_changes` does and audit them; returns the names of the
+    fields whose value changed (none: nothing is recorded). Turning a rule on or off and nothing
+    else is ``alert_rule.enabled`` / ``alert_rule.disabled``; any other change is
+    ``alert_rule.changed`` with the new values. The caller commits. Raises RuleError."""
+    before = {name: getattr(rule, name, None) for name in changes}
+    apply_changes(rule, changes)
+    changed = sorted(name for name, value in before.items() if getattr(rule, name) != value)
+    if changed == ["is_enabled"]:
+        action = "alert_rule.enabled" if rule.is_enabled else "alert_rule.disabled"
+        record_event(action, rule.tenant_id, user_id, ip_address, rule_id=rule.id, name=rule.name, **_via(api_key_id))
+    elif changed:
+        record_event(
+            "alert_rule.changed",
+            rule.tenant_id,
+            user_id,
+            ip_address,
+            rule_id=rule.id,
+            name=rule.name,
+            changes={name: None if getattr(rule, name) is None else str(getattr(rule, name)) for name in changed},
+            **_via(api_key_id),
+        )
+    return changed
+
+
+def delete_rule(
+    rule: AlertRule,
+    *,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
+) -> None:
+    """Delete a custom rule and audit it (its past alerts stay); the caller commits. A default
+    rule cannot be deleted (it is turned off instead): RuleError."""
+    if rule.kind != "custom":
+        raise RuleError(f"rule {rule.id} is a default rule; turn it off instead")
+    record_event(
+        "alert_rule.deleted",
+        rule.tenant_id,
+        user_id,
+        ip_address,
+        rule_id=rule.id,
+        name=rule.name,
+        metric=rule.metric,
+        **_via(api_key_id),
+    )
+    db.session.delete(rule)

@@ -55,27 +55,29 @@ def get_alert(tenant_id: int, alert_id: int) -> Alert | None:
     return db.session.scalar(select(Alert).where(Alert.tenant_id == tenant_id, Alert.id == alert_id))
 
 
-def acknowledge(alert: Alert, now: datetime, user_id: int | None = None) -> Alert:
-    """Silence an active alert's repeats; it still resolves and still escalates."""
+def acknowledge(alert: Alert, now: datetime, user_id: int | None = None, ip_address: str | None = None) -> Alert:
+    """Silence an active alert's repeats; it still resolves and still escalates. The audit event
+    names who did it (``user_id``, None through the API) and from where."""
     if alert.status == "resolved":
         raise AlertError(f"alert {alert.id} is resolved already")
     if alert.status == "active":
         alert.status = "acknowledged"
         alert.acknowledged_at = now
         alert.acknowledged_by_id = user_id
-        record_event("alert.acknowledged", alert.tenant_id, user_id, alert_id=alert.id, title=alert.title)
+        record_event("alert.acknowledged", alert.tenant_id, user_id, ip_address, alert_id=alert.id, title=alert.title)
     return alert
 
 
-def resolve(alert: Alert, now: datetime, user_id: int | None = None) -> Alert:
-    """Close an alert by hand; a resolved notice goes to the channels as for one that cleared."""
+def resolve(alert: Alert, now: datetime, user_id: int | None = None, ip_address: str | None = None) -> Alert:
+    """Close an alert by hand; a resolved notice goes to the channels as for one that cleared.
+    The audit event names who did it and from where, as for :func:`acknowledge`."""
     if alert.status == "resolved":
         raise AlertError(f"alert {alert.id} is resolved already")
     alert.status = "resolved"
     alert.resolved_at = now
     alert.resolved_by = "user"
     alert.resolved_by_id = user_id
-    record_event("alert.resolved", alert.tenant_id, user_id, alert_id=alert.id, title=alert.title)
+    record_event("alert.resolved", alert.tenant_id, user_id, ip_address, alert_id=alert.id, title=alert.title)
     if settings_for(alert.tenant_id).notify_on_resolve:
         enqueue_alert_notifications(alert, "alert.resolved", now)
         alert.last_notified_at = now
@@ -190,9 +192,12 @@ def change_settings(
     alert_thresholds: dict[str, dict] | None = None,
     resolve_after_evaluations: int | None = None,
     notify_on_resolve: bool | None = None,
+    user_id: int | None = None,
+    ip_address: str | None = None,
 ) -> dict:
-    """Apply a settings change (thresholds in seed 001's units); raises RuleError naming the
-    field. The caller commits."""
+    """Apply a settings change (thresholds in seed 001's units) and audit it with who made it
+    (``user_id``, None through the API) and from where; raises RuleError naming the field. The
+    caller commits."""
     for kind, change in (alert_thresholds or {}).items():
         if kind not in DEFAULT_KINDS or kind == "budget":
             names = ", ".join(sorted(DEFAULT_KINDS - {"budget"}))
@@ -225,6 +230,8 @@ def change_settings(
     record_event(
         "alerts.settings_changed",
         tenant_id,
+        user_id,
+        ip_address,
         thresholds=sorted(alert_thresholds or {}),
         resolve_after_evaluations=resolve_after_evaluations,
         notify_on_resolve=notify_on_resolve,

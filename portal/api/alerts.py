@@ -1,11 +1,12 @@
 """The API's alert operations (seed 001): alerts and their history, acknowledging and resolving,
-statistics, thresholds and custom rules."""
+statistics, thresholds and custom rules. Each change is audited as the portal's is: without a
+user, with the caller's address and (for rule changes) the key it came with."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import current_app
+from flask import current_app, g, request
 
 from ..alerts import rules as rule_domain
 from ..alerts import service
@@ -19,6 +20,13 @@ from .operations import operation
 from .views import tenant_id, utcnow
 
 NOT_FOUND = {404: "no such alert in this account"}
+
+
+def caller() -> dict:
+    """Who makes a change through the API, for its audit event: no user, the caller's address
+    and API key."""
+    call = g.get("api_call")
+    return {"user_id": None, "ip_address": request.remote_addr, "api_key_id": call.entry.key_id if call else None}
 
 
 def _alert(alert) -> dict:
@@ -92,7 +100,7 @@ def acknowledge_alert(alert_id: str):
     if missing:
         return missing
     try:
-        service.acknowledge(alert, utcnow())
+        service.acknowledge(alert, utcnow(), None, request.remote_addr)
     except service.AlertError as error:
         return api_error(409, str(error))
     db.session.commit()
@@ -108,7 +116,7 @@ def resolve_alert(alert_id: str):
     if missing:
         return missing
     try:
-        service.resolve(alert, utcnow())
+        service.resolve(alert, utcnow(), None, request.remote_addr)
     except service.AlertError as error:
         return api_error(409, str(error))
     db.session.commit()
@@ -133,7 +141,12 @@ def change_alert_settings(payload: AlertSettingsBody):
     }
     try:
         settings = service.change_settings(
-            tenant_id(), thresholds, payload.resolve_after_evaluations, payload.notify_on_resolve
+            tenant_id(),
+            thresholds,
+            payload.resolve_after_evaluations,
+            payload.notify_on_resolve,
+            user_id=None,
+            ip_address=request.remote_addr,
         )
     except rule_domain.RuleError as error:
         db.session.rollback()
@@ -155,8 +168,7 @@ def create_rule(payload: RuleBody):
     if fields.get("threshold_unit") is None:
         fields.pop("threshold_unit", None)
     try:
-        rule = rule_domain.create_custom_rule(tenant_id(), fields)
-        db.session.flush()
+        rule = rule_domain.create_custom_rule(tenant_id(), fields, **caller())
     except rule_domain.RuleError as error:
         db.session.rollback()
         return api_error(422, str(error))
@@ -185,7 +197,7 @@ def change_rule(rule_id: str, payload: RuleChange):
     if missing:
         return missing
     try:
-        rule_domain.apply_changes(rule, payload.changes())
+        rule_domain.change_rule(rule, payload.changes(), **caller())
     except rule_domain.RuleError as error:
         db.session.rollback()
         return api_error(422, str(error))
@@ -207,6 +219,6 @@ def delete_rule(rule_id: str):
         return missing
     if rule.kind != "custom":
         return api_error(409, f"rule {rule.id} is a default rule; turn it off with is_enabled: false")
-    db.session.delete(rule)
+    rule_domain.delete_rule(rule, **caller())
     db.session.commit()
     return {"success": True}

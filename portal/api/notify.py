@@ -1,5 +1,6 @@
 """The API's notification operations: channels (list, add, send a test) and the deliveries'
-outcomes."""
+outcomes. Adding a channel and sending it a test are audited as in the portal, with the caller's
+address and API key."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from ..extensions import db
 from ..models import NotificationDelivery
 from ..notify import channels as channel_domain
 from ..notify.deliver import send_test
+from ..notify.outbox import record_test_send
 from . import bp
+from .alerts import caller
 from .guard import api_error
 from .notify_bodies import ChannelBody, DeliveriesQuery
 from .operations import operation
@@ -65,6 +68,7 @@ def create_notification_channel(payload):
             name=payload.name,
             secret=getattr(payload, "secret", None),
             min_severity=payload.min_severity,
+            **caller(),
         )
     except channel_domain.TooManyChannels as error:
         db.session.rollback()
@@ -96,6 +100,8 @@ def test_notification_channel(channel_id: str):
         reason = channel.disabled_reason or "deactivated"
         return api_error(409, f"Notification channel {channel.id} is turned off: {reason}")
     delivery = send_test(channel, utcnow())
+    record_test_send(delivery, **caller())
+    db.session.commit()
     return {
         "success": True,
         "delivered": delivery.status == "sent",

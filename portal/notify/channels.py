@@ -23,6 +23,7 @@ from ..alerts.serialize import iso
 from ..extensions import db
 from ..models import NotificationChannel, NotificationDelivery
 from ..models.alerts import CHANNEL_KINDS, SEVERITIES
+from ..tenancy.audit import record_event
 from .addresses import AddressRefused, check_address, private_allowed
 
 log = logging.getLogger("tollgate.notify")
@@ -141,9 +142,14 @@ def create_channel(
     name: str | None = None,
     secret: str | None = None,
     min_severity: str = "warning",
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
 ) -> tuple[NotificationChannel, str | None]:
-    """Add a channel (the caller commits). Returns it and, for a webhook, its signing secret
-    (generated when none is given) — the only time the secret is handed out."""
+    """Add a channel and audit it with who added it (``user_id``; through the API none, and the
+    ``api_key_id`` it came with) and from where; the caller commits. Returns the channel and, for
+    a webhook, its signing secret (generated when none is given) — the only time the secret is
+    handed out (it is never in the audit event; a Slack target shows as in the list)."""
     target = check_target(kind, target)
     if min_severity not in SEVERITIES:
         raise ChannelError("min_severity", "expected warning or critical")
@@ -170,6 +176,18 @@ def create_channel(
     )
     db.session.add(channel)
     db.session.flush()
+    record_event(
+        "notification_channel.created",
+        tenant_id,
+        user_id,
+        ip_address,
+        channel_id=channel.id,
+        kind=channel.kind,
+        name=channel.name,
+        target=shown_target(channel),
+        min_severity=channel.min_severity,
+        **({} if api_key_id is None else {"api_key_id": api_key_id}),
+    )
     return channel, secret
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from ..alerts.serialize import alert_json, iso
 from ..extensions import db
 from ..models import Alert, Notification, NotificationChannel, NotificationDelivery, Tenant, User
+from ..tenancy.audit import record_event
 
 SEVERITY_RANK = {"warning": 1, "critical": 2}
 CHUNK = 5000  # ids per IN list
@@ -104,6 +105,30 @@ def enqueue_delivery(channel: NotificationChannel, payload: dict, at: datetime, 
     delivery = new_delivery(channel, payload, at, alert_id)
     db.session.add(delivery)
     return delivery
+
+
+def record_test_send(
+    delivery: NotificationDelivery,
+    *,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
+):
+    """Audit a test send to a channel (``notification_channel.tested``) with who asked for it
+    (``user_id``; through the API none, and the ``api_key_id`` it came with) and from where. The
+    portal's test (queued for the job) and the API's (sent at once) both record it here, once;
+    the caller commits."""
+    if delivery.id is None:
+        db.session.flush()
+    return record_event(
+        "notification_channel.tested",
+        delivery.tenant_id,
+        user_id,
+        ip_address,
+        channel_id=delivery.channel_id,
+        delivery_id=delivery.id,
+        **({} if api_key_id is None else {"api_key_id": api_key_id}),
+    )
 
 
 VERBS = {"alert.triggered": "", "alert.escalated": "Escalated: ", "alert.resolved": "Resolved: "}

@@ -5,7 +5,18 @@ from flask import Blueprint, Flask
 bp = Blueprint("web", __name__)
 
 # Each module registers its routes on ``bp`` when imported.
-PAGE_MODULES = ("views", "keys", "explorer", "logs", "costs", "alerts", "notifications", "billing", "team")
+PAGE_MODULES = (
+    "views",
+    "keys",
+    "explorer",
+    "logs",
+    "costs",
+    "alerts",
+    "alert_rules",
+    "notifications",
+    "billing",
+    "team",
+)
 
 
 def init_app(app: Flask) -> None:

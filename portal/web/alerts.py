@@ -1,12 +1,9 @@
-"""Portal pages: alerts — the open ones with their statistics, the history, one alert, and the
-rules and settings that raise them. Members read; owners and admins acknowledge, resolve and
-change rules. Every change is in the audit log."""
+"""Portal pages: alerts — the open ones with their statistics, the history and one alert (the
+rules and settings that raise them are in ``alert_rules``). Members read; owners and admins
+acknowledge and resolve. Every change is in the audit log, with who made it and from where."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,26 +11,13 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from ..alerts import rules as rule_domain
 from ..alerts import service
-from ..alerts.rules import METRICS, RuleError
+from ..alerts.rules import METRICS
 from ..extensions import db
-from ..models import Alert, AlertRule, ApiKey, AuditEvent, NotificationDelivery, User
+from ..models import Alert, AlertRule, NotificationDelivery, User
 from ..notify.channels import list_channels
-from ..tenancy.audit import record_event
 from . import bp
-from .alert_forms import (
-    COMPARATOR_WORDS,
-    AlertFilterForm,
-    AlertSettingsForm,
-    HistoryFilterForm,
-    RuleForm,
-    editable_fields,
-    filter_form,
-    has_errors,
-    show_error,
-    type_label,
-)
+from .alert_forms import AlertFilterForm, HistoryFilterForm, filter_form, type_label
 from .clock import now
 from .roles import admin_required, can_change
 from .tenancy import get_owned_or_404, owned
@@ -52,20 +36,9 @@ def owned_or_404(model, object_id: int):
     return get_owned_or_404(model, object_id)
 
 
-def audit(action: str, **details: object) -> None:
-    record_event(action, current_user.tenant_id, current_user.id, request.remote_addr, **details)
-
-
-@contextmanager
-def credited(*actions: str) -> Iterator[None]:
-    """Audit events the domain records inside the block without who made the change or from
-    where get the signed-in user and address (kept unflushed until then, so they are at hand)."""
-    with db.session.no_autoflush:
-        yield
-        for obj in db.session.new:
-            if isinstance(obj, AuditEvent) and obj.action in actions:
-                obj.user_id = obj.user_id or current_user.id
-                obj.ip_address = obj.ip_address or request.remote_addr
+def who() -> dict:
+    """The signed-in user and their address, for the audit event of a change."""
+    return {"user_id": current_user.id, "ip_address": request.remote_addr}
 
 
 # -- figures in words -------------------------------------------------------------------------------
@@ -99,16 +72,6 @@ def reading(value, unit: str) -> str:
     return {"%": f"{text}%", "×": f"{text}×", "": text}.get(unit, f"{text} {unit}")
 
 
-def minutes_text(minutes: int) -> str:
-    if minutes and minutes % 1440 == 0:
-        days = minutes // 1440
-        return f"{days} day{'s' if days > 1 else ''}"
-    if minutes and minutes % 60 == 0:
-        hours = minutes // 60
-        return f"{hours} hour{'s' if hours > 1 else ''}"
-    return f"{minutes} minute{'s' if minutes != 1 else ''}"
-
-
 def duration(seconds: float | None) -> str:
     """A time to acknowledge or resolve: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
     if seconds is None:
@@ -122,57 +85,6 @@ def duration(seconds: float | None) -> str:
     if days == 0:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-@dataclass
-class RuleView:
-    """A rule as its page shows it: what it watches and when it fires, in words."""
-
-    rule: AlertRule
-    metric: str
-    unit: str
-    levels: list[str]
-    scope: str
-    filters: list[str]
-    repeats: str
-    fields: tuple[str, ...]
-    form: RuleForm | None
-
-    @property
-    def failed(self) -> bool:
-        return self.form is not None and has_errors(self.form)
-
-
-def describe(rule: AlertRule, keys: dict[int, object], form: RuleForm | None) -> RuleView:
-    metric = METRICS.get(rule.metric)
-    unit, word = unit_of(rule), COMPARATOR_WORDS.get(rule.comparator, rule.comparator)
-    if rule.metric == "budget":
-        levels = ["each budget's own warning percentages (below 100% warns, 100% and over is critical)"]
-    else:
-        levels = [
-            f"{level} {word} {reading(value, unit)}"
-            for level, value in (("warning", rule.warning_threshold), ("critical", rule.critical_threshold))
-            if value is not None
-        ]
-    label = metric.label if metric else rule.metric
-    period = metric.period if metric else None
-    if period == "month":
-        scope = "in the billing month"
-    elif period == "day":
-        label, scope = label.removesuffix(" today"), "today (UTC)"
-    else:
-        scope = f"over the last {minutes_text(rule.window_minutes)}"
-    if metric and metric.volume and rule.min_volume:
-        scope += f", once there are at least {rule.min_volume:,} calls"
-    filters = [f"service {rule.service}"] if rule.service else []
-    filters += [f"endpoint {rule.endpoint}"] if rule.endpoint else []
-    if rule.api_key_id is not None:
-        key = keys.get(rule.api_key_id)
-        filters.append(f"key {key.name} ({key.prefix}…)" if key else f"key {rule.api_key_id}")
-    filters += [f"end user {rule.end_user}"] if rule.end_user else []
-    cooldown = rule.cooldown_minutes
-    repeats = f"unacknowledged alerts are told again after {minutes_text(cooldown)}" if cooldown else "no cooldown"
-    return RuleView(rule, label, unit, levels, scope, filters, repeats, editable_fields(rule), form)
 
 
 # -- alerts -----------------------------------------------------------------------------------------
@@ -279,8 +191,7 @@ def alerts_acknowledge(alert_id: int):
         flash(f"“{alert.title}” is already acknowledged.", "info")
         return _back_to(alert)
     try:
-        with credited("alert.acknowledged"):
-            service.acknowledge(alert, now(), current_user.id)
+        service.acknowledge(alert, now(), **who())
     except service.AlertError:
         flash(f"“{alert.title}” is resolved already: there is nothing to acknowledge.", "error")
         return _back_to(alert)
@@ -294,178 +205,10 @@ def alerts_acknowledge(alert_id: int):
 def alerts_resolve(alert_id: int):
     alert = owned_or_404(Alert, alert_id)
     try:
-        with credited("alert.resolved"):
-            service.resolve(alert, now(), current_user.id)
+        service.resolve(alert, now(), **who())
     except service.AlertError:
         flash(f"“{alert.title}” is resolved already.", "info")
         return _back_to(alert)
     db.session.commit()
     flash(f"Resolved “{alert.title}”.", "success")
     return _back_to(alert)
-
-
-# -- rules and settings -----------------------------------------------------------------------------
-def _keys(tenant_id: int) -> list:
-    query = select(ApiKey.id, ApiKey.name, ApiKey.prefix).where(ApiKey.tenant_id == tenant_id)
-    return db.session.execute(query.order_by(ApiKey.name, ApiKey.id)).all()
-
-
-def _rules_page(status: int = 200, bound: RuleForm | None = None, bound_id: int | None = None, **forms):
-    tenant_id = current_user.tenant_id
-    keys = _keys(tenant_id)
-    by_id = {key.id: key for key in keys}
-    manage = can_change()
-    views = []
-    for rule in rule_domain.tenant_rules(tenant_id):
-        form = None
-        if manage and rule.kind != "custom":  # a custom rule's (longer) form is on its own page
-            form = bound if rule.id == bound_id else RuleForm.of_rule(rule, keys)
-        views.append(describe(rule, by_id, form))
-    settings = rule_domain.settings_for(tenant_id)
-    page = render_template(
-        "web/alert_rules.html",
-        defaults=[v for v in views if v.rule.kind != "custom"],
-        custom=[v for v in views if v.rule.kind == "custom"],
-        new_form=forms.get("new_form") or RuleForm(formdata=None).set_keys(keys),
-        settings=settings,
-        settings_form=forms.get("settings_form") or AlertSettingsForm.of_settings(settings),
-        can_manage=manage,
-    )
-    return page, status
-
-
-def _to_rule(rule_id: int):
-    return redirect(url_for("web.alerts_rules") + f"#rule-{rule_id}")
-
-
-def _rule_page(rule: AlertRule, form: RuleForm | None = None, status: int = 200):
-    keys = _keys(current_user.tenant_id)
-    manage = can_change()
-    if manage and form is None:
-        form = RuleForm.of_rule(rule, keys)
-    view = describe(rule, {key.id: key for key in keys}, form if manage else None)
-    return render_template("web/alerts/rule_edit.html", view=view, can_manage=manage), status
-
-
-@bp.get("/alerts/rules")
-@login_required
-def alerts_rules():
-    return _rules_page()
-
-
-@bp.get("/alerts/rules/<int:rule_id>")
-@login_required
-def alerts_rule(rule_id: int):
-    return _rule_page(owned_or_404(AlertRule, rule_id))
-
-
-@bp.post("/alerts/rules")
-@admin_required
-def alerts_rule_create():
-    form = RuleForm().set_keys(_keys(current_user.tenant_id))
-    fields = form.new_rule()
-    if fields is not None:
-        try:
-            rule = rule_domain.create_custom_rule(current_user.tenant_id, fields)
-            db.session.flush()
-        except RuleError as error:
-            db.session.rollback()
-            show_error(form, str(error))
-    if fields is None or has_errors(form):
-        return _rules_page(400, new_form=form)
-    audit("alert_rule.created", rule_id=rule.id, name=rule.name, metric=rule.metric)
-    db.session.commit()
-    flash(f"Added the rule “{rule.name}”. It is evaluated every minute.", "success")
-    return _to_rule(rule.id)
-
-
-@bp.post("/alerts/rules/<int:rule_id>")
-@admin_required
-def alerts_rule_change(rule_id: int):
-    rule = owned_or_404(AlertRule, rule_id)
-    form = RuleForm().set_keys(_keys(current_user.tenant_id))
-    changes = form.changes(rule)
-    before = {name: getattr(rule, name) for name in changes or {}}
-    if changes is not None:
-        try:
-            rule_domain.apply_changes(rule, changes)
-        except RuleError as error:
-            db.session.rollback()
-            show_error(form, str(error))
-    if changes is None or has_errors(form):
-        if rule.kind == "custom":
-            return _rule_page(rule, form, 400)
-        return _rules_page(400, bound=form, bound_id=rule_id)
-    changed = sorted(name for name, value in before.items() if getattr(rule, name) != value)
-    if not changed:
-        flash(f"“{rule.name}” already has those settings.", "info")
-        return _to_rule(rule.id)
-    audit(
-        "alert_rule.changed",
-        rule_id=rule.id,
-        name=rule.name,
-        changes={name: None if getattr(rule, name) is None else str(getattr(rule, name)) for name in changed},
-    )
-    db.session.commit()
-    flash(f"Saved “{rule.name}”.", "success")
-    return _to_rule(rule.id)
-
-
-def _switch(rule_id: int, enabled: bool):
-    rule = owned_or_404(AlertRule, rule_id)
-    if rule.is_enabled == enabled:
-        flash(f"“{rule.name}” is already {'on' if enabled else 'off'}.", "info")
-        return _to_rule(rule.id)
-    try:
-        rule_domain.apply_changes(rule, {"is_enabled": enabled})
-    except RuleError as error:
-        db.session.rollback()
-        flash(f"Could not change “{rule.name}”: {error}.", "error")
-        return _to_rule(rule_id)
-    audit("alert_rule.enabled" if enabled else "alert_rule.disabled", rule_id=rule.id, name=rule.name)
-    db.session.commit()
-    if enabled:
-        flash(f"“{rule.name}” is on: it is evaluated every minute.", "success")
-    else:
-        flash(f"“{rule.name}” is off: it raises no new alerts until you turn it on.", "success")
-    return _to_rule(rule.id)
-
-
-@bp.post("/alerts/rules/<int:rule_id>/enable")
-@admin_required
-def alerts_rule_enable(rule_id: int):
-    return _switch(rule_id, True)
-
-
-@bp.post("/alerts/rules/<int:rule_id>/disable")
-@admin_required
-def alerts_rule_disable(rule_id: int):
-    return _switch(rule_id, False)
-
-
-@bp.post("/alerts/rules/<int:rule_id>/delete")
-@admin_required
-def alerts_rule_delete(rule_id: int):
-    rule = owned_or_404(AlertRule, rule_id)
-    if rule.kind != "custom":
-        flash(f"“{rule.name}” is a default rule and cannot be deleted; turn it off instead.", "error")
-        return _to_rule(rule.id)
-    audit("alert_rule.deleted", rule_id=rule.id, name=rule.name, metric=rule.metric)
-    db.session.delete(rule)
-    db.session.commit()
-    flash(f"Deleted the rule “{rule.name}”. Its past alerts stay in the history.", "success")
-    return redirect(url_for("web.alerts_rules") + "#custom-rules")
-
-
-@bp.post("/alerts/settings")
-@admin_required
-def alerts_settings():
-    form = AlertSettingsForm()
-    body = form.checked()
-    if body is None:
-        return _rules_page(400, settings_form=form)
-    with credited("alerts.settings_changed"):
-        service.change_settings(current_user.tenant_id, None, body.resolve_after_evaluations, body.notify_on_resolve)
-    db.session.commit()
-    flash("Saved the alert settings.", "success")
-    return redirect(url_for("web.alerts_rules") + "#settings")

@@ -16,10 +16,10 @@ from ..extensions import db
 from ..models import Notification, NotificationChannel, NotificationDelivery
 from ..notify import channels as channel_domain
 from ..notify.deliver import channel_test_event
-from ..notify.outbox import enqueue_delivery
+from ..notify.outbox import enqueue_delivery, record_test_send
 from . import bp
 from .alert_forms import ChannelForm, DeliveryFilterForm, filter_form, has_errors, show_error
-from .alerts import MAX_ID, audit, owned_or_404
+from .alerts import MAX_ID, owned_or_404, who
 from .clock import now
 from .nav import unread_notifications
 from .once import first_submission, new_submission_token
@@ -94,6 +94,7 @@ def alerts_channel_create():
                 name=fields["name"],
                 secret=fields["secret"],
                 min_severity=fields["min_severity"],
+                **who(),
             )
         except channel_domain.ChannelError as error:
             db.session.rollback()
@@ -101,14 +102,6 @@ def alerts_channel_create():
     if fields is None or has_errors(form):
         form.submission.data = new_submission_token()
         return _channels_page(form, 400)
-    audit(
-        "notification_channel.created",
-        channel_id=channel.id,
-        kind=channel.kind,
-        name=channel.name,
-        target=channel_domain.shown_target(channel),
-        min_severity=channel.min_severity,
-    )
     db.session.commit()
     if channel.kind == "webhook":
         # Shown here, once: a redirect would have to carry it.
@@ -127,8 +120,7 @@ def alerts_channel_test(channel_id: int):
         return redirect(url_for("web.alerts_channels") + f"#channel-{channel.id}")
     at = now()
     delivery = enqueue_delivery(channel, channel_test_event(channel, at), at)
-    db.session.flush()
-    audit("notification_channel.tested", channel_id=channel.id, delivery_id=delivery.id)
+    record_test_send(delivery, **who())
     db.session.commit()
     flash(
         f"A test message to “{channel.name}” is on its way: it is sent within seconds, and the delivery "
