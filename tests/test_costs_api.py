@@ -528,3 +528,34 @@ def test_the_portal_report_stats_and_summary_agree_to_the_cent(app, auth, client
     auth.login("owner@agree-co.example", "a long password")
     page = client.get("/dashboard").text
     assert f"${exact:.2f}" in page  # $1.13, the same to the cent
+
+
+def test_budget_changes_through_the_api_are_audited_once_with_the_key(app, acme, clock):
+    from sqlalchemy import select
+
+    from portal.extensions import db
+    from portal.models import AuditEvent
+
+    from .api_helpers import add_key
+
+    key_id, secret = add_key(app, acme.tenant_id, "ops", scope="admin")
+    client = app.test_client()
+    headers = {"X-API-Key": secret}
+    made = client.post("/api/v1/budgets", json={"name": "All", "amount": 50}, headers=headers)
+    assert made.status_code == 201
+    budget_id = made.get_json()["budget"]["id"]
+    assert client.put(f"/api/v1/budgets/{budget_id}", json={"amount": 75}, headers=headers).status_code == 200
+    assert client.delete(f"/api/v1/budgets/{budget_id}", headers=headers).status_code == 200
+    refused = client.post("/api/v1/budgets", json={"name": "", "amount": 50}, headers=headers)
+    assert refused.status_code == 422
+    with app.app_context():
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.tenant_id == acme.tenant_id).order_by(AuditEvent.id)
+        ).all()
+        shown = [(e.action, e.user_id, e.details["amount"], e.details["via_api_key_id"]) for e in events]
+        db.session.remove()
+    assert shown == [
+        ("budget.created", None, "50.00", key_id),
+        ("budget.updated", None, "75.00", key_id),
+        ("budget.deleted", None, "75.00", key_id),
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import current_app, g, request
+from flask import current_app, request
 
 from ..alerts import rules as rule_domain
 from ..alerts import service
@@ -17,16 +17,9 @@ from . import bp
 from .alert_params import AlertSettingsBody, AlertsQuery, HistoryQuery, RuleBody, RuleChange, StatsQuery
 from .guard import api_error
 from .operations import operation
-from .views import tenant_id, utcnow
+from .views import caller, tenant_id, utcnow
 
 NOT_FOUND = {404: "no such alert in this account"}
-
-
-def caller() -> dict:
-    """Who makes a change through the API, for its audit event: no user, the caller's address
-    and API key."""
-    call = g.get("api_call")
-    return {"user_id": None, "ip_address": request.remote_addr, "api_key_id": call.entry.key_id if call else None}
 
 
 def _alert(alert) -> dict:

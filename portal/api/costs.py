@@ -32,7 +32,7 @@ from .bodies import (
 from .guard import api_error, gate
 from .operations import operation, parse_body
 from .schemas import CostReportQuery, RateLimitQuery
-from .views import limit_specs, tenant_id, utcnow
+from .views import caller, limit_specs, tenant_id, utcnow
 
 
 @bp.post("/usage/events")
@@ -246,6 +246,8 @@ def create_budget(payload: BudgetBody):
     except budget_domain.BudgetError as error:
         db.session.rollback()
         return api_error(422, str(error))
+    db.session.flush()
+    budget_domain.record_budget_change("budget.created", budget, **caller())
     return {"success": True, "budget": _saved(budget)}, 201
 
 
@@ -275,6 +277,7 @@ def update_budget(budget_id: str, payload: BudgetChange):
     except budget_domain.BudgetError as error:
         db.session.rollback()
         return api_error(422, str(error))
+    budget_domain.record_budget_change("budget.updated", budget, **caller())
     return {"success": True, "budget": _saved(budget)}
 
 
@@ -284,6 +287,7 @@ def delete_budget(budget_id: str):
     budget, missing = _owned_budget(budget_id)
     if missing:
         return missing
+    budget_domain.record_budget_change("budget.deleted", budget, **caller())
     db.session.delete(budget)
     db.session.flush()
     budget_domain.evaluate_budgets(get_redis(), {tenant_id()}, utcnow())

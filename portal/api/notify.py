@@ -13,11 +13,10 @@ from ..notify import channels as channel_domain
 from ..notify.deliver import send_test
 from ..notify.outbox import record_test_send
 from . import bp
-from .alerts import caller
 from .guard import api_error
 from .notify_bodies import ChannelBody, DeliveriesQuery
 from .operations import operation
-from .views import tenant_id, utcnow
+from .views import caller, tenant_id, utcnow
 
 
 def delivery_json(delivery: NotificationDelivery) -> dict:

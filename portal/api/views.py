@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import current_app, g
+from flask import current_app, g, request
 
 from ..analytics import reports
 from ..billing.usage import billing_usage, subscription_info
@@ -32,6 +32,13 @@ def limit_specs() -> tuple[service_limits.LimitSpec, ...]:
     """The tenant's outside-service limits (cached per process, per configuration version)."""
     state = gate()
     return state.limits.get(tenant_id(), state.keys.version)
+
+
+def caller() -> dict:
+    """Who makes a change through the API, for its audit event: no user, the caller's address
+    and API key."""
+    call = g.get("api_call")
+    return {"user_id": None, "ip_address": request.remote_addr, "api_key_id": call.entry.key_id if call else None}
 
 
 def utcnow() -> datetime:

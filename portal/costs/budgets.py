@@ -25,6 +25,7 @@ from ..billing.plans import billing_period
 from ..extensions import db
 from ..models import ApiKey, Budget, BudgetCrossing, UsageRollup
 from ..redis_keys import budget_stops_key
+from ..tenancy.audit import record_event
 
 DEFAULT_PERCENTAGES = (50, 80, 100)
 MAX_AMOUNT = Decimal("9999999999.99")
@@ -130,6 +131,30 @@ def create_budget(
     )
     db.session.add(budget)
     return budget
+
+
+def record_budget_change(
+    action: str,
+    budget: Budget,
+    user_id: int | None = None,
+    ip_address: str | None = None,
+    api_key_id: int | None = None,
+) -> None:
+    """The audit event of a budget created, updated or deleted by a user, or through the API
+    with the key ``api_key_id``; the caller's commit stores it."""
+    details = {
+        "budget_id": budget.id,
+        "name": budget.name,
+        "amount": f"{budget.monthly_amount:.2f}",
+        "service": budget.service,
+        "api_key_id": budget.api_key_id,
+        "end_user": budget.end_user,
+        "warning_percentages": budget.warning_percentages,
+        "hard_stop": budget.hard_stop,
+    }
+    if api_key_id is not None:
+        details["via_api_key_id"] = api_key_id
+    record_event(action, budget.tenant_id, user_id, ip_address, **details)
 
 
 UPDATABLE = ("name", "amount", "service", "api_key_id", "end_user", "warning_percentages", "hard_stop")

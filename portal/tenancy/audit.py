@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..extensions import db
 from ..models import AuditEvent
+from ..models.audit import ACTIONS
 
 
 def record_event(
@@ -13,7 +14,11 @@ def record_event(
     ip_address: str | None = None,
     **details: object,
 ) -> AuditEvent:
-    """Add an audit event to the session; the caller's commit stores it."""
+    """Add an audit event to the session; the caller's commit stores it.
+
+    ``action`` must be one of ``ACTIONS`` (the audit page filters by them)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}: add it to portal.models.audit.ACTIONS")
     event = AuditEvent(
         action=action,
         tenant_id=tenant_id,

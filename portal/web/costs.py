@@ -16,7 +16,6 @@ from ..costs.prices import current_price_book
 from ..extensions import db
 from ..models import Budget
 from ..redis_store import get_redis
-from ..tenancy.audit import record_event
 from . import bp
 from .clock import now
 from .filters import fine_money
@@ -115,16 +114,8 @@ def _owned_budget(budget_id: int) -> Budget:
     return get_owned_or_404(Budget, budget_id)
 
 
-def _audit(action: str, budget: Budget, **details: object) -> None:
-    record_event(
-        action,
-        current_user.tenant_id,
-        current_user.id,
-        request.remote_addr,
-        budget_id=budget.id,
-        name=budget.name,
-        **details,
-    )
+def _audit(action: str, budget: Budget) -> None:
+    budget_domain.record_budget_change(action, budget, current_user.id, request.remote_addr)
 
 
 def _evaluate_and_commit() -> None:
@@ -132,17 +123,6 @@ def _evaluate_and_commit() -> None:
     db.session.flush()
     budget_domain.evaluate_budgets(get_redis(), {current_user.tenant_id}, now())
     db.session.commit()
-
-
-def _described(budget: Budget) -> dict:
-    return {
-        "amount": f"{budget.monthly_amount:.2f}",
-        "service": budget.service,
-        "api_key_id": budget.api_key_id,
-        "end_user": budget.end_user,
-        "warning_percentages": budget.warning_percentages,
-        "hard_stop": budget.hard_stop,
-    }
 
 
 @bp.post("/costs/budgets")
@@ -160,7 +140,7 @@ def costs_create_budget():
         form.form_errors.append(f"The budget could not be saved: {error}.")
         return _render_costs(form, 400)
     db.session.flush()
-    _audit("budget.created", budget, **_described(budget))
+    _audit("budget.created", budget)
     _evaluate_and_commit()
     flash(f"Budget “{budget.name}” created: ${budget.monthly_amount:,.2f} a month.", "success")
     return _back_to_costs()
@@ -196,7 +176,7 @@ def costs_update_budget(budget_id: int):
         db.session.rollback()
         form.form_errors.append(f"The budget could not be saved: {error}.")
         return _render_budget(budget, form, 400)
-    _audit("budget.updated", budget, **_described(budget))
+    _audit("budget.updated", budget)
     _evaluate_and_commit()
     flash(f"Budget “{budget.name}” saved: ${budget.monthly_amount:,.2f} a month.", "success")
     return redirect(url_for("web.costs_budget", budget_id=budget.id))
@@ -207,7 +187,7 @@ def costs_update_budget(budget_id: int):
 def costs_delete_budget(budget_id: int):
     budget = _owned_budget(budget_id)
     name = budget.name
-    _audit("budget.deleted", budget, **_described(budget))
+    _audit("budget.deleted", budget)
     db.session.delete(budget)
     _evaluate_and_commit()
     flash(f"Budget “{name}” deleted. Any hard stop it held is lifted.", "success")
