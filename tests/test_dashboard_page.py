@@ -122,7 +122,7 @@ def test_enterprise_quota_is_unlimited(client, make_tenant, clock):
     sign_in(client, email)
     html = dashboard(client)
     page = text(html)
-    assert "Requests per month Unlimited" in page
+    assert "Requests a month Unlimited" in page
     assert "0 requests this period · unlimited" in page
     assert 'role="progressbar"' not in html
 

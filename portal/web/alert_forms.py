@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from wtforms import BooleanField, HiddenField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 
-from ..alerts.rules import COMPARATORS, DEFAULT_RULES, METRICS
+from ..alerts.rules import COMPARATORS, DEFAULT_RULES, METRICS, RULE_FIELDS
 from ..api.alert_params import AlertSettingsBody, AlertType, CustomMetric, RuleBody, RuleChange
 from ..api.notify_bodies import ChannelBody
 from ..models.alerts import CHANNEL_KINDS, DELIVERY_STATUSES
@@ -145,21 +145,8 @@ def _whole(form: FlaskForm, name: str, data: dict, required: bool = True) -> Non
 
 
 # -- rules ------------------------------------------------------------------------------------------
-CUSTOM_FIELDS = (
-    "name",
-    "metric",
-    "comparator",
-    "threshold_unit",
-    "warning_threshold",
-    "critical_threshold",
-    "window_minutes",
-    "min_volume",
-    "cooldown_minutes",
-    "service",
-    "endpoint",
-    "api_key_id",
-    "end_user",
-)
+# A custom rule's form: every rule field but on/off (which has its own buttons).
+CUSTOM_FIELDS = tuple(name for name in RULE_FIELDS if name != "is_enabled")
 INT_FIELDS = ("window_minutes", "min_volume", "cooldown_minutes")
 FILTER_FIELDS = ("service", "endpoint", "end_user")
 
