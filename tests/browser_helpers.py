@@ -219,7 +219,8 @@ def chart_problems(page) -> list[str]:
 
 def shot_name(path: str) -> str:
     """A file name for a page's screenshots: /billing/statements/12 -> billing-statements-id."""
-    name = re.sub(r"/\d+", "/id", path.split("?")[0]).strip("/") or "index"
+    name = re.sub(r"/\d+(?=/|$)", "/id", path.split("?")[0])
+    name = re.sub(r"/[A-Za-z0-9_-]{20,}", "/token", name).strip("/") or "index"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
@@ -271,7 +272,16 @@ def check_page(page, path: str, name: str | None = None, axe: bool = True, keybo
 def focus_problems(page, presses: int = 40) -> tuple[int, list[str]]:
     """Tab from the top through up to ``presses`` stops: each must be visible and show where
     the focus is (an outline or a shadow). Returns the stops reached and what was wrong."""
-    page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+    # Tab goes on from where focus was: start it from the document's top.
+    page.evaluate(
+        """() => {
+          const root = document.documentElement;
+          root.tabIndex = -1;
+          root.focus({preventScroll: true});
+          root.removeAttribute('tabindex');
+          window.scrollTo(0, 0);
+        }"""
+    )
     problems = []
     stops = 0
     for _ in range(presses):
@@ -371,16 +381,30 @@ def raise_error_rate_alert(app: Flask, tenant_id: int, now: datetime = T0) -> No
     assert open_alerts >= 1, f"the evaluation left no active alert: {result}"
 
 
-def add_extras(app: Flask, tenant_id: int) -> None:
-    """What the demo lacks for every page to show something: a budget and a notification channel."""
-    from portal.costs.budgets import create_budget
+def add_extras(app: Flask, demo: Demo, now: datetime = T0) -> str:
+    """What the demo lacks for every page to show something: a custom alert rule, a webhook
+    channel and a pending invitation; returns the invitation's token (its link's last part)."""
+    from portal.alerts.rules import create_custom_rule
     from portal.models import NotificationChannel
+    from portal.tenancy.accounts import find_user_by_email
+    from portal.tenancy.invites import create_invite
 
     with app.app_context():
-        create_budget(tenant_id, "LLM spend", "250.00", service="openai", warning_percentages=[50, 80])
+        create_custom_rule(
+            demo.tenant_id,
+            {
+                "name": "OpenAI calls",
+                "metric": "calls",
+                "comparator": "gte",
+                "warning_threshold": 500,
+                "critical_threshold": 1000,
+                "window_minutes": 60,
+                "service": "openai",
+            },
+        )
         db.session.add(
             NotificationChannel(
-                tenant_id=tenant_id,
+                tenant_id=demo.tenant_id,
                 kind="webhook",
                 name="ops hook",
                 target="https://hooks.example.com/tollgate",
@@ -388,5 +412,7 @@ def add_extras(app: Flask, tenant_id: int) -> None:
                 min_severity="warning",
             )
         )
+        _, token, _ = create_invite(find_user_by_email(demo.email), "new.hire@acme.example", "member", now)
         db.session.commit()
         db.session.remove()
+    return token

@@ -89,7 +89,7 @@ def visit(page, live_url: str, path: str) -> PageReport:
 
 def test_every_page_passes_axe_shows_no_console_error_and_fits_a_phone(app, clock, live_url, page):
     demo = seed_demo_tenant(app)
-    add_extras(app, demo.tenant_id)
+    invite_token = add_extras(app, demo)
     raise_error_rate_alert(app, demo.tenant_id)
     sign_in_through_form(page, live_url, demo.email)
     reports = [check_page(page, "/dashboard")]
@@ -130,6 +130,18 @@ def test_every_page_passes_axe_shows_no_console_error_and_fits_a_phone(app, cloc
             continue
         report.problems.append(f"not linked from any page ({endpoint})")
         reports.append(report)
+
+    # Signed out: the sign-in and sign-out pages, an invitation's page, and the page of an
+    # address that does not exist (its 404 is the one browser error expected).
+    press(page, "text=Sign out")
+    for path in ("/login", "/logout", f"/invite/{invite_token}"):
+        reports.append(visit(page, live_url, path))
+        visited.add(endpoint_of(app, path))
+    unreached = [endpoint for endpoint in unreached if endpoint not in visited]
+    response = page.goto(f"{live_url}/no-such-page")
+    assert response.status == 404
+    assert [e for e in page.problems.new() if "status of 404" not in e] == []
+    reports.append(check_page(page, "/no-such-page", name="not-found"))
 
     summary = "\n".join(f"{r.path}: {r.charts} charts, {r.tab_stops} Tab stops checked" for r in reports)
     print(f"walked {len(reports)} pages:\n{summary}")
