@@ -100,6 +100,10 @@ def main() -> None:
         started = time.perf_counter()
         demo = seed_demo(days=args.days, password=PASSWORD)
         seeded = time.perf_counter() - started
+        if db.engine.dialect.name == "postgresql":
+            # Fresh tables have no statistics until autovacuum comes by; a running database has them.
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
         listed = pages(demo.tenant.id)
         email, records = demo.email, demo.records
         engine = db.engine
