@@ -17,7 +17,7 @@ from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_k
 from . import bp
 from .clock import now
 from .forms import ApiKeyForm, KeyFilterForm, first_expiry_date
-from .once import first_submission, new_submission_token
+from .once import claim_form, first_submission
 from .roles import admin_required, can_change
 from .tenancy import get_owned_or_404
 
@@ -87,10 +87,8 @@ def create_key():
     form = ApiKeyForm()
     if not form.validate_on_submit():
         return _render_list(form, 400)
-    first = first_submission()
+    first = claim_form(form)
     if first is None:
-        form.form_errors.append("This form has expired. Please fill it in again.")
-        form.submission.data = new_submission_token()
         return _render_list(form, 400)
     if not first:
         flash(

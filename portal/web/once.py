@@ -42,5 +42,15 @@ def first_submission() -> bool | None:
         return True
 
 
+def claim_form(form) -> bool | None:
+    """:func:`first_submission` for a form with a ``submission`` field: on None (no valid token)
+    the form says it expired and carries a new token, ready to be shown again."""
+    first = first_submission()
+    if first is None:
+        form.form_errors.append("This form has expired. Please fill it in again.")
+        form.submission.data = new_submission_token()
+    return first
+
+
 def init_app(app: Flask) -> None:
     app.add_template_global(new_submission_token, "submission_token")

@@ -58,7 +58,7 @@ from ..tenancy.members import (
 )
 from . import bp
 from .clock import now
-from .once import first_submission, new_submission_token
+from .once import claim_form
 from .roles import admin_required, can_change
 from .team_forms import ROLE_LABELS, AcceptInviteForm, AuditFilterForm, InviteForm, RoleForm
 from .tenancy import get_owned_or_404
@@ -112,10 +112,8 @@ def team_invite():
         return _refused("Only an owner can invite an owner.", 403)
     if not form.validate_on_submit():
         return _render_team(form, 400)
-    first = first_submission()
+    first = claim_form(form)
     if first is None:
-        form.form_errors.append("This form has expired. Please fill it in again.")
-        form.submission.data = new_submission_token()
         return _render_team(form, 400)
     if not first:
         flash(
