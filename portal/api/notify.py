@@ -11,7 +11,6 @@ from ..extensions import db
 from ..models import NotificationDelivery
 from ..notify import channels as channel_domain
 from ..notify.deliver import send_test
-from ..notify.outbox import record_test_send
 from . import bp
 from .guard import api_error
 from .notify_bodies import ChannelBody, DeliveriesQuery
@@ -98,9 +97,7 @@ def test_notification_channel(channel_id: str):
     if not channel.is_active:
         reason = channel.disabled_reason or "deactivated"
         return api_error(409, f"Notification channel {channel.id} is turned off: {reason}")
-    delivery = send_test(channel, utcnow())
-    record_test_send(delivery, **caller())
-    db.session.commit()
+    delivery = send_test(channel, utcnow(), asked_by=caller())
     return {
         "success": True,
         "delivered": delivery.status == "sent",

@@ -24,7 +24,7 @@ from ..extensions import db
 from ..models import NotificationChannel, NotificationDelivery, Tenant, utcnow
 from .base import Outcome
 from .channels import deactivate_channel
-from .outbox import enqueue_delivery, event_body
+from .outbox import enqueue_delivery, event_body, record_test_send
 from .senders import sender_for
 
 log = logging.getLogger("tollgate.notify")
@@ -196,13 +196,18 @@ def channel_test_event(channel: NotificationChannel, at: datetime) -> dict:
     return event_body("test", data, at)
 
 
-def send_test(channel: NotificationChannel, now: datetime | None = None) -> NotificationDelivery:
+def send_test(
+    channel: NotificationChannel, now: datetime | None = None, asked_by: dict | None = None
+) -> NotificationDelivery:
     """Write a ``test`` delivery to ``channel`` and make its one attempt now; returns the row
-    as recorded."""
+    as recorded. ``asked_by`` (the keywords of :func:`record_test_send`) audits the test in the
+    same commit as its delivery."""
     at = now or utcnow()
     delivery = enqueue_delivery(channel, channel_test_event(channel, at), at)
     # Leased from the start: the job leaves it to this attempt.
     delivery.locked_until = until = at + LEASE
+    if asked_by is not None:
+        record_test_send(delivery, **asked_by)
     db.session.commit()
     delivery_id = delivery.id
     deliver_claimed(delivery_id, until, now)
