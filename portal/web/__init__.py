@@ -22,7 +22,7 @@ PAGE_MODULES = (
 def init_app(app: Flask) -> None:
     from importlib import import_module
 
-    from . import filters, nav, once, security
+    from . import filters, nav, once, security, tenancy  # noqa: F401 - tenancy checks ids in URLs
 
     for name in PAGE_MODULES:
         import_module(f"{__name__}.{name}")
