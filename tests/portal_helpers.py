@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from portal.extensions import db
 from portal.tenancy.accounts import create_tenant, create_user
 
 from .conftest import PASSWORD, csrf_token
 
-__all__ = ["PASSWORD", "PortalTenant", "count_statements", "page_text", "post_form", "sign_in"]
+__all__ = ["PASSWORD", "PortalTenant", "audit_events", "count_statements", "page_text", "post_form", "sign_in"]
 
 
 @dataclass
@@ -82,6 +82,21 @@ def post_form(client: FlaskClient, url: str, data: dict | None = None, page: str
     form = dict(data or {})
     form.setdefault("csrf_token", csrf_token(source.text))
     return client.post(url, data=form, **kwargs)
+
+
+def audit_events(app: Flask, tenant_id: int, action: str) -> list:
+    """The tenant's audit events with ``action``, oldest first (detached from the session)."""
+    from portal.models import AuditEvent
+
+    with app.app_context():
+        rows = db.session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant_id, AuditEvent.action == action)
+            .order_by(AuditEvent.id)
+        ).all()
+        db.session.expunge_all()
+        db.session.remove()
+    return list(rows)
 
 
 def page_text(html: str) -> str:

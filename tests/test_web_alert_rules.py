@@ -18,7 +18,7 @@ from portal.extensions import db as _db
 from portal.models import AlertRule, AlertSettings, AuditEvent
 from portal.tenancy.keys import create_api_key
 
-from .portal_helpers import count_statements, page_text, post_form, sign_in
+from .portal_helpers import audit_events, count_statements, page_text, post_form, sign_in
 
 RULES = "/alerts/rules"
 
@@ -51,16 +51,6 @@ def add_rule(app, tenant_id: int, **fields) -> int:
         rule_id = rule.id
         _db.session.remove()
     return rule_id
-
-
-def audit(app, tenant_id: int, action: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = _db.session.scalars(
-            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action == action)
-        ).all()
-        _db.session.expunge_all()
-        _db.session.remove()
-    return list(rows)
 
 
 def rule_section(html: str, rule_id: int) -> str:
@@ -143,7 +133,7 @@ def test_an_admin_changes_a_default_rules_thresholds_window_and_cooldown(app, cl
     rule = rule_of(app, admin.tenant_id, "response_time")
     assert (rule.warning_threshold, rule.critical_threshold) == (Decimal("1500"), Decimal("2500.5"))
     assert (rule.window_minutes, rule.min_volume, rule.cooldown_minutes) == (30, 50, 0)
-    [event] = audit(app, admin.tenant_id, "alert_rule.changed")
+    [event] = audit_events(app, admin.tenant_id, "alert_rule.changed")
     assert event.user_id == admin.user_ids["admin"]
     assert event.details["rule_id"] == rule.id
     assert set(event.details["changes"]) == {
@@ -213,7 +203,7 @@ def test_a_refused_value_is_shown_beside_its_field_with_400_and_nothing_is_store
     assert '<details class="rule-edit" open>' in section
     after = rule_of(app, admin.tenant_id, "response_time")
     assert (after.warning_threshold, after.critical_threshold, after.window_minutes) == (1000, 2000, 60)
-    assert audit(app, admin.tenant_id, "alert_rule.changed") == []
+    assert audit_events(app, admin.tenant_id, "alert_rule.changed") == []
 
 
 def test_the_quota_rule_takes_percent_or_a_count_and_has_no_window(app, client, admin):
@@ -256,8 +246,8 @@ def test_turning_a_default_rule_off_and_on_and_it_cannot_be_deleted(app, client,
     assert "Usage spike off" in section and "Turn on" in section
     assert post_form(client, f"{RULES}/{rule.id}/enable", page=RULES).status_code == 302
     assert rule_of(app, admin.tenant_id, "usage_spike").is_enabled is True
-    assert [e.action for e in audit(app, admin.tenant_id, "alert_rule.disabled")] == ["alert_rule.disabled"]
-    assert len(audit(app, admin.tenant_id, "alert_rule.enabled")) == 1
+    assert [e.action for e in audit_events(app, admin.tenant_id, "alert_rule.disabled")] == ["alert_rule.disabled"]
+    assert len(audit_events(app, admin.tenant_id, "alert_rule.enabled")) == 1
 
     assert post_form(client, f"{RULES}/{rule.id}/delete", page=RULES).status_code == 302
     assert "is a default rule and cannot be deleted; turn it off instead." in page_text(client.get(RULES).text)
@@ -281,7 +271,7 @@ def test_an_admin_adds_a_custom_rule_and_deletes_it(app, client, admin):
     assert (rule.window_minutes, rule.min_volume, rule.cooldown_minutes) == (15, 10, 30)
     assert (rule.endpoint, rule.api_key_id, rule.service, rule.is_enabled) == ("/api/v1/search", key_id, None, True)
     assert response.headers["Location"] == f"/alerts/rules#rule-{rule.id}"
-    [event] = audit(app, admin.tenant_id, "alert_rule.created")
+    [event] = audit_events(app, admin.tenant_id, "alert_rule.created")
     assert (event.user_id, event.details["name"]) == (admin.user_ids["admin"], "Slow search")
     text = page_text(rule_section(client.get(RULES).text, rule.id))
     assert "p95 response time over the last 15 minutes, once there are at least 10 calls:" in text
@@ -289,7 +279,7 @@ def test_an_admin_adds_a_custom_rule_and_deletes_it(app, client, admin):
 
     assert post_form(client, f"{RULES}/{rule.id}/delete", page=RULES).status_code == 302
     assert custom_rules(app, admin.tenant_id) == []
-    assert len(audit(app, admin.tenant_id, "alert_rule.deleted")) == 1
+    assert len(audit_events(app, admin.tenant_id, "alert_rule.deleted")) == 1
 
 
 def test_a_custom_rule_is_changed_on_its_own_page(app, client, admin):
@@ -379,7 +369,7 @@ def test_an_admin_changes_the_alert_settings(app, client, admin):
         settings = _db.session.get(AlertSettings, admin.tenant_id)
         assert (settings.resolve_after_evaluations, settings.notify_on_resolve) == (5, False)
         _db.session.remove()
-    [event] = audit(app, admin.tenant_id, "alerts.settings_changed")
+    [event] = audit_events(app, admin.tenant_id, "alerts.settings_changed")
     assert (event.user_id, event.ip_address) == (admin.user_ids["admin"], "127.0.0.1")
     assert event.details["resolve_after_evaluations"] == 5
     html = client.get(RULES).text

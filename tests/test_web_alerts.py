@@ -19,13 +19,13 @@ from sqlalchemy import select
 from portal.alerts.evaluate import evaluate_alerts
 from portal.extensions import db as _db
 from portal.metering.store import store_usage
-from portal.models import Alert, AuditEvent, Notification, NotificationDelivery
+from portal.models import Alert, Notification, NotificationDelivery
 from portal.notify.outbox import enqueue_delivery
 from portal.redis_store import get_redis
 
 from .api_helpers import T0
 from .notify_helpers import add_channel, raise_alert
-from .portal_helpers import count_statements, page_text, post_form, sign_in
+from .portal_helpers import audit_events, count_statements, page_text, post_form, sign_in
 
 NOW = datetime.fromtimestamp(T0, UTC)
 _ids = itertools.count(1)
@@ -94,16 +94,6 @@ def alert_row(app, alert_id: int) -> Alert:
     return alert
 
 
-def audit(app, tenant_id: int, action: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = _db.session.scalars(
-            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action == action)
-        ).all()
-        _db.session.expunge_all()
-        _db.session.remove()
-    return list(rows)
-
-
 def flashes(client) -> list[tuple[str, str]]:
     with client.session_transaction() as session:
         return list(session.get("_flashes", []))
@@ -142,7 +132,7 @@ def test_an_alert_opened_by_evaluation_is_shown_then_acknowledged_and_resolved_b
         NOW,
         admin.user_ids["admin"],
     )
-    [event] = audit(app, admin.tenant_id, "alert.acknowledged")
+    [event] = audit_events(app, admin.tenant_id, "alert.acknowledged")
     assert (event.user_id, event.ip_address, event.details["alert_id"]) == (
         admin.user_ids["admin"],
         "127.0.0.1",
@@ -155,7 +145,7 @@ def test_an_alert_opened_by_evaluation_is_shown_then_acknowledged_and_resolved_b
     assert response.status_code == 302
     alert = alert_row(app, alert_id)
     assert (alert.status, alert.resolved_by, alert.resolved_by_id) == ("resolved", "user", admin.user_ids["admin"])
-    [event] = audit(app, admin.tenant_id, "alert.resolved")
+    [event] = audit_events(app, admin.tenant_id, "alert.resolved")
     assert event.user_id == admin.user_ids["admin"]
     assert "No open alerts" in page_text(page(client, "/alerts"))
     history = page_text(page(client, "/alerts/history"))
@@ -186,7 +176,7 @@ def test_a_resolved_alert_tells_the_channels_and_cannot_be_acknowledged_or_resol
     post_form(client, f"/alerts/{alert_id}/resolve", page="/alerts")
     assert flashes(client) == [("info", "“Error rate 7.5% above 5%” is resolved already.")]
     assert alert_row(app, alert_id).resolved_at == NOW
-    assert len(audit(app, admin.tenant_id, "alert.resolved")) == 1
+    assert len(audit_events(app, admin.tenant_id, "alert.resolved")) == 1
 
 
 def test_acknowledging_from_a_filtered_list_or_an_alerts_page_returns_there(app, client, admin):
@@ -393,7 +383,9 @@ def test_acknowledging_and_resolving_through_the_page_record_the_user_and_addres
     sign_in(client, admin.admin)  # from that address (a session is bound to its address)
     assert post_form(client, f"/alerts/{alert_id}/acknowledge", page="/alerts").status_code == 302
     assert post_form(client, f"/alerts/{alert_id}/resolve", page="/alerts").status_code == 302
-    events = audit(app, admin.tenant_id, "alert.acknowledged") + audit(app, admin.tenant_id, "alert.resolved")
+    events = audit_events(app, admin.tenant_id, "alert.acknowledged") + audit_events(
+        app, admin.tenant_id, "alert.resolved"
+    )
     assert [(e.action, e.user_id, e.ip_address, e.details["alert_id"]) for e in events] == [
         ("alert.acknowledged", admin.user_ids["admin"], "203.0.113.7", alert_id),
         ("alert.resolved", admin.user_ids["admin"], "203.0.113.7", alert_id),

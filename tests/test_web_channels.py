@@ -16,14 +16,14 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from portal.extensions import db as _db
-from portal.models import AuditEvent, NotificationChannel, NotificationDelivery
+from portal.models import NotificationChannel, NotificationDelivery
 from portal.notify.channels import SECRET, deactivate_channel
 from portal.notify.deliver import deliver_due
 
 from .api_helpers import T0
 from .conftest import csrf_token
 from .notify_helpers import add_channel, app_config, raise_alert
-from .portal_helpers import count_statements, page_text, post_form, sign_in
+from .portal_helpers import audit_events, count_statements, page_text, post_form, sign_in
 from .receivers import SmtpSink, WebhookReceiver
 
 CHANNELS = "/alerts/channels"
@@ -82,16 +82,6 @@ def deliver(app, at: datetime = NOW) -> dict:
     return result
 
 
-def audit(app, tenant_id: int, action: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = _db.session.scalars(
-            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action == action)
-        ).all()
-        _db.session.expunge_all()
-        _db.session.remove()
-    return list(rows)
-
-
 @pytest.fixture
 def admin(client, clock, portal_tenant):
     sign_in(client, portal_tenant.admin)
@@ -117,7 +107,7 @@ def test_an_admin_adds_an_email_channel_and_sees_it_listed(app, client, admin):
         True,
     )
     assert response.headers["Location"] == f"/alerts/channels#channel-{made.id}"
-    [event] = audit(app, admin.tenant_id, "notification_channel.created")
+    [event] = audit_events(app, admin.tenant_id, "notification_channel.created")
     assert (event.user_id, event.details["kind"], event.details["target"]) == (
         admin.user_ids["admin"],
         "email",
@@ -184,7 +174,7 @@ def test_a_refused_channel_is_shown_beside_its_field_with_400_and_nothing_is_sto
     html = response.text.replace("&#39;", "'")
     assert f'id="channel-{ {"min_severity": "severity"}.get(field, field) }-error">{message}' in html
     assert channels_of(app, admin.tenant_id) == []
-    assert audit(app, admin.tenant_id, "notification_channel.created") == []
+    assert audit_events(app, admin.tenant_id, "notification_channel.created") == []
 
 
 def test_a_private_webhook_address_is_refused_when_they_are_not_allowed(app, client, admin):
@@ -217,7 +207,7 @@ def test_a_test_send_goes_through_the_outbox_to_a_real_smtp_sink(app, client, ad
     assert message["To"] == "ops@initech.example" and message["Subject"].startswith("[TEST]")
     text = page_text(client.get(CHANNELS).text)
     assert "ops@initech.example test sent 1 attempt sent 2026-11-18 12:30:10 UTC —" in text
-    [event] = audit(app, admin.tenant_id, "notification_channel.tested")
+    [event] = audit_events(app, admin.tenant_id, "notification_channel.tested")
     assert event.details == {"channel_id": channel_id, "delivery_id": queued.id}
 
 
@@ -336,9 +326,8 @@ def test_adding_and_testing_a_channel_through_the_page_write_one_audit_event_eac
     [made] = channels_of(app, admin.tenant_id)
     assert post_form(client, f"{CHANNELS}/{made.id}/test", page=CHANNELS).status_code == 302
     [queued] = deliveries_of(app, admin.tenant_id)
-    events = audit(app, admin.tenant_id, "notification_channel.created") + audit(
-        app, admin.tenant_id, "notification_channel.tested"
-    )
+    events = audit_events(app, admin.tenant_id, "notification_channel.created")
+    events += audit_events(app, admin.tenant_id, "notification_channel.tested")
     assert [(e.action, e.user_id, e.ip_address, e.details) for e in events] == [
         (
             "notification_channel.created",
