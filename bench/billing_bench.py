@@ -34,7 +34,6 @@ from portal.billing.statements import close_periods  # noqa: E402
 from portal.extensions import db  # noqa: E402
 from portal.metering.store import store_usage  # noqa: E402
 from portal.models import Plan, Statement, Subscription, Tenant, UsageRollup  # noqa: E402
-from portal.redis_store import get_redis  # noqa: E402
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
@@ -121,7 +120,7 @@ def timed_close(now: datetime, statements: Statements, server) -> dict:
     db.session.remove()
     before_sql, before_cpu = statements.count, cpu(server)
     start = time.perf_counter()
-    result = close_periods(get_redis(), now)
+    result = close_periods(now)
     wall = time.perf_counter() - start
     after_cpu = cpu(server)
     return {

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import load_config
 
@@ -29,6 +30,7 @@ ENVIRONMENT_SETTINGS = (
     "NOTIFY_CONNECT_TIMEOUT",
     "NOTIFY_READ_TIMEOUT",
     "RETENTION_EXPORT_DIR",
+    "TRUSTED_PROXY_HOPS",
 )
 
 
@@ -45,6 +47,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     env.update({k: str(overrides.pop(k)) for k in ENVIRONMENT_SETTINGS if k in overrides})
     app.config.update(load_config(app.instance_path, env))
     app.config.update(overrides)
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        # The client's address and scheme as the trusted proxies saw them; the Host header stays.
+        hops = app.config["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     from .sessions import PortalSessionInterface
 

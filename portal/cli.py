@@ -12,6 +12,7 @@ from .billing.cli import billing_group
 from .billing.plans import UnknownPlan, update_plan_limits
 from .costs.cli import prices_group
 from .extensions import db
+from .metering.cli import usage_group
 from .models import utcnow
 from .notify.cli import add_channel_command
 from .tenancy.accounts import AccountError, create_tenant, get_tenant
@@ -187,12 +188,14 @@ def jobs_list() -> None:
     """Name the periodic jobs, how often they run and how their last run went; then RQ's failed jobs.
 
     One line per job, its name first: the interval, the last run's start (UTC), outcome and
-    duration ("never" if it never ran), its description, and a failed run's error. The last line,
-    marked with ``#``, counts each queue's failed jobs and names the latest one.
+    duration ("never" if it never ran), its description, and a failed run's error. Then two lines
+    marked with ``#``: each queue's failed jobs with the latest one named, and the usage records
+    the worker set aside (``usage dead-letters``).
     """
     from worker import history, queues
     from worker.schedule import PERIODIC_JOBS
 
+    from .metering.dead_letters import waiting_count
     from .redis_store import get_redis
 
     redis = get_redis()
@@ -216,6 +219,7 @@ def jobs_list() -> None:
             text += f" (latest {queue.last_job_id}: {queue.last_error or 'no error recorded'})"
         failed.append(text)
     click.echo(f"# failed jobs: {'; '.join(failed)}")
+    click.echo(f"# usage set aside: {waiting_count()} record(s) not stored (flask --app wsgi usage dead-letters list)")
 
 
 @jobs_group.command("run")
@@ -251,3 +255,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(jobs_group)
     app.cli.add_command(prices_group)
     app.cli.add_command(billing_group)
+    app.cli.add_command(usage_group)

@@ -13,6 +13,7 @@ import secrets
 import tempfile
 from collections.abc import Mapping
 from contextlib import suppress
+from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -232,8 +233,14 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "REMEMBER_COOKIE_SECURE": cookie_secure,
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
+        # "Keep me signed in" lasts at most this long; the server-side session ends with it.
+        "REMEMBER_COOKIE_DURATION": timedelta(days=30),
         "PERMANENT_SESSION_LIFETIME": 12 * 3600,
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10/minute;50/hour"),
+        # Sign-in attempts per account (the e-mail tried), from however many addresses.
+        "LOGIN_ACCOUNT_RATE_LIMIT": "5/minute;20/hour",
+        # Reverse proxies in front of the portal whose X-Forwarded-For/-Proto are believed; 0: none.
+        "TRUSTED_PROXY_HOPS": env_int(env, "TRUSTED_PROXY_HOPS", 0),
         "RATELIMIT_HEADERS_ENABLED": False,
         "RATELIMIT_STRATEGY": "fixed-window",
         "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tollgate"),

@@ -163,6 +163,8 @@ def _api_call(rng: random.Random, outage: bool, throttled: bool) -> dict[str, An
         "category": category,
         "status_code": status,
         "duration_ms": 1 if status == 429 else _duration(rng, typical),
+        # An admitted call uses one unit of the monthly quota; a refused one (429) none.
+        "quota_units": 0 if status == 429 else 1,
         "error_message": error,
     }
 
@@ -258,7 +260,7 @@ def seed_demo(
     subscription.current_period_start, subscription.current_period_end = billing_period(since)
     tenant.created_at = since
     db.session.commit()
-    close_periods(None, now)
+    close_periods(now)
     _add_budgets_and_alerts(tenant, now)
     return DemoResult(tenant, DEMO_EMAIL, password, stored, created=True)
 
@@ -267,13 +269,19 @@ def _add_budgets_and_alerts(tenant: Tenant, now: datetime) -> None:
     """Two budgets near the demo's monthly spend, and one alert pass, so the portal's cost and
     alert pages show what a running tenant sees."""
     from .alerts.evaluate import evaluate_alerts
+    from .billing.usage import quota_key
     from .costs.budgets import create_budget, evaluate_budgets
+    from .metering.quota import rebuild_quota_counter
     from .redis_store import get_redis
 
     create_budget(tenant.id, "All outside services", "90.00", warning_percentages=[50, 80, 100])
     create_budget(tenant.id, "OpenAI", "25.00", service="openai", warning_percentages=[50, 80, 100])
     db.session.commit()
     redis = get_redis()
+    # The period's quota counter counts what the records hold (a counter left from an earlier
+    # demo database would not).
+    redis.delete(quota_key(tenant.id, now))
+    rebuild_quota_counter(redis, tenant.id, now.timestamp())
     evaluate_budgets(redis, [tenant.id], now)
     db.session.commit()
     evaluate_alerts(redis, now, [tenant.id])
@@ -328,7 +336,7 @@ def synthetic_records(
             "tokens_in": 0,
             "tokens_out": 0,
             "cached_tokens": 0,
-            "quota_units": 0,
+            "quota_units": 0 if status == 429 else 1,
             "model": "",
             "cost": None,
             "price_id": None,

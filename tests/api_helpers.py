@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Mid-month, mid-day, second 10 of a minute: far from every window's edge.
 T0 = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC).timestamp()
+# Tenants made by the fixtures date from then, before every test's clock (no usage is older
+# than its tenant).
+TENANTS_SINCE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -60,6 +63,7 @@ def make_api_tenant(app: Flask, name: str, plan: str = "starter", email: str | N
         tenant = create_tenant(
             name, plan, email or f"owner@{name.lower().replace(' ', '-')}.example", "a long password"
         )
+        tenant.created_at = TENANTS_SINCE
         key, secret = create_api_key(tenant, "default")
         db.session.commit()
         result = ApiTenant(tenant.id, tenant.slug, key.id, secret)

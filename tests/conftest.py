@@ -173,6 +173,7 @@ PASSWORD = "correct horse battery staple"
 def make_tenant(app: Flask):
     """Create a tenant with an owner (password ``PASSWORD``); returns (slug, email, tenant id)."""
     from portal.tenancy.accounts import create_tenant
+    from tests.api_helpers import TENANTS_SINCE
 
     counter = iter(range(1, 10_000))
 
@@ -180,6 +181,7 @@ def make_tenant(app: Flask):
         n = next(counter)
         with app.app_context():
             tenant = create_tenant(name or f"Tenant {n}", plan, email or f"owner{n}@tenant{n}.example", PASSWORD)
+            tenant.created_at = TENANTS_SINCE
             _db.session.commit()
             result = (tenant.slug, tenant.users[0].email, tenant.id)
             _db.session.remove()

@@ -16,6 +16,7 @@ from sqlalchemy import event, select
 from portal.extensions import db
 from portal.tenancy.accounts import create_tenant, create_user
 
+from .api_helpers import TENANTS_SINCE
 from .conftest import PASSWORD, csrf_token
 
 __all__ = ["PASSWORD", "PortalTenant", "audit_events", "count_statements", "page_text", "post_form", "sign_in"]
@@ -36,6 +37,7 @@ def make_portal_tenant(app: Flask, name: str, plan: str = "starter") -> PortalTe
     slug_part = re.sub(r"[^a-z0-9]+", "", name.lower()) or "tenant"
     with app.app_context():
         tenant = create_tenant(name, plan, f"owner@{slug_part}.example", PASSWORD)
+        tenant.created_at = TENANTS_SINCE
         create_user(tenant, f"admin@{slug_part}.example", PASSWORD, role="admin")
         create_user(tenant, f"member@{slug_part}.example", PASSWORD, role="member")
         db.session.commit()

@@ -24,7 +24,7 @@ from portal.models import Alert, AlertRule, AlertSettings, Notification, Notific
 from portal.redis_store import get_redis
 from portal.tenancy.audit import record_event
 
-from .api_helpers import make_api_tenant, set_limits
+from .api_helpers import add_key, make_api_tenant, set_limits
 
 NOW = datetime(2026, 11, 18, 12, 40, tzinfo=UTC)
 _ids = itertools.count()
@@ -411,7 +411,8 @@ def test_acknowledging_silences_repeats_but_not_an_escalation(app, db, client, t
     store(tenant.tenant_id, NOW - timedelta(minutes=5), 2, status_code=429)
     run(app, NOW)
     [alert] = alerts_of(tenant.tenant_id, "rate_limited")
-    response = client.post(f"/api/v1/alerts/{alert.id}/acknowledge", headers=tenant.headers)
+    _, admin_secret = add_key(app, tenant.tenant_id, "admin", scope="admin")  # acknowledging is an admin's
+    response = client.post(f"/api/v1/alerts/{alert.id}/acknowledge", headers={"X-API-Key": admin_secret})
     assert response.status_code == 200
     assert response.get_json()["alert"]["status"] == "acknowledged"
     store(tenant.tenant_id, NOW + timedelta(minutes=55), 1, status_code=429)

@@ -111,20 +111,20 @@ def test_history_includes_resolved_alerts_of_the_last_days(client, db, tenant, c
     assert everything["count"] == 3
 
 
-def test_acknowledge_then_resolve(client, db, tenant, clock):
+def test_acknowledge_then_resolve(client, db, tenant, admin, clock):
     channel = NotificationChannel(tenant_id=tenant.tenant_id, kind="email", target="ops@example.com")
     db.session.add(channel)
     db.session.commit()
     alert_id = make_alert(tenant.tenant_id)
-    response = client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=tenant.headers)
+    response = client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=admin)
     assert response.status_code == 200
     alert = response.get_json()["alert"]
     assert alert["status"] == "acknowledged" and alert["acknowledged_at"]
-    response = client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=tenant.headers)
+    response = client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=admin)
     assert response.status_code == 200
     assert response.get_json()["alert"]["status"] == "resolved"
     assert response.get_json()["alert"]["resolved_by"] == "user"
-    again = client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=tenant.headers)
+    again = client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=admin)
     assert again.status_code == 409
     assert again.get_json() == {"detail": f"alert {alert_id} is resolved already"}
     # A resolved notice went out, and both actions are in the audit log.
@@ -135,15 +135,34 @@ def test_acknowledge_then_resolve(client, db, tenant, clock):
     assert "alert.acknowledged" in actions and "alert.resolved" in actions
 
 
-def test_another_tenants_alert_is_a_404(app, client, db, tenant):
+def test_another_tenants_alert_is_a_404(app, client, db, tenant, admin):
     other = make_api_tenant(app, "Other Alert Co")
     theirs = make_alert(other.tenant_id)
     for action in ("acknowledge", "resolve"):
-        response = client.post(f"/api/v1/alerts/{theirs}/{action}", headers=tenant.headers)
+        response = client.post(f"/api/v1/alerts/{theirs}/{action}", headers=admin)
         assert response.status_code == 404
         assert response.get_json() == {"detail": f"No alert {theirs}"}
     assert client.get("/api/v1/alerts?status=all", headers=tenant.headers).get_json()["alerts"] == []
     assert db.session.get(Alert, theirs).status == "active"
+
+
+@pytest.mark.parametrize("action", ["acknowledge", "resolve"])
+def test_a_usage_key_may_not_acknowledge_or_resolve_an_alert(client, db, tenant, admin, action):
+    """A leaked application key cannot silence an alert (in the portal, too, only admins can)."""
+    alert_id = make_alert(tenant.tenant_id, alert_type="unauthorized_access", severity="critical")
+    response = client.post(f"/api/v1/alerts/{alert_id}/{action}", headers=tenant.headers)
+    assert response.status_code == 403
+    assert response.get_json() == {
+        "detail": "This API key's scope is usage; changing settings needs a key with the admin scope"
+    }
+    listed = client.get("/api/v1/alerts", headers=tenant.headers).get_json()["alerts"]
+    assert [(a["id"], a["status"]) for a in listed] == [(alert_id, "active")]
+    assert db.session.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == tenant.tenant_id)).all() == []
+    # An admin key may, and the document says which scope it takes.
+    assert client.post(f"/api/v1/alerts/{alert_id}/{action}", headers=admin).status_code == 200
+    document = client.get("/api/v1/openapi.json").get_json()
+    refused = document["paths"][f"/api/v1/alerts/{{alert_id}}/{action}"]["post"]["responses"]["403"]
+    assert "admin scope" in refused["description"]
 
 
 def test_stats_count_by_type_and_severity_and_time_to_acknowledge_and_resolve(client, db, tenant, clock):
@@ -332,8 +351,8 @@ def test_a_refused_rule_change_through_the_api_writes_no_audit_event(client, db,
 
 def test_acknowledging_resolving_and_settings_through_the_api_record_the_callers_address(client, db, tenant, admin):
     alert_id = make_alert(tenant.tenant_id)
-    assert client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=tenant.headers).status_code == 200
-    assert client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=tenant.headers).status_code == 200
+    assert client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=admin).status_code == 200
+    assert client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=admin).status_code == 200
     body = {"resolve_after_evaluations": 4}
     assert client.put("/api/v1/alerts/settings", json=body, headers=admin).status_code == 200
     events = db.session.scalars(

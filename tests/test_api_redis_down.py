@@ -73,6 +73,9 @@ def test_keeps_serving_and_spools_while_redis_is_down(app, own_redis_app):
         assert len({r.idempotency_key for r in rows}) == 5
         assert db.session.get(ApiKey, tenant.key_id).usage_count == 5
         db.session.remove()
+    # The calls served without Redis count against the quota from the next call on.
+    response = client.get("/api/v1/ping", headers=tenant.headers)
+    assert response.headers["X-RateLimit-Remaining"] == str(100_000 - 6)
 
 
 def test_replaying_twice_stores_each_call_once(app, own_redis_app):

@@ -13,8 +13,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from portal.billing.usage import quota_key
 from portal.extensions import db as _db
 from portal.models import ApiKey, Plan, Subscription, Tenant, UsageRecord, UsageRollup, User, utcnow
+from portal.redis_store import get_redis
 from portal.tenancy.keys import hash_secret
 from portal.tenancy.passwords import verify_password
 
@@ -450,6 +452,13 @@ def test_seed_demo_creates_a_tenant_with_consistent_history(app, cli, session, a
         ).all()
         first_day = (now - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
         assert all(first_day <= r.occurred_at <= utcnow() for r in records)
+
+        # The period's quota counter counts the calls the records say were admitted.
+        period_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        admitted = sum(
+            1 for r in records if r.source == "api" and r.status_code != 429 and r.occurred_at >= period_start
+        )
+        assert int(get_redis(app).get(quota_key(tenant_id, now)) or 0) == admitted
 
         # Every key's counter is its number of api-source calls.
         api_calls = Counter(r.api_key_id for r in records if r.source == "api")

@@ -43,6 +43,8 @@ def usage(tenant_id, at, status=200, source="api", cost=None, tokens=0, **fields
         "status_code": status,
         "duration_ms": 12,
         "tokens_in": tokens,
+        # An admitted API call uses one unit of the monthly quota (a refused one, 429, none).
+        "quota_units": int(source == "api" and status != 429),
         "cost": cost,
         "occurred_at": at,
         "idempotency_key": uuid.uuid4().hex,

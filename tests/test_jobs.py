@@ -58,7 +58,8 @@ def test_a_job_never_run_shows_never_and_no_failures(cli):
             rf"{re.escape(job.name)}\s+every\s+{job.every_seconds}s\s+never\s+{re.escape(job.description)}",
             lines[job.name],
         )
-    assert result.output.splitlines()[-1] == f"# failed jobs: {queues.PERIODIC} 0; {queues.DEFAULT} 0"
+    assert result.output.splitlines()[-2] == f"# failed jobs: {queues.PERIODIC} 0; {queues.DEFAULT} 0"
+    assert result.output.splitlines()[-1].startswith("# usage set aside: 0 record(s) not stored")
 
 
 def test_jobs_run_records_the_run_that_jobs_list_then_shows(cli, redis):
@@ -123,7 +124,7 @@ def test_the_worker_records_each_periodic_run_and_jobs_list_shows_failures(
     assert re.match(rf"explode\s+every\s+60s\s+{ISO}\s+failed\s+[\d,]+ ms\s+fails on purpose", lines["explode"])
     assert lines["explode"].endswith("[error: RuntimeError: the archive disk is full]")
     assert re.match(rf"count\s+every\s+30s\s+{ISO}\s+ok\s+[\d,]+ ms\s+succeeds$", lines["count"])
-    assert listing.output.splitlines()[-1] == (
+    assert listing.output.splitlines()[-2] == (
         f"# failed jobs: {queues.PERIODIC} 1 (latest {failed_id}: RuntimeError: the archive disk is full); "
         f"{queues.DEFAULT} 1 (latest {other.id}: ValueError: no periodic job runs this)"
     )

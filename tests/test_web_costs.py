@@ -202,7 +202,7 @@ def test_the_daily_chart_has_a_bar_per_day(client, admin):
 def test_the_months_forecast_is_billing_upcomings(app, client, admin):
     html = client.get("/costs").text
     with app.app_context():
-        forecast = upcoming(get_redis(app), admin.tenant_id, datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC))
+        forecast = upcoming(admin.tenant_id, datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC))
         _db.session.remove()
     text = page_text(html)
     usage = Decimal(forecast["forecast"]["usageCost"])

@@ -99,7 +99,11 @@ def test_state_and_scope_filters(app, client, signed_in, clock):
 
 @pytest.mark.parametrize(
     "query, message",
-    [("per_page=7", "Not a valid choice"), ("state=lost", "Not a valid choice"), ("before=-3", "Number must be")],
+    [
+        ("per_page=7", "Not a valid choice"),
+        ("state=lost", "Not a valid choice"),
+        ("before=-3", "That page link is not valid"),
+    ],
 )
 def test_a_bad_filter_is_a_400_with_a_message(client, signed_in, query, message):
     page = client.get(f"/keys?{query}")

@@ -50,4 +50,4 @@ def deliver_notifications() -> dict:
 
 def close_periods() -> dict:
     """Close every billing period that has ended into its statement."""
-    return close_billing_periods(get_redis(), utcnow())
+    return close_billing_periods(utcnow())

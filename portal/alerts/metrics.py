@@ -21,6 +21,7 @@ from redis import Redis
 from sqlalchemy import and_, func, or_, select
 
 from ..billing.plans import billing_period
+from ..billing.statements import admitted_calls
 from ..billing.usage import quota_key
 from ..extensions import db
 from ..metering.admission import window_keys
@@ -254,10 +255,10 @@ def plan_limits(only: list[int] | None = None) -> dict[int, PlanLimits]:
     return {tenant_id: PlanLimits(quota, per_day) for tenant_id, quota, per_day in rows}
 
 
-def _mget(redis: Redis, names: list[str]) -> list[int]:
-    values: list[int] = []
+def _mget(redis: Redis, names: list[str]) -> list[int | None]:
+    values: list[int | None] = []
     for i in range(0, len(names), MGET_CHUNK):
-        values += [int(v or 0) for v in redis.mget(names[i : i + MGET_CHUNK])]
+        values += [None if v is None else int(v) for v in redis.mget(names[i : i + MGET_CHUNK])]
     return values
 
 
@@ -294,11 +295,16 @@ def redis_counters(redis: Redis, tenant_ids: list[int], now: datetime, only: lis
         ]
     values = _mget(redis, names)
     counters = Counters({}, {}, {})
+    counters_lost = []
     for i, tenant_id in enumerate(tenant_ids):
         quota, day, this_hour, last_hour = values[4 * i : 4 * i + 4]
-        counters.quota_used[tenant_id] = quota
-        counters.day_used[tenant_id] = day
-        counters.failed_auth[tenant_id] = this_hour + last_hour * previous_weight
+        if quota is None:
+            counters_lost.append(tenant_id)
+        counters.quota_used[tenant_id] = quota or 0
+        counters.day_used[tenant_id] = day or 0
+        counters.failed_auth[tenant_id] = (this_hour or 0) + (last_hour or 0) * previous_weight
+    if counters_lost:  # no call admitted since Redis lost the counter: the stored records count
+        counters.quota_used.update(admitted_calls(counters_lost, *billing_period(now)))
     query = (
         select(AuditEvent.tenant_id, func.count())
         .where(AuditEvent.action == "login.failure", AuditEvent.created_at > since, AuditEvent.tenant_id.is_not(None))

@@ -24,6 +24,7 @@ from ..billing.recommend import Recommendation, recommend
 from ..billing.usage import quota_key
 from ..extensions import db
 from ..metering.admission import WINDOWS, window_keys
+from ..metering.quota import rebuild_quota_counter
 from ..models import LATENCY_COLUMNS, Alert, ApiKey, Plan, Subscription, UsageRollup
 from .totals import DayCalls
 
@@ -356,8 +357,14 @@ def build(redis: Redis, tenant_id: int, now: datetime) -> Dashboard:
 
     counters = live_counters(redis, tenant_id, now)
     quota_count = None if counters is None else counters[3]
-    # Without the live counter (Redis unreadable, or its key gone), count admitted calls from
-    # the rollups: refused calls (429) used no quota.
+    if counters is not None and quota_count is None:
+        # The period's counter is gone (or the period is new): rebuilt from the records, as the
+        # next call would.
+        try:
+            quota_count = rebuild_quota_counter(redis, tenant_id, now.timestamp())
+        except RedisError as error:
+            log.warning("dashboard: quota counter of tenant %s not rebuilt: %s", tenant_id, error)
+    # Without Redis, count admitted calls from the rollups: refused calls (429) used no quota.
     used = api.calls - api.rate_limited if quota_count is None else quota_count
     quota = Quota(used, plan.monthly_quota, period_end, live=quota_count is not None)
 

@@ -7,8 +7,6 @@ ones for the rest. A report runs a fixed number of statements whatever the range
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
@@ -17,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from ..billing.plans import billing_period
+from ..csv_export import csv_document
 from ..extensions import db
 from ..models import ApiKey, Plan, Subscription, UsageRollup
 from .reports import INTERVALS, interval_start, iso, rollup_conditions
@@ -352,17 +351,18 @@ def report_json(report: Report) -> dict:
 CSV_COLUMNS = ("calls", "errors", "error_rate", "rate_limited", "tokens", "cost", "avg_latency_ms")
 
 
+def _csv_figures(totals: Totals) -> list:
+    row = figures_dict(totals)
+    row["cost"] = Decimal(row["cost"])  # a number in the CSV, so a spreadsheet sums the column
+    return [row[c] for c in CSV_COLUMNS]
+
+
 def report_csv(report: Report) -> str:
     """The series, then its total and the previous period's total."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["period", *CSV_COLUMNS])
+    rows: list[list] = [["period", *CSV_COLUMNS]]
     for point in report.series:
-        row = figures_dict(point.figures)
-        writer.writerow([period_label(point.start, report.interval), *(row[c] for c in CSV_COLUMNS)])
-    total = figures_dict(report.totals)
-    writer.writerow(["total", *(total[c] for c in CSV_COLUMNS)])
-    previous = figures_dict(report.previous)
+        rows.append([period_label(point.start, report.interval), *_csv_figures(point.figures)])
+    rows.append(["total", *_csv_figures(report.totals)])
     label = f"previous {report.previous_start.isoformat()}..{report.previous_end.isoformat()}"
-    writer.writerow([label, *(previous[c] for c in CSV_COLUMNS)])
-    return out.getvalue()
+    rows.append([label, *_csv_figures(report.previous)])
+    return csv_document(rows)

@@ -25,6 +25,7 @@ SOURCES = ("api", "external")
 STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+MAX_RECORD_ID = 2**63 - 1  # usage records have 64-bit ids
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
             micros, record_id = raw.split(".")
-            if not (micros.lstrip("-").isdigit() and record_id.isdigit()):
+            if not (micros.lstrip("-").isdigit() and record_id.isdigit()) or int(record_id) > MAX_RECORD_ID:
                 raise ValueError(raw)
             return cls(_EPOCH + int(micros) * _MICROSECOND, int(record_id))
         except (ValueError, UnicodeDecodeError, binascii.Error, OverflowError):

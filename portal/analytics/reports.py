@@ -13,9 +13,10 @@ from decimal import Decimal
 from sqlalchemy import Select, func, select
 
 from ..billing.plans import billing_period
-from ..billing.usage import current_subscription, quota_used
+from ..billing.usage import current_subscription
 from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
+from ..metering.quota import quota_used
 from ..models import ApiKey, UsageRecord, UsageRollup
 from .totals import day_bounds
 from .totals import totals as usage_totals

@@ -86,6 +86,7 @@ def _owned(alert_id: str):
     "Acknowledge an alert: its repeats stop",
     category="alerts",
     tag="alerts",
+    scope="admin",  # silencing an alert is a change, as in the portal (admins only)
     responses={**NOT_FOUND, 409: "the alert is resolved already"},
 )
 def acknowledge_alert(alert_id: str):
@@ -102,7 +103,11 @@ def acknowledge_alert(alert_id: str):
 
 @bp.post("/alerts/<record_id:alert_id>/resolve")
 @operation(
-    "Resolve an alert", category="alerts", tag="alerts", responses={**NOT_FOUND, 409: "the alert is resolved already"}
+    "Resolve an alert",
+    category="alerts",
+    tag="alerts",
+    scope="admin",  # resolving ends the alert's notices: a change, as in the portal
+    responses={**NOT_FOUND, 409: "the alert is resolved already"},
 )
 def resolve_alert(alert_id: str):
     alert, missing = _owned(alert_id)

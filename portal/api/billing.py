@@ -14,13 +14,18 @@ from ..billing.plans import UnknownPlan
 from ..billing.statements import get_statement, tenant_statements
 from ..extensions import db
 from ..models import Tenant
-from ..redis_store import get_redis
+from ..tenancy.members import key_may_change_plan
 from . import bp
 from .bodies import Body
 from .guard import api_error
 from .operations import operation
 from .schemas import Query
-from .views import tenant_id, utcnow
+from .views import caller, tenant_id, utcnow
+
+NOT_PLAN_KEY = (
+    "Only an owner changes the plan: this admin key was made by someone who is not an owner now; "
+    "use a key an owner made"
+)
 
 
 class FormatQuery(Query):
@@ -72,7 +77,7 @@ def show_statement(statement_id: str, params: FormatQuery):
     budget_exempt=True,
 )
 def upcoming_statement():
-    return {"success": True, "upcoming": upcoming(get_redis(), tenant_id(), utcnow())}
+    return {"success": True, "upcoming": upcoming(tenant_id(), utcnow())}
 
 
 @bp.put("/billing/subscription")
@@ -82,10 +87,15 @@ def upcoming_statement():
     tag="billing",
     body=PlanChangeBody,
     scope="admin",
-    responses={409: "the account is on that plan already"},
+    responses={
+        403: "API key is inactive, or not of the admin scope, or made by someone who is not an owner now",
+        409: "the account is on that plan already",
+    },
     budget_exempt=True,
 )
 def change_subscription(payload: PlanChangeBody):
+    if not key_may_change_plan(caller()["api_key_id"]):
+        return api_error(403, NOT_PLAN_KEY)
     tenant = db.session.get(Tenant, tenant_id())
     try:
         change = change_plan(tenant, payload.plan, utcnow())

@@ -4,6 +4,7 @@ these same models."""
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -27,7 +28,33 @@ MAX_EVENTS = 1000
 MAX_METADATA_BYTES = 8192
 # An event may be dated this far ahead of the server's clock (clocks drift).
 FUTURE_SLACK = timedelta(minutes=5)
+# An event may arrive this late (as Stripe's meter events): an older one would land in a period
+# long closed, and stay past every retention.
+LATE_ARRIVAL = timedelta(days=35)
+# The largest count a limit or a setting takes.
 BIG = 10**12
+# The most tokens or units one call or event may count. A day's rollup of calls at the
+# enterprise plan's windows (1,000 events a call) still sums inside a 64-bit column, and so
+# does a day's window counter in Redis.
+PER_CALL = 10**9
+# Metadata nests at most this deep.
+MAX_METADATA_DEPTH = 20
+
+
+def check_json_value(value: Any, depth: int = 0) -> None:
+    """Refuse what no column can store: NaN and infinities (not JSON numbers), integers past 64
+    bits, and nesting deeper than :data:`MAX_METADATA_DEPTH`."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("NaN and Infinity are not JSON numbers")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} lies outside the 64-bit integers")
+    elif isinstance(value, dict | list):
+        if depth >= MAX_METADATA_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        for item in value.values() if isinstance(value, dict) else value:
+            check_json_value(item, depth + 1)
 
 
 def without_nul(value: Any) -> Any:
@@ -95,17 +122,17 @@ class UsageEventFields(BaseModel):
     duration_ms: int = Field(strict=True, default=0, ge=0, le=86_400_000)
     user_id: str | None = Field(None, max_length=120, description="your end user who made the call")
     tokens_used: int | None = Field(
-        strict=True, default=None, ge=0, le=BIG, description="tokens, when not split into in and out"
+        strict=True, default=None, ge=0, le=PER_CALL, description="tokens, when not split into in and out"
     )
     tokens_in: int | None = Field(
-        strict=True, default=None, ge=0, le=BIG, description="input tokens, cached ones included"
+        strict=True, default=None, ge=0, le=PER_CALL, description="input tokens, cached ones included"
     )
-    tokens_out: int | None = Field(strict=True, default=None, ge=0, le=BIG)
+    tokens_out: int | None = Field(strict=True, default=None, ge=0, le=PER_CALL)
     cached_tokens: int | None = Field(
-        strict=True, default=None, ge=0, le=BIG, description="of tokens_in, those read from cache"
+        strict=True, default=None, ge=0, le=PER_CALL, description="of tokens_in, those read from cache"
     )
     units: int | None = Field(
-        strict=True, default=None, ge=0, le=BIG, description="quota units (YouTube) or compute units (Apify)"
+        strict=True, default=None, ge=0, le=PER_CALL, description="quota units (YouTube) or compute units (Apify)"
     )
     model: str | None = Field(None, max_length=120)
     category: str | None = Field(None, max_length=64)
@@ -128,8 +155,15 @@ class UsageEventFields(BaseModel):
     @field_validator("metadata")
     @classmethod
     def small_metadata(cls, value: dict | None) -> dict | None:
-        if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+        if value is None:
+            return value
+        check_json_value(value)
+        if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
             raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
+        quota_cost = value.get("quota_cost")
+        # Read as the event's units when it gives none (seed 002's YouTube example): bounded as units are.
+        if isinstance(quota_cost, int) and not isinstance(quota_cost, bool) and not 0 <= quota_cost <= PER_CALL:
+            raise ValueError(f"quota_cost: a whole number from 0 to {PER_CALL:,} (it counts as the event's units)")
         return value
 
     @model_validator(mode="after")
@@ -145,8 +179,9 @@ class UsageEventFields(BaseModel):
         meta = self.metadata or {}
         model = self.model or (meta.get("model") if isinstance(meta.get("model"), str) else None) or ""
         units = self.units
-        if units is None and isinstance(meta.get("quota_cost"), int) and meta["quota_cost"] >= 0:
-            units = meta["quota_cost"]  # seed 002's YouTube example reports its quota cost so
+        quota_cost = meta.get("quota_cost")
+        if units is None and isinstance(quota_cost, int) and not isinstance(quota_cost, bool) and quota_cost >= 0:
+            units = quota_cost  # seed 002's YouTube example reports its quota cost so
         tokens_in = self.tokens_used if self.tokens_used is not None else (self.tokens_in or 0)
         return {
             "id": self.id,
@@ -174,7 +209,12 @@ class UsageEvent(Body, UsageEventFields):
 
     ``tokens_in`` counts every input token, cached ones included (as OpenAI's ``prompt_tokens``);
     ``cached_tokens`` may not exceed it. Give ``tokens_used`` (priced at the input price) or the
-    split, not both. ``occurred_at`` may not lie more than 5 minutes ahead.
+    split, not both. ``occurred_at`` may not lie more than 5 minutes ahead, nor more than 35
+    days back (the late-arrival window, as Stripe's meter events allow: a period is billed
+    within days of its end), nor before the account was made; such an event is refused with
+    a 422 naming it and the earliest time accepted. Every number is bounded: counts up to
+    10^9 (``metadata.quota_cost`` too, which counts as the event's ``units``), integers in
+    ``metadata`` within 64 bits; NaN and Infinity are not JSON numbers and are refused.
     """
 
 
@@ -214,7 +254,7 @@ class EventsBody(RootModel[UsageEventBatch | UsageEvent]):
 
 class AcquireBody(Body):
     units: int = Field(
-        strict=True, default=1, ge=1, le=BIG, description="quota units the call will use (requests count 1)"
+        strict=True, default=1, ge=1, le=PER_CALL, description="quota units the call will use (requests count 1)"
     )
     model: str | None = Field(None, max_length=120, description="the model, for limits on one model")
     user_id: str | None = Field(None, max_length=120, description="your end user, for per-user budgets")

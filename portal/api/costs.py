@@ -4,6 +4,7 @@ budgets, cost reports and the account's settings."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from flask import Response, g, jsonify, request
@@ -20,6 +21,7 @@ from ..redis_store import get_redis
 from . import bp
 from .bodies import (
     FUTURE_SLACK,
+    LATE_ARRIVAL,
     AccountSettingsBody,
     AcquireBody,
     BudgetBody,
@@ -50,12 +52,10 @@ def usage_events():
     state = gate()
     now = state.clock()
     events = [event.as_event(now) for event in payload]
-    latest = now + FUTURE_SLACK.total_seconds()
-    future = [n for n, event in enumerate(events) if event["occurred_at"] > latest]
-    if future:
-        where = ", ".join(f"events[{n}].occurred_at" for n in future) if len(payload) > 1 else "occurred_at"
-        return api_error(422, f"{where}: lies in the future (more than 5 minutes ahead of the server's clock)")
     call = g.api_call
+    refused = _outside_window(events, now, call.entry.tenant_since, batch=len(payload) > 1)
+    if refused:
+        return api_error(422, refused)
     try:
         reported = report_events(get_redis(), STREAM, tenant_id(), call.entry.key_id, limit_specs(), events, now)
     except RedisError:
@@ -64,6 +64,30 @@ def usage_events():
         return response
     body = {"success": True, "accepted": len(events), "duplicates": reported.duplicates, "ids": reported.ids}
     return body, 202
+
+
+def _outside_window(events: list[dict], now: float, tenant_since: float, batch: bool) -> str | None:
+    """Why some events' times are refused: ahead of the clock, or older than the tenant or the
+    late-arrival window (a period long closed). None when every time is accepted."""
+    latest = now + FUTURE_SLACK.total_seconds()
+    earliest = max(now - LATE_ARRIVAL.total_seconds(), tenant_since)
+
+    def where(positions: list[int]) -> str:
+        return ", ".join(f"events[{n}].occurred_at" for n in positions) if batch else "occurred_at"
+
+    future = [n for n, event in enumerate(events) if event["occurred_at"] > latest]
+    if future:
+        return f"{where(future)}: lies in the future (more than 5 minutes ahead of the server's clock)"
+    past = [n for n, event in enumerate(events) if event["occurred_at"] < earliest]
+    if past:
+        since = datetime.fromtimestamp(earliest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        why = (
+            "the account was made then"
+            if earliest == tenant_since
+            else f"events arrive at most {LATE_ARRIVAL.days} days late"
+        )
+        return f"{where(past)}: too old; the earliest time accepted is {since} ({why})"
+    return None
 
 
 # The view validates its body itself (see _events_payload); it is documented as any other.

@@ -24,7 +24,8 @@ from redis import Redis, RedisError
 
 from ..billing.plans import billing_period, period_bounds
 from ..costs.service_limits import LimitCache
-from ..metering.admission import STREAM, Admission, Decision, StaleConfig, pack_record
+from ..metering.admission import STREAM, Admission, Decision, QuotaCounterMissing, StaleConfig, pack_record
+from ..metering.quota import rebuild_quota_counter
 from ..metering.spool import Spool
 from ..redis_store import get_redis
 from ..tenancy.keys import KeyDirectory, KeyEntry, hash_secret
@@ -131,7 +132,7 @@ def record_auth_failure(redis: Redis, now: float, entry: KeyEntry | None, endpoi
         ]
         record_id = gate().admission.ids.next_id()
         record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
-        pipe.xadd(STREAM, {"r": record, "s": status, "d": 0})
+        pipe.xadd(STREAM, {"r": record, "s": status, "d": 0, "q": 0})
     for name in names:
         pipe.incr(name)
         pipe.expire(name, AUTH_FAILURE_TTL)
@@ -179,7 +180,8 @@ def admit_api_call() -> Response | None:
         return refuse_key(state, now, entry, endpoint)
     record_id = state.admission.ids.next_id()
     try:
-        for attempt in (1, 2):
+        stale_retries = rebuilds = 0
+        while True:
             record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
             try:
                 decision = state.admission.admit(
@@ -195,12 +197,19 @@ def admit_api_call() -> Response | None:
                 break
             except StaleConfig as stale:
                 # Keys or plans changed: reload this key under the new version and decide again.
-                if attempt == 2:
+                stale_retries += 1
+                if stale_retries == 2:
                     raise
                 state.keys.reset(stale.version)
                 entry = state.keys.lookup(key_hash)
                 if entry is None or not entry.usable(now):
                     return refuse_key(state, now, entry, endpoint)
+            except QuotaCounterMissing:
+                # A new period, or Redis lost the counter: count it again from the records.
+                rebuilds += 1
+                if rebuilds == 3:
+                    raise RedisError("the quota counter could not be rebuilt") from None
+                rebuild_quota_counter(state.redis, entry.tenant_id, now)
     except RedisError:
         return serve_without_redis(state, entry, record_id, record, started)
     g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
@@ -231,7 +240,7 @@ def refuse_key(state: Gate, now: float, entry: KeyEntry | None, endpoint: str) -
         if entry is not None:
             record_id = state.admission.ids.next_id()
             record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
-            state.spool.append(record, status, 0)
+            state.spool.append(record, status, 0, admitted=False)
     return api_error(status, detail)
 
 

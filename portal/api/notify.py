@@ -4,6 +4,7 @@ address and API key."""
 
 from __future__ import annotations
 
+from flask import g
 from sqlalchemy import select
 
 from ..alerts.serialize import iso
@@ -38,11 +39,15 @@ def delivery_json(delivery: NotificationDelivery) -> dict:
 
 @bp.get("/notification-channels")
 @operation(
-    "Notification channels (a webhook's secret shows as a hint)", category="system", tag="alerts", budget_exempt=True
+    "Notification channels (a webhook's secret shows as a hint; its URL in full to admin keys only)",
+    category="system",
+    tag="alerts",
+    budget_exempt=True,
 )
 def list_notification_channels():
     channels = channel_domain.list_channels(tenant_id())
-    return {"success": True, "channels": [channel_domain.channel_json(c) for c in channels]}
+    full = g.api_call.entry.is_admin  # a usage key sees a webhook's URL shortened, as Slack's always is
+    return {"success": True, "channels": [channel_domain.channel_json(c, full) for c in channels]}
 
 
 @bp.post("/notification-channels")
@@ -75,7 +80,7 @@ def create_notification_channel(payload):
         db.session.rollback()
         return api_error(422, str(error))
     db.session.commit()
-    body = {"success": True, "channel": channel_domain.channel_json(channel)}
+    body = {"success": True, "channel": channel_domain.channel_json(channel, full=True)}
     if secret is not None:
         body["secret"] = secret  # the only time it is answered
     return body, 201
@@ -102,7 +107,7 @@ def test_notification_channel(channel_id: str):
         "success": True,
         "delivered": delivery.status == "sent",
         "delivery": delivery_json(delivery),
-        "channel": channel_domain.channel_json(db.session.get(type(channel), channel.id)),
+        "channel": channel_domain.channel_json(db.session.get(type(channel), channel.id), full=True),
     }
 
 

@@ -9,9 +9,12 @@ validation.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
+from typing import Any
 
 from flask import g, request
 from pydantic import BaseModel, ValidationError
@@ -52,11 +55,44 @@ class Operation:
     budget_exempt: bool = False
 
 
+NOT_JSON = "the body must be JSON (Content-Type: application/json)"
+
+
+class _RefusedNumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _RefusedNumber(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _RefusedNumber(f"{text[:40]} is too large a number")
+    return value
+
+
+def request_json() -> Any:
+    """The request's body as strict JSON: 422 for a body that is not JSON, NaN or Infinity
+    (which Python's reader accepts and no database stores), or one nested past what the reader
+    can follow."""
+    if not request.is_json:
+        raise InvalidBody(NOT_JSON)
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise InvalidBody("the body nests too deeply") from None
+    except _RefusedNumber as error:
+        raise InvalidBody(f"body: {error}") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidBody(NOT_JSON) from None
+
+
 def parse_body(model: type[BaseModel]) -> BaseModel:
     """The request's JSON body validated by ``model`` (422 naming what is wrong)."""
-    data = request.get_json(silent=True)
-    if data is None:
-        raise InvalidBody("the body must be JSON (Content-Type: application/json)")
+    data = request_json()
     try:
         return getattr(model, "parse_json", model.model_validate)(data)
     except ValidationError as error:

@@ -9,6 +9,7 @@ from flask import current_app, g, request
 from ..analytics import reports
 from ..billing.usage import billing_usage, subscription_info
 from ..costs import service_limits
+from ..metering.quota import quota_used
 from ..redis_store import get_redis
 from . import bp, docs_bp
 from .guard import api_error, gate, rate_limited
@@ -123,7 +124,9 @@ def account_usage(params: AccountUsageQuery):
 @bp.get("/billing/usage")
 @operation("Use of each plan limit this billing period", category="billing", tag="billing")
 def billing_usage_view():
-    return {"success": True, "usage": billing_usage(get_redis(), tenant_id(), utcnow())}
+    now = utcnow()
+    used = quota_used(get_redis(), tenant_id(), now)
+    return {"success": True, "usage": billing_usage(tenant_id(), now, used)}
 
 
 @bp.get("/billing/subscription")

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import hashlib
 import time
 
 from flask import current_app, flash, make_response, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_required
 
 from ..extensions import db, limiter
 from ..models import utcnow
+from ..sessions import sign_in, sign_out
 from ..tenancy.accounts import find_user_by_email
 from ..tenancy.audit import record_event
 from ..tenancy.passwords import DUMMY_HASH, verify_password
@@ -19,8 +21,20 @@ def _login_limit() -> str:
     return current_app.config["LOGIN_RATE_LIMIT"]
 
 
+def _account_login_limit() -> str:
+    return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+
+def _account_tried() -> str:
+    """The account a sign-in attempt is for, whatever address it comes from: a hash of the
+    e-mail as the sign-in looks it up (fixed length, however long the field sent)."""
+    email = request.form.get("email", "").strip().lower()
+    return "account:" + hashlib.sha256(email.encode()).hexdigest()
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"])
+@limiter.limit(_account_login_limit, methods=["POST"], key_func=_account_tried, scope="account")
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("web.dashboard"))
@@ -29,7 +43,7 @@ def login():
         user = find_user_by_email(form.email.data)
         ok = verify_password(user.password_hash if user else DUMMY_HASH, form.password.data)
         if user is not None and ok and user.is_active:
-            login_user(user, remember=form.remember.data)
+            sign_in(user, remember=bool(form.remember.data))
             user.last_login_at = utcnow()
             record_event("login.success", user.tenant_id, user.id, request.remote_addr)
             db.session.commit()
@@ -58,8 +72,9 @@ def logout():
         # Signing out changes state, so it needs the CSRF token of the confirmation form.
         return render_template("auth/logout.html")
     record_event("logout", current_user.tenant_id, current_user.id, request.remote_addr)
+    # Ends the session on the server: a copy of this browser's cookies opens nothing any more.
+    sign_out()
     db.session.commit()
-    logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from redis import Redis
-
 from ..models import Plan, Subscription, Tenant
 from ..tenancy.audit import record_event
 from .plans import get_plan, subscribe
@@ -68,11 +66,11 @@ def pending_change(subscription: Subscription) -> dict | None:
     return {"plan": plan.code, "name": plan.name, "effectiveAt": _iso(subscription.current_period_end)}
 
 
-def upcoming(redis: Redis, tenant_id: int, now: datetime) -> dict:
+def upcoming(tenant_id: int, now: datetime) -> dict:
     """The statement the period would get if it closed now, and a forecast at the run rate."""
     subscription = current_subscription(tenant_id)
     start, end = subscription.current_period_start, subscription.current_period_end
-    [draft] = draft_statements(redis, [tenant_id], start, end, now)
+    [draft] = draft_statements([tenant_id], start, end, now)
     elapsed = max((min(now, end) - start).total_seconds(), 1.0)
     span = (end - start).total_seconds()
     share = Decimal(elapsed) / Decimal(span)

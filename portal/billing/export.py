@@ -3,15 +3,19 @@ endpoints) and CSV."""
 
 from __future__ import annotations
 
-import csv
-import io
 from decimal import Decimal
 
+from ..csv_export import csv_document
 from ..models import Statement
 
 
 def _money(value: Decimal | None) -> str | None:
     return None if value is None else f"{value:.2f}"
+
+
+def _cents(value: Decimal | None) -> Decimal | None:
+    # A CSV amount stays a number, so a spreadsheet can sum the column.
+    return None if value is None else value.quantize(Decimal("0.01"))
 
 
 def _iso(at) -> str:
@@ -76,12 +80,10 @@ LINE_COLUMNS = (
 
 def statement_csv(statement: Statement) -> str:
     """One row per line, then the total (amounts in dollars with cents; unpriced lines empty)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(LINE_COLUMNS)
     period = f"{statement.period_start:%Y-%m}"
+    rows: list[list] = [list(LINE_COLUMNS)]
     for line in statement.lines:
-        writer.writerow(
+        rows.append(
             [
                 period,
                 line.position,
@@ -91,12 +93,12 @@ def statement_csv(statement: Statement) -> str:
                 line.model or "",
                 line.reference_period or "",
                 line.quantity,
-                "" if line.unit_price is None else str(line.unit_price.normalize()),
-                _money(line.amount) or "",
+                None if line.unit_price is None else line.unit_price.normalize(),
+                _cents(line.amount),
             ]
         )
-    writer.writerow([period, "", "total", "Total", "", "", "", "", "", _money(statement.total)])
-    return out.getvalue()
+    rows.append([period, "", "total", "Total", "", "", "", "", "", _cents(statement.total)])
+    return csv_document(rows)
 
 
 SUMMARY_COLUMNS = (
@@ -117,25 +119,23 @@ SUMMARY_COLUMNS = (
 
 
 def statements_csv(statements: list[Statement]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(SUMMARY_COLUMNS)
+    rows: list[list] = [list(SUMMARY_COLUMNS)]
     for s in statements:
-        writer.writerow(
+        rows.append(
             [
                 s.id,
                 f"{s.period_start:%Y-%m}",
                 s.plan_code,
                 s.requests,
                 s.overage_requests,
-                _money(s.plan_fee),
-                _money(s.overage_amount),
-                _money(s.token_cost),
-                _money(s.service_cost),
-                _money(s.adjustments),
+                _cents(s.plan_fee),
+                _cents(s.overage_amount),
+                _cents(s.token_cost),
+                _cents(s.service_cost),
+                _cents(s.adjustments),
                 s.unpriced_calls,
-                _money(s.total),
+                _cents(s.total),
                 _iso(s.closed_at),
             ]
         )
-    return out.getvalue()
+    return csv_document(rows)

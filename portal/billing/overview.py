@@ -193,8 +193,9 @@ def billing_overview(redis: Redis | None, tenant_id: int, now: datetime) -> Bill
     plans = list_plans()
     by_id = {plan.id: plan for plan in plans}
     plan = by_id.get(subscription.plan_id) or subscription.plan
-    period = period_so_far(upcoming(redis, tenant_id, now))
-    advice = recommend(redis, tenant_id, now, used=period.requests, subscription=subscription, plans=plans)
+    period = period_so_far(upcoming(tenant_id, now))
+    # The quota's pace from the counter the quota is held to (the statement counts stored records).
+    advice = recommend(redis, tenant_id, now, subscription=subscription, plans=plans)
     scheduled = None
     if subscription.scheduled_plan_id is not None:
         scheduled = by_id.get(subscription.scheduled_plan_id) or subscription.scheduled_plan

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from redis import Redis
 
+from ..metering.quota import quota_used
 from ..models import Plan, Subscription
 from .changes import FORECAST_AFTER
 from .plans import list_plans
@@ -64,12 +65,16 @@ def recommend(
     """The quota forecast and upgrade advice for ``tenant_id`` at ``now``.
 
     ``used`` (calls admitted this period), ``subscription`` and ``plans`` may be passed by a page
-    that has them already; otherwise they are read (the quota counter, then the rollups)."""
+    that has them already; otherwise they are read (the quota counter, rebuilt from the records if missing)."""
     subscription = subscription or current_subscription(tenant_id)
     plan = subscription.plan
     start, end = subscription.current_period_start, subscription.current_period_end
     if used is None:
-        used = admitted_calls(redis, [tenant_id], start, end)[tenant_id]
+        if redis is None:
+            used = admitted_calls([tenant_id], start, end)[tenant_id]
+        else:
+            # What the quota is enforced with (rebuilt from the records when missing).
+            used = quota_used(redis, tenant_id, min(max(now, start), end - timedelta(seconds=1)))
     quota = plan.monthly_quota
     elapsed = max(min(now, end) - start, timedelta(seconds=1))
     share = elapsed / max(end - start, timedelta(seconds=1))

@@ -6,6 +6,10 @@ service's cost and unpriced calls from the raw records while the plan keeps them
 rollups otherwise) — and every difference is reported. Usage of the period billed later, as
 an adjustment on a following statement, counts as billed; late usage waiting for the next
 statement is reported apart, as pending, not as a difference.
+
+The open period's quota counters are checked too: each against the calls the records (and the
+usage stream, for those not stored yet) say were admitted. A counter that differs is a drift;
+one that Redis lost is pending (it is rebuilt before the tenant's next call).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from ..extensions import db
+from ..metering.quota import counter_drift
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord
 from .plans import billing_period
 from .statements import ZERO, fee_lines, outside_costs, overage_line, period_label, to_cent
@@ -29,6 +35,7 @@ class Reconciliation:
     statements: int = 0
     differences: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
 
 
 def _period_bounds(period: str) -> tuple[datetime, datetime]:
@@ -73,6 +80,31 @@ def _raw_kept_since(tenant_ids: list[int], now: datetime) -> dict[int, datetime]
         .where(Subscription.tenant_id.in_(tenant_ids), Subscription.ended_at.is_(None))
     )
     return {tenant_id: now - timedelta(days=days) for tenant_id, days in rows}
+
+
+def check_counters(redis: Redis, now: datetime, result: Reconciliation) -> None:
+    """Compare the open period's quota counters with the calls admitted."""
+    tenants = dict(
+        db.session.execute(
+            select(Tenant.id, Tenant.slug)
+            .join(Subscription, Subscription.tenant_id == Tenant.id)
+            .where(Subscription.ended_at.is_(None))
+            .order_by(Tenant.id)
+        ).all()
+    )
+    month = period_label(billing_period(now)[0])
+    for drift in counter_drift(redis, list(tenants), now):
+        label = f"{tenants[drift.tenant_id]} {month}"
+        if drift.counter is None:
+            result.pending.append(
+                f"{label}: no quota counter in Redis ({drift.records:,} calls admitted); it is rebuilt "
+                "before the next call"
+            )
+        else:
+            result.drift.append(
+                f"{label}: the quota counter says {drift.counter:,} calls, the records and the usage "
+                f"stream {drift.records:,}"
+            )
 
 
 def reconcile(now: datetime, period: str | None = None) -> Reconciliation:

@@ -14,9 +14,9 @@ A statement's lines, each rounded once to the cent (half up), the total their su
   less what its statement and earlier adjustments billed, named by period. A closed statement
   never changes.
 
-Calls admitted come from the quota counter the admission script keeps in Redis (the count the
-quota was enforced with and ``billing/usage`` shows; it outlives its period by 35 days); if it
-is gone, from the rollups (calls less those refused with 429).
+Calls admitted are counted from the stored records (each admitted API call carries one quota
+unit, a refused one none), never from the quota counter in Redis, which is only a cache of them
+(see :mod:`portal.metering.quota`; ``billing reconcile`` reports where the two differ).
 
 Closing is idempotent: one statement per tenant and period (a unique key; a second closer's
 insert does nothing), and the subscription's period is set to the one after — not advanced —
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -39,7 +38,6 @@ from ..extensions import db
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRollup
 from ..tenancy.changes import mark_access_changed
 from .plans import billing_period
-from .usage import quota_key
 
 log = logging.getLogger("tollgate.billing")
 CENT = Decimal("0.01")
@@ -150,9 +148,14 @@ def outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict
     return found
 
 
-def _api_calls(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
+def admitted_calls(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
+    """Calls admitted in [start, end), as the stored records count them: each admitted API call
+    carries one unit of the quota, a refused one none (the daily rollups sum them)."""
+    counted = dict.fromkeys(tenant_ids, 0)
+    if not tenant_ids:
+        return counted
     rows = db.session.execute(
-        select(UsageRollup.tenant_id, func.sum(UsageRollup.calls - UsageRollup.rate_limited))
+        select(UsageRollup.tenant_id, func.sum(UsageRollup.quota_units))
         .where(
             UsageRollup.tenant_id.in_(tenant_ids),
             UsageRollup.granularity == "day",
@@ -162,19 +165,7 @@ def _api_calls(tenant_ids: list[int], start: datetime, end: datetime) -> dict[in
         )
         .group_by(UsageRollup.tenant_id)
     )
-    return {tenant_id: int(calls or 0) for tenant_id, calls in rows}
-
-
-def admitted_calls(redis: Redis | None, tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
-    """Calls admitted in the period: the quota counters, or the rollups where a counter is gone."""
-    counted: dict[int, int] = {}
-    if redis is not None and tenant_ids:
-        values = redis.mget([quota_key(t, start) for t in tenant_ids])
-        counted = {t: int(v) for t, v in zip(tenant_ids, values, strict=True) if v is not None}
-    missing = [t for t in tenant_ids if t not in counted]
-    if missing:
-        from_rollups = _api_calls(missing, start, end)
-        counted.update({t: from_rollups.get(t, 0) for t in missing})
+    counted.update({tenant_id: int(calls or 0) for tenant_id, calls in rows})
     return counted
 
 
@@ -337,12 +328,12 @@ class Closed:
         return {"statements": self.statements, "skipped": self.skipped, "tenants": self.tenants}
 
 
-def draft_statements(redis: Redis | None, tenant_ids: list[int], start: datetime, end: datetime, upto: datetime):
+def draft_statements(tenant_ids: list[int], start: datetime, end: datetime, upto: datetime):
     """The statements of [start, end) for ``tenant_ids`` with usage up to ``upto`` (the end, when
     closing; now, for the period so far)."""
     segments = _segments(tenant_ids, start, end)
     costs = outside_costs(tenant_ids, start, min(end, upto + timedelta(days=1)))
-    calls = admitted_calls(redis, tenant_ids, start, end)
+    calls = admitted_calls(tenant_ids, start, end)
     since = (start - timedelta(days=31 * ADJUSTMENT_MONTHS)).replace(day=1)
     history = _billed_before(tenant_ids, since, start)
     current = _costs_by_month(tenant_ids, since, start) if any(history["closed"].values()) else {}
@@ -456,7 +447,7 @@ def _roll_over(tenant_ids: list[int], start: datetime, end: datetime) -> None:
         mark_access_changed()
 
 
-def close_periods(redis: Redis | None, now: datetime) -> dict:
+def close_periods(now: datetime) -> dict:
     """Close every billing period that has ended: one statement per tenant and period."""
     result = Closed()
     while True:
@@ -478,7 +469,7 @@ def close_periods(redis: Redis | None, now: datetime) -> dict:
         for i in range(0, len(tenant_ids), CHUNK):
             chunk = tenant_ids[i : i + CHUNK]
             try:
-                drafts = draft_statements(redis, chunk, start, end, end)
+                drafts = draft_statements(chunk, start, end, end)
                 stored, skipped = _store(drafts, now)
                 _roll_over(chunk, start, end)
                 db.session.commit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from redis import Redis
 from sqlalchemy import func, select
 
 from ..extensions import db
@@ -16,10 +15,6 @@ def quota_key(tenant_id: int, at: datetime | float) -> str:
     """The Redis counter of calls admitted in the billing period containing ``at``."""
     month = period_bounds(at if isinstance(at, float | int) else at.timestamp()).month
     return f"tollgate:q:{tenant_id}:{month}"
-
-
-def quota_used(redis: Redis, tenant_id: int, at: datetime) -> int:
-    return int(redis.get(quota_key(tenant_id, at)) or 0)
 
 
 def current_subscription(tenant_id: int) -> Subscription:
@@ -35,12 +30,12 @@ def _iso(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def billing_usage(redis: Redis, tenant_id: int, now: datetime) -> dict:
-    """Seed 004's ``/billing/usage``: each plan limit, how much of it is used, when it resets."""
+def billing_usage(tenant_id: int, now: datetime, used: int) -> dict:
+    """Seed 004's ``/billing/usage``: each plan limit, how much of it is used (``used``: calls
+    admitted this period, the quota counter's count), when it resets."""
     subscription = current_subscription(tenant_id)
     plan = subscription.plan
     start, end = billing_period(now)
-    used = quota_used(redis, tenant_id, now)
     quota = plan.monthly_quota
     tokens = db.session.scalar(
         select(func.coalesce(func.sum(UsageRollup.tokens_in + UsageRollup.tokens_out), 0)).where(

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from redis import Redis
 from sqlalchemy import or_, select
 
 from ..billing.changes import upcoming
@@ -197,9 +196,9 @@ def _decimal(value: str | None) -> Decimal:
     return Decimal(value) if value is not None else Decimal(0)
 
 
-def cost_forecast(redis: Redis | None, tenant_id: int, now: datetime) -> CostForecast:
+def cost_forecast(tenant_id: int, now: datetime) -> CostForecast:
     """The period so far and its forecast, as ``billing/upcoming`` reports them."""
-    body = upcoming(redis, tenant_id, now)
+    body = upcoming(tenant_id, now)
     statement = body["statement"]
     plan_fee = _decimal(statement["planFee"])
     forecast = body["forecast"]
@@ -217,7 +216,7 @@ def cost_forecast(redis: Redis | None, tenant_id: int, now: datetime) -> CostFor
 
 
 def cost_overview(
-    redis: Redis | None, book: PriceBook, tenant_id: int, start: date, end: date, group: str, now: datetime
+    book: PriceBook, tenant_id: int, start: date, end: date, group: str, now: datetime
 ) -> CostOverview:
     """Everything the costs page shows for the days ``start`` to ``end`` (both included)."""
     keys = tenant_keys(tenant_id)
@@ -231,5 +230,5 @@ def cost_overview(
         own_prices=own_prices(tenant_id, now),
         budgets=budget_rows(tenant_budget_list(tenant_id), keys, now),
         keys=keys,
-        forecast=cost_forecast(redis, tenant_id, now),
+        forecast=cost_forecast(tenant_id, now),
     )

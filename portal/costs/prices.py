@@ -38,6 +38,10 @@ SERVICE_ALIASES = {"xai": "x-ai"}
 _VERSION_SUFFIXES = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|@\d{8}|[-@]latest)$")
 _RESOLVED_CACHE_LIMIT = 20_000
 log = logging.getLogger("tollgate.costs")
+# No one call costs more: a higher figure is a price or a count gone wrong, and the call is left
+# unpriced (shown as such, and logged) rather than billed. It also keeps every sum of costs (a
+# day's rollup, a month's statement) inside its column.
+MAX_CALL_COST = Decimal(1_000_000)
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,18 @@ class PriceBook:
         price = self.price_at(service, model, at, tenant_id)
         if price is None:
             return None
-        return Quote(price.cost(tokens_in, tokens_out, cached_tokens, quota_units), price.id)
+        cost = price.cost(tokens_in, tokens_out, cached_tokens, quota_units)
+        if cost > MAX_CALL_COST:
+            log.warning(
+                "a %s %s call of %s would cost $%s, more than $%s: left unpriced (check the price and the counts)",
+                service,
+                model,
+                at,
+                cost,
+                MAX_CALL_COST,
+            )
+            return None
+        return Quote(cost, price.id)
 
     def cost(
         self,

@@ -7,15 +7,14 @@ rounded only where they are shown.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from ..analytics.totals import day_bounds
+from ..csv_export import csv_document
 from ..extensions import db
 from ..models import ApiKey, UsageRollup
 
@@ -85,7 +84,8 @@ def cost_report(
             func.sum(UsageRollup.tokens_in),
             func.sum(UsageRollup.tokens_out),
             func.sum(UsageRollup.cached_tokens),
-            func.sum(UsageRollup.quota_units),
+            # An outside service's quota units (an API call's quota unit is Tollgate's own quota).
+            func.sum(case((UsageRollup.source == "external", UsageRollup.quota_units), else_=0)),
             func.sum(UsageRollup.unpriced),
             func.sum(UsageRollup.cost),
         )
@@ -175,16 +175,9 @@ CSV_COLUMNS = (
 )
 
 
-def _cell(text: str) -> str:
-    # A spreadsheet would run a cell starting with one of these as a formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def report_csv(report: CostReport) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([report.group_by, *CSV_COLUMNS, "cost_usd"])
+    rows: list[list] = [[report.group_by, *CSV_COLUMNS, "cost_usd"]]
     for g in report.groups:
-        writer.writerow([_cell(g.key), *(getattr(g, c) for c in CSV_COLUMNS), f"{g.cost.quantize(SHOWN)}"])
-    writer.writerow(["total", *(report.total(c) for c in CSV_COLUMNS), f"{report.total_cost.quantize(SHOWN)}"])
-    return out.getvalue()
+        rows.append([g.key, *(getattr(g, c) for c in CSV_COLUMNS), g.cost.quantize(SHOWN)])
+    rows.append(["total", *(report.total(c) for c in CSV_COLUMNS), report.total_cost.quantize(SHOWN)])
+    return csv_document(rows)

@@ -43,6 +43,8 @@ WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 def window_keys(tenant_id: int, second: int) -> list[str]:
     """The tenant's minute, hour and day window counters at ``second`` (seconds since the epoch)."""
     return [f"tollgate:w:{tenant_id}:{name[0]}:{second // span}" for name, span in WINDOWS]
+
+
 UNKNOWN_STATUS = 0  # status of a record whose process died before the response
 QUOTA_KEPT_AFTER_PERIOD = 35 * 86400  # seconds a period's quota counter outlives the period
 
@@ -53,7 +55,7 @@ local function complete(stream, inflight, done)
     local record = redis.call('HGET', inflight, id)
     if record then
       redis.call('HDEL', inflight, id)
-      redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration)
+      redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration, 'q', '1')
     end
   end
 end
@@ -63,7 +65,9 @@ ADMIT_SCRIPT = (
     COMPLETE_FUNCTION
     + """
 -- KEYS: version, minute, hour, day, quota, stream, inflight, budget stops
--- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl,
+-- Answers 'rebuild' when the period's quota counter is missing: nothing is admitted for the
+-- tenant until it is rebuilt from the records (see portal.metering.quota).
+-- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl (set by the rebuild),
 --       record id, record, completions as id,status,duration,... (may be empty),
 --       the key's field in the stops hash, '1' if a budget's hard stop refuses this call
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
@@ -72,6 +76,7 @@ end
 complete(KEYS[6], KEYS[7], ARGV[10])
 local now = tonumber(ARGV[2])
 local counts = redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+if not counts[4] then return {'rebuild'} end
 local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
 local spans = {60, 3600, 86400}
 for i = 1, 4 do counts[i] = tonumber(counts[i] or '0') end
@@ -80,7 +85,7 @@ if ARGV[12] == '1' then
   local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11])
   local detail = stop[1] or stop[2]
   if detail then
-    redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '402', 'd', '0')
+    redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '402', 'd', '0', 'q', '0')
     return {'stopped', 0, counts[1], counts[2], counts[3], counts[4], detail}
   end
 end
@@ -90,7 +95,7 @@ for i = 1, 3 do
 end
 if refused == 0 and quota >= 0 and counts[4] >= quota then refused = 4 end
 if refused > 0 then
-  redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '429', 'd', '0')
+  redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '429', 'd', '0', 'q', '0')
   return {'refused', refused, counts[1], counts[2], counts[3], counts[4]}
 end
 for i = 1, 3 do
@@ -98,7 +103,6 @@ for i = 1, 3 do
   if counts[i] == 1 then redis.call('EXPIRE', KEYS[i + 1], spans[i] - (now % spans[i])) end
 end
 counts[4] = redis.call('INCR', KEYS[5])
-if counts[4] == 1 then redis.call('EXPIRE', KEYS[5], tonumber(ARGV[7])) end
 redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
 return {'admitted', 0, counts[1], counts[2], counts[3], counts[4]}
 """
@@ -120,7 +124,7 @@ for i = 1, #ARGV do
   local record = redis.call('HGET', KEYS[2], ARGV[i])
   if record then
     redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('XADD', KEYS[1], '*', 'r', record, 's', '0', 'd', '0')
+    redis.call('XADD', KEYS[1], '*', 'r', record, 's', '0', 'd', '0', 'q', '1')
     moved = moved + 1
   end
 end
@@ -148,6 +152,10 @@ class Decision:
         """Seconds until ``window`` (minute/hour/day) starts afresh."""
         span = dict(WINDOWS)[window]
         return int(span - (int(self.now) % span))
+
+
+class QuotaCounterMissing(Exception):
+    """The period's quota counter is gone: rebuild it (:mod:`portal.metering.quota`), then admit."""
 
 
 class StaleConfig(Exception):
@@ -281,6 +289,9 @@ class Admission:
             self._give_back(done)
             raise
         outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome == "rebuild":
+            self._give_back(done)
+            raise QuotaCounterMissing()
         if outcome == "stale":
             self._give_back(done)
             version_now = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
@@ -310,8 +321,18 @@ def pack_record(
     )
 
 
+def counted_against_quota(fields: dict[bytes, bytes]) -> bool:
+    """Whether a stream entry's call was admitted (counted against the monthly quota). Entries
+    appended before entries said so count unless refused with 429, as statements counted them."""
+    counted = fields.get(b"q")
+    if counted is not None:
+        return counted == b"1"
+    return fields.get(b"s") != b"429"
+
+
 def unpack_record(fields: dict[bytes, bytes]) -> dict:
-    """A stream entry as a usage record for :func:`portal.metering.store.store_usage`."""
+    """A stream entry as a usage record for :func:`portal.metering.store.store_usage`; an
+    admitted call carries 1 quota unit (the quota counter is rebuilt from them)."""
     data = json.loads(fields[b"r"])
     status = int(fields[b"s"])
     return {
@@ -324,6 +345,7 @@ def unpack_record(fields: dict[bytes, bytes]) -> dict:
         "category": data["c"],
         "status_code": status,
         "duration_ms": int(fields[b"d"]),
+        "quota_units": 1 if counted_against_quota(fields) else 0,
         "error_message": "final status unknown: the server stopped before responding"
         if status == UNKNOWN_STATUS
         else None,

@@ -9,6 +9,7 @@ batch delivered twice counts nothing twice (records are unique per tenant and id
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,16 +18,20 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from flask import current_app
 from redis import Redis, ResponseError
+from sqlalchemy import select
 
 from ..costs.budgets import evaluate_budgets
 from ..costs.events import EVENTS_FIELD, unpack_events
 from ..costs.prices import current_price_book
 from ..extensions import db
-from ..models import utcnow
+from ..models import UsageDeadLetter, utcnow
 from .admission import STREAM, flush_abandoned, unpack_record
+from .dead_letters import STORE_ERRORS, DeadLetter, is_passing, reason_of, set_aside, store_isolating
 from .store import store_usage
 
 GROUP = "tollgate-ingest"
@@ -39,6 +44,12 @@ class IngestResult:
     entries: int = 0
     stored: int = 0
     abandoned: int = 0
+    # Records (or unreadable entries) set aside in usage_dead_letters.
+    set_aside: int = 0
+
+    def add(self, stored: int, set_aside: int) -> None:
+        self.stored += stored
+        self.set_aside += set_aside
 
 
 def ensure_group(redis: Redis) -> None:
@@ -53,32 +64,57 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> list[dict]:
+def _raw_fields(fields: dict) -> dict[str, str]:
+    """An entry's fields as text, for the dead-letter table."""
+
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    return {text(name): text(value) for name, value in fields.items()}
+
+
+def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> _Batch:
     """The entries' usage records: API calls, and outside-service events priced at the price in
-    force when each happened (unpriced when none is known yet)."""
-    records = []
-    events = []
-    for _, fields in entries:
-        if EVENTS_FIELD in fields:
-            events.extend(unpack_events(fields))
-        else:
-            records.append(unpack_record(fields))
+    force when each happened (unpriced when none is known yet). An entry that cannot be read is
+    set aside, whole, with the reason; the others go on."""
+    batch = _Batch(entries, [], [], [])
+    events: list[dict] = []
+    event_origins: list[str] = []
+    for entry_id, fields in entries:
+        origin = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        try:
+            if EVENTS_FIELD in fields:
+                unpacked = unpack_events(fields)
+                events.extend(unpacked)
+                event_origins.extend([origin] * len(unpacked))
+            else:
+                batch.records.append(unpack_record(fields))
+                batch.origins.append(origin)
+        except STORE_ERRORS as error:
+            reason = f"unreadable stream entry: {reason_of(error)}"
+            batch.unreadable.append(DeadLetter(origin, _raw_fields(fields), reason))
     if events:
         book = current_price_book(redis)
         for event in events:
-            quote = book.quote(
-                event["tenant_id"],
-                event["service"],
-                event["model"],
-                event["occurred_at"],
-                tokens_in=event["tokens_in"],
-                tokens_out=event["tokens_out"],
-                cached_tokens=event["cached_tokens"],
-                quota_units=event["quota_units"],
-            )
+            try:
+                quote = book.quote(
+                    event["tenant_id"],
+                    event["service"],
+                    event["model"],
+                    event["occurred_at"],
+                    tokens_in=event["tokens_in"],
+                    tokens_out=event["tokens_out"],
+                    cached_tokens=event["cached_tokens"],
+                    quota_units=event["quota_units"],
+                )
+            except (ArithmeticError, TypeError, ValueError):
+                # Stored unpriced, as a model without a price is; recompute-costs tries again.
+                log.warning("could not price %s's event %s", event["service"], event["idempotency_key"], exc_info=True)
+                quote = None
             event["cost"], event["price_id"] = (quote.cost, quote.price_id) if quote else (None, None)
-        records.extend(events)
-    return records
+        batch.records.extend(events)
+        batch.origins.extend(event_origins)
+    return batch
 
 
 # A stream entry holds one API call, or a batch of up to this many outside-service events.
@@ -91,6 +127,9 @@ MAX_ENTRIES_PER_READ = 1000
 class _Batch:
     entries: list[tuple[bytes, dict]]
     records: list[dict]
+    # The stream entry each record came from (the same order as ``records``).
+    origins: list[str]
+    unreadable: list[DeadLetter]
 
 
 def _entries_to_ask(wanted_records: int, per_entry: int) -> int:
@@ -160,22 +199,26 @@ def _fetch(app, reader: _Reader) -> _Batch | None:
     """Read and unpack (and price) the next batch; run in the read-ahead thread."""
     with app.app_context():
         entries = reader.read()
-        return _Batch(entries, _records(reader.redis, entries)) if entries else None
+        return _records(reader.redis, entries) if entries else None
 
 
-def _store_batch(redis: Redis, batch: _Batch, clock: Callable[[], datetime]) -> int:
+def _store_batch(redis: Redis, batch: _Batch, clock: Callable[[], datetime]) -> tuple[int, int]:
+    """Store a batch, set aside what cannot be stored, then acknowledge it all; returns the
+    records stored and those set aside."""
     records = batch.records
-    stored = store_usage(records)
-    spenders = {r["tenant_id"] for r in records if r.get("cost")}
+    stored, failed = store_isolating(records, batch.origins, store_usage) if records else (0, [])
+    set_aside([*batch.unreadable, *failed])
+    refused = {id(letter.record) for letter in failed}
+    spenders = {r["tenant_id"] for r in records if r.get("cost") and id(r) not in refused}
     if spenders:  # budgets see the new spend before the batch is acknowledged
         evaluate_budgets(redis, spenders, clock())
-    db.session.commit()
+        db.session.commit()
     ids = [entry_id for entry_id, _ in batch.entries]
     pipe = redis.pipeline()
     pipe.xack(STREAM, GROUP, *ids)
     pipe.xdel(STREAM, *ids)
     pipe.execute()
-    return stored
+    return stored, len(batch.unreadable) + len(failed)
 
 
 def ingest_usage(
@@ -211,7 +254,7 @@ def ingest_usage(
                 batch = upcoming.result()
             else:
                 entries = reader.read()
-                batch = _Batch(entries, _records(redis, entries)) if entries else None
+                batch = _records(redis, entries) if entries else None
             upcoming = None
             if batch is None:
                 break
@@ -219,15 +262,71 @@ def ingest_usage(
                 upcoming = pool.submit(_fetch, app, reader)
             result.batches += 1
             result.entries += len(batch.entries)
-            result.stored += _store_batch(redis, batch, clock)
+            result.add(*_store_batch(redis, batch, clock))
         if upcoming is not None:  # read past the deadline: store it rather than leave it pending
             batch = upcoming.result()
             if batch is not None:
                 result.batches += 1
                 result.entries += len(batch.entries)
-                result.stored += _store_batch(redis, batch, clock)
+                result.add(*_store_batch(redis, batch, clock))
     if result.entries:
         log.info(
-            "ingested %d stream entries (%d new records) in %d batches", result.entries, result.stored, result.batches
+            "ingested %d stream entries (%d new records, %d set aside) in %d batches",
+            result.entries,
+            result.stored,
+            result.set_aside,
+            result.batches,
         )
+    return result
+
+
+@dataclass
+class RetryResult:
+    stored: int = 0  # dead letters stored now
+    waiting: int = 0  # dead letters that failed again (their reason updated)
+
+
+def _revived(letter: UsageDeadLetter) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """A dead letter as stream entries to read again (an entry that could not be read) or as
+    the record it was (one the database refused)."""
+    data = json.loads(letter.record)
+    if "tenant_id" not in data:
+        fields = {name.encode(): str(value).encode() for name, value in data.items()}
+        return [(letter.stream_entry_id, fields)], []
+    data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
+    if data.get("cost") is not None:
+        data["cost"] = Decimal(data["cost"])
+    return [], [data]
+
+
+def retry_dead_letters(redis: Redis, ids: list[int] | None, clock: Callable[[], datetime] = utcnow) -> RetryResult:
+    """Try to store dead letters again (those waiting, or only ``ids``), one at a time: one that
+    is stored now is marked stored, one that fails again keeps waiting with the new reason."""
+    query = select(UsageDeadLetter).where(UsageDeadLetter.stored_at.is_(None)).order_by(UsageDeadLetter.id)
+    if ids is not None:
+        query = query.where(UsageDeadLetter.id.in_(ids))
+    result = RetryResult()
+    for letter_id in db.session.scalars(query.with_only_columns(UsageDeadLetter.id)).all():
+        letter = db.session.get(UsageDeadLetter, letter_id)
+        try:
+            entries, records = _revived(letter)
+            batch = _records(redis, entries)
+            if batch.unreadable:
+                raise ValueError(batch.unreadable[0].reason)
+            records += batch.records
+            store_usage(records)
+            spenders = {r["tenant_id"] for r in records if r.get("cost")}
+            if spenders:
+                evaluate_budgets(redis, spenders, clock())
+            letter.stored_at = clock()
+            db.session.commit()
+            result.stored += 1
+        except STORE_ERRORS as error:
+            db.session.rollback()
+            if is_passing(error):
+                raise
+            letter = db.session.get(UsageDeadLetter, letter_id)
+            letter.reason = reason_of(error)
+            db.session.commit()
+            result.waiting += 1
     return result

@@ -5,6 +5,11 @@ Each server process appends the calls it served without Redis to its own file un
 duration). When Redis answers again, any process replays the files — its own, and those of
 processes that died — into the usage stream, then deletes them. A record replayed twice (a crash
 between the replay and the delete) is stored once: records are unique per tenant and id.
+
+Calls served without Redis were not counted in the monthly quota counter. After a replay the
+counters of the tenants (and periods) they belong to are deleted, so that the next call of each
+rebuilds its counter from the records and the stream, replayed calls included
+(:mod:`portal.metering.quota`); a second replay of the same file changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from ..billing.usage import quota_key
 from .admission import STREAM
 
 log = logging.getLogger("tollgate.spool")
@@ -31,9 +37,10 @@ class Spool:
     def _own_file(self) -> Path:
         return self.folder / f"usage-{os.getpid()}.jsonl"
 
-    def append(self, record: str, status: int, duration_ms: int) -> None:
-        """Keep one finished call (``record`` as packed for the stream)."""
-        line = json.dumps({"r": record, "s": status, "d": duration_ms}, separators=(",", ":"))
+    def append(self, record: str, status: int, duration_ms: int, admitted: bool = True) -> None:
+        """Keep one finished call (``record`` as packed for the stream); ``admitted`` says whether
+        it counts against the monthly quota (a refused key's call does not)."""
+        line = json.dumps({"r": record, "s": status, "d": duration_ms, "q": int(admitted)}, separators=(",", ":"))
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(self._own_file(), "a", encoding="utf-8") as spool:
@@ -86,9 +93,19 @@ def _replay_file(redis: Redis, path: Path) -> int:
             return 0  # another process is replaying it
         entries = [json.loads(line) for line in spool if line.strip()]
         pipe = redis.pipeline(transaction=False)
+        counters = set()
         for entry in entries:
-            pipe.xadd(STREAM, {"r": entry["r"], "s": entry["s"], "d": entry["d"]})
+            fields = {"r": entry["r"], "s": entry["s"], "d": entry["d"]}
+            if "q" in entry:  # spooled before calls said whether they were admitted: read as such
+                fields["q"] = entry["q"]
+            pipe.xadd(STREAM, fields)
+            admitted = int(entry["q"]) == 1 if "q" in entry else int(entry["s"]) != 429
+            if admitted:
+                record = json.loads(entry["r"])
+                counters.add(quota_key(record["t"], record["at"]))
         pipe.execute()
+        if counters:  # rebuilt, replayed calls included, before each tenant's next call
+            redis.delete(*counters)
         path.unlink()
     if entries:
         log.info("replayed %d spooled calls from %s", len(entries), path.name)

@@ -15,9 +15,10 @@ from .audit import AuditEvent
 from .billing import Statement, StatementLine
 from .keys import ApiKey
 from .pricing import ModelPrice, ServiceLimit
+from .sessions import UserSession
 from .team import Invite
 from .tenancy import Plan, Subscription, Tenant, User
-from .usage import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, UsageRecord, UsageRollup
+from .usage import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, UsageDeadLetter, UsageRecord, UsageRollup
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -40,9 +41,11 @@ __all__ = [
     "StatementLine",
     "Subscription",
     "Tenant",
+    "UsageDeadLetter",
     "UsageRecord",
     "UsageRollup",
     "User",
+    "UserSession",
     "as_money",
     "utcnow",
 ]

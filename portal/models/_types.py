@@ -15,6 +15,10 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 Money = Numeric(12, 2, asdecimal=True)
 # Per-call costs and unit prices are fractions of a cent.
 FineMoney = Numeric(18, 8, asdecimal=True)
+# Sums of them (a rollup's cost, a statement's lines and totals): wide enough for every call a
+# tenant's windows can admit, each at the most a call may cost (portal.costs.prices.MAX_CALL_COST).
+MoneySum = Numeric(20, 2, asdecimal=True)
+FineMoneySum = Numeric(28, 8, asdecimal=True)
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 

@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, Numeric, String, Tex
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
-from ._types import FineMoney, JSONType, Money, UTCDateTime, utcnow
+from ._types import FineMoneySum, JSONType, Money, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
     from .tenancy import Tenant
@@ -53,7 +53,7 @@ class BudgetCrossing(db.Model):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime)
     percentage: Mapped[int] = mapped_column(Integer)
     # The spend when the crossing was noticed, and the budget's amount then.
-    spend: Mapped[Decimal] = mapped_column(FineMoney)
+    spend: Mapped[Decimal] = mapped_column(FineMoneySum)
     amount: Mapped[Decimal] = mapped_column(Money)
     crossed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -140,7 +140,7 @@ class Alert(db.Model):
     subject: Mapped[str] = mapped_column(String(120), default="tenant")
     # The billing period or day of a period threshold ("2026-11", "2026-11-18"), else None.
     period_key: Mapped[str | None] = mapped_column(String(16))
-    value: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    value: Mapped[Decimal | None] = mapped_column(Numeric(28, 6))
     threshold: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
     occurrences: Mapped[int] = mapped_column(Integer, default=1)
     # Evaluations in a row that found the condition clear (resolves at the tenant's setting).

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
-from ._types import FineMoney, Money, UTCDateTime, utcnow
+from ._types import FineMoney, FineMoneySum, MoneySum, UTCDateTime, utcnow
 
 
 class Statement(db.Model):
@@ -27,15 +27,15 @@ class Statement(db.Model):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     included_requests: Mapped[int | None] = mapped_column(BigInteger)
     overage_requests: Mapped[int] = mapped_column(BigInteger, default=0)
-    plan_fee: Mapped[Decimal] = mapped_column(Money)
-    overage_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    token_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    service_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    plan_fee: Mapped[Decimal] = mapped_column(MoneySum)
+    overage_amount: Mapped[Decimal] = mapped_column(MoneySum, default=Decimal("0.00"))
+    token_cost: Mapped[Decimal] = mapped_column(MoneySum, default=Decimal("0.00"))
+    service_cost: Mapped[Decimal] = mapped_column(MoneySum, default=Decimal("0.00"))
     # Late usage of earlier periods billed on this statement (lines of kind "adjustment").
-    adjustments: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    adjustments: Mapped[Decimal] = mapped_column(MoneySum, default=Decimal("0.00"))
     # Outside calls of the period with no price yet: listed, never billed as $0.
     unpriced_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    total: Mapped[Decimal] = mapped_column(Money)
+    total: Mapped[Decimal] = mapped_column(MoneySum)
     closed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     lines: Mapped[list[StatementLine]] = relationship(
@@ -55,9 +55,9 @@ class StatementLine(db.Model):
     quantity: Mapped[int] = mapped_column(BigInteger, default=1)
     unit_price: Mapped[Decimal | None] = mapped_column(FineMoney)
     # Rounded once, half up, to the cent; None for unpriced calls (listed, not billed).
-    amount: Mapped[Decimal | None] = mapped_column(Money)
+    amount: Mapped[Decimal | None] = mapped_column(MoneySum)
     # The amount before rounding: what later adjustments and reconciliation compare with.
-    exact_amount: Mapped[Decimal | None] = mapped_column(FineMoney)
+    exact_amount: Mapped[Decimal | None] = mapped_column(FineMoneySum)
     service: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(120))
     # For an adjustment, the closed period ("2026-10") whose late usage it bills.

@@ -105,10 +105,15 @@ class User(UserMixin, db.Model):
     def is_active(self) -> bool:  # Flask-Login refuses sessions of disabled users
         return self.is_enabled and self.tenant.is_active
 
+    # The key of the portal session this object was signed in or loaded for (not a column).
+    session_key = None
+
     def get_id(self) -> str:
-        # A password change alters the fingerprint and so ends every older session.
+        # A password change alters the fingerprint and so ends every older session; the session
+        # key ties the id (and the remember cookie made from it) to one server-side session.
         fingerprint = hashlib.sha256(self.password_hash.encode()).hexdigest()[:16]
-        return f"{self.id}-{fingerprint}"
+        user_id = f"{self.id}-{fingerprint}"
+        return f"{user_id}-{self.session_key}" if self.session_key else user_id
 
     def __repr__(self) -> str:
         return f"<User {self.email}>"

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, Uni
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from ._types import BigIntPK, FineMoney, JSONType, UTCDateTime
+from ._types import BigIntPK, FineMoney, FineMoneySum, JSONType, UTCDateTime, utcnow
 
 SOURCES = ("api", "external")
 GRANULARITIES = ("hour", "day")
@@ -119,7 +119,7 @@ class UsageRollup(db.Model):
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_units: Mapped[int] = mapped_column(BigInteger, default=0)
     # Sum of the priced calls' costs; ``unpriced`` counts outside calls with no price yet.
-    cost: Mapped[Decimal] = mapped_column(FineMoney, default=Decimal(0))
+    cost: Mapped[Decimal] = mapped_column(FineMoneySum, default=Decimal(0))
     unpriced: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_ms_max: Mapped[int] = mapped_column(Integer, default=0)
@@ -140,3 +140,26 @@ class UsageRollup(db.Model):
 
 
 LATENCY_COLUMNS = tuple(f"latency_le_{bound}" for bound in LATENCY_BUCKETS_MS) + ("latency_over_10000",)
+
+
+class UsageDeadLetter(db.Model):
+    """A usage record (or a stream entry) the worker could not store, set aside with the reason
+    so that the rest of its batch is stored and the stream moves on.
+
+    ``record`` holds it as JSON text, exactly as it was read (NaN included); ``fingerprint``
+    (its hash) makes setting it aside again, after a redelivery, do nothing.
+    """
+
+    __tablename__ = "usage_dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    # Not a foreign key: an entry of a tenant deleted since, or one with no readable tenant, is kept too.
+    tenant_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    stream_entry_id: Mapped[str] = mapped_column(String(40))
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    record: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when ``usage dead-letters retry`` stored it after all.
+    stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

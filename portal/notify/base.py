@@ -98,14 +98,14 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer | Outcome:
         host = urlsplit(url).hostname or url
         return Outcome.final(f"not sent: {refusal(host, refused.args[0])}")
     except requests.Timeout as timeout:
-        return Outcome.retry_later(f"timed out: {timeout.__class__.__name__} ({_brief(timeout)})")
+        return Outcome.retry_later(f"timed out: {timeout.__class__.__name__} ({_brief(timeout, url)})")
     except requests.ConnectionError as error:
-        return Outcome.retry_later(f"could not connect: {_brief(error)}")
+        return Outcome.retry_later(f"could not connect: {_brief(error, url)}")
     except (InvalidURL, InvalidSchema, MissingSchema) as bad:
-        return Outcome.final(f"not sent: the URL is unusable: {_brief(bad)}")
+        return Outcome.final(f"not sent: the URL is unusable: {_brief(bad, url)}")
     except requests.RequestException as error:
         # A garbled answer (bad header, broken chunking, too many headers): worth another try later.
-        return Outcome.retry_later(f"request failed: {error.__class__.__name__}: {_brief(error)}")
+        return Outcome.retry_later(f"request failed: {error.__class__.__name__}: {_brief(error, url)}")
     return Answer(
         response.status_code,
         raw.decode("utf-8", "replace").strip(),
@@ -114,8 +114,29 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer | Outcome:
     )
 
 
-def _brief(error: Exception, limit: int = 300) -> str:
+def masked_url(url: str) -> str:
+    """A hook URL with only its scheme, host and last four characters: its path and query may be
+    a credential (a Slack hook's path is one; a webhook's query often holds a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}/…{url[-4:]}"
+
+
+def _brief(error: Exception, url: str = "", limit: int = 300) -> str:
+    """The error in a line, without the URL's path and query: the delivery log is read by
+    members, and a hook's path (Slack) or query (a webhook's token) is a credential."""
     text = str(error) or error.__class__.__name__
+    if url:
+        parts = urlsplit(url)
+        for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.query, parts.path):
+            if len(secret) > 1:
+                text = text.replace(secret, "/…" if secret != url else masked_url(url))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -25,6 +25,7 @@ from ..models import NotificationChannel, NotificationDelivery
 from ..models.alerts import CHANNEL_KINDS, SEVERITIES
 from ..tenancy.audit import record_event
 from .addresses import AddressRefused, check_address, private_allowed
+from .base import masked_url
 
 log = logging.getLogger("tollgate.notify")
 
@@ -70,12 +71,12 @@ def secret_hint(secret: str | None) -> str | None:
     return None if not secret else f"whsec_…{secret[-4:]}"
 
 
-def shown_target(channel: NotificationChannel) -> str:
-    """The target as listed: a Slack hook URL is itself a credential, so only its end shows."""
-    if channel.kind != "slack":
-        return channel.target
-    parts = urlsplit(channel.target)
-    return f"{parts.scheme}://{parts.netloc}/…{channel.target[-4:]}"
+def shown_target(channel: NotificationChannel, full: bool = False) -> str:
+    """The target as listed. A Slack hook URL is itself a credential, so only its end ever shows;
+    a webhook URL shows whole only with ``full`` (to admins and admin-scope keys)."""
+    if channel.kind == "slack" or (channel.kind == "webhook" and not full):
+        return masked_url(channel.target)
+    return channel.target
 
 
 def check_email(target: str) -> str:
@@ -229,12 +230,13 @@ def deactivate_channel(channel: NotificationChannel, reason: str, at: datetime) 
     return failed
 
 
-def channel_json(channel: NotificationChannel) -> dict:
+def channel_json(channel: NotificationChannel, full: bool = False) -> dict:
+    """A channel as the API answers it; ``full`` shows a webhook's whole URL (admin keys)."""
     return {
         "id": channel.id,
         "kind": channel.kind,
         "name": channel.name,
-        "target": shown_target(channel),
+        "target": shown_target(channel, full),
         "min_severity": channel.min_severity,
         "is_active": channel.is_active,
         "disabled_reason": channel.disabled_reason,

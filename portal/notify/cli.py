@@ -40,7 +40,7 @@ def add_channel_command(
         db.session.rollback()
         raise click.ClickException(str(exc)) from None
     told = "critical alerts only" if min_severity == "critical" else "warning and critical alerts"
-    where = shown_target(channel)
+    where = shown_target(channel, full=True)  # the operator typed it
     click.echo(f"Added {kind} channel {channel.id} ({channel.name!r}) for {tenant.slug}: {where}, {told}.")
     if kind == "webhook" and secret is None:
         click.echo("Its signing secret; keep it, it is not shown again:")

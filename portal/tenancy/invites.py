@@ -3,6 +3,10 @@
 The link carries a random token; only its sha256 is stored, so the link is shown once (and
 e-mailed when a mail server is configured). Accepting it creates the user with the invited role
 and uses the invitation up; a revoked, used or expired invitation creates nothing.
+
+An address belongs to one account, in one tenant. Inviting an address that has an account in
+another tenant answers exactly as for a new address; only the e-mail differs, and it goes to the
+address's owner: it says the address has an account already and cannot join with it.
 """
 
 from __future__ import annotations
@@ -84,8 +88,8 @@ def create_invite(
     existing = find_user_by_email(address)
     if existing is not None and existing.tenant_id == inviter.tenant_id and existing.is_enabled:
         raise InviteError(f"{address} is on the team already.", "email")
-    if existing is not None and existing.tenant_id != inviter.tenant_id:
-        raise InviteError(f"{address} already has a Tollgate account elsewhere; use another address.", "email")
+    # An address with an account in another tenant is invited like any other, so the inviter
+    # cannot learn who has an account; the e-mail tells its owner instead (see invite_email).
     superseded = list(
         db.session.scalars(
             _pending(inviter.tenant_id, now).where(Invite.email == address).order_by(Invite.id).with_for_update()
@@ -239,8 +243,15 @@ def accept_invite(invite: Invite, name: str, password: str, now: datetime, ip: s
     return user
 
 
-def invite_email(invite: Invite, link: str, inviter: User, mail_from: str) -> EmailMessage:
-    """The invitation e-mail: a plain-text part and an HTML alternative, with the link."""
+def has_account_elsewhere(invite: Invite) -> bool:
+    """Whether the invited address belongs to an account of another tenant (it cannot join)."""
+    existing = find_user_by_email(invite.email)
+    return existing is not None and existing.tenant_id != invite.tenant_id
+
+
+def invite_email(invite: Invite, link: str, inviter: User, mail_from: str, sign_in_url: str = "") -> EmailMessage:
+    """The invitation e-mail: a plain-text part and an HTML alternative, with the link; to an
+    address that has an account elsewhere, why it cannot be accepted with it, and no link."""
     tenant = invite.tenant.name
     who = inviter.name or inviter.email
     expires = invite.expires_at.strftime("%Y-%m-%d %H:%M UTC")
@@ -252,6 +263,9 @@ def invite_email(invite: Invite, link: str, inviter: User, mail_from: str) -> Em
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=mail_domain(mail_from))
     message["Auto-Submitted"] = "auto-generated"
+    if has_account_elsewhere(invite):
+        _existing_account_body(message, who, tenant, article, invite.role, sign_in_url)
+        return message
     message.set_content(
         f"{who} invited you to join {tenant} on Tollgate as {article} {invite.role}.\n\n"
         f"Accept the invitation (the link works once, until {expires}):\n{link}\n\n"
@@ -269,11 +283,31 @@ def invite_email(invite: Invite, link: str, inviter: User, mail_from: str) -> Em
     return message
 
 
-def send_invite_email(invite: Invite, link: str, inviter: User) -> str | None:
+def _existing_account_body(message: EmailMessage, who: str, tenant: str, article: str, role: str, sign_in: str):
+    lines = (
+        f"{who} invited you to join {tenant} on Tollgate as {article} {role}.",
+        "This e-mail address already has a Tollgate account, and an address belongs to one team only, "
+        "so the invitation cannot be accepted with it.",
+        f"To join {tenant}, ask {who} to invite another address of yours. "
+        "Your account is unchanged: sign in with it as usual" + (f" at {sign_in}" if sign_in else "") + ".",
+        "If you did not expect this, ignore this e-mail.",
+    )
+    message.set_content("\n\n".join(lines) + "\n")
+    html = "".join(f"<p>{escape(line)}</p>" for line in lines[:-1])
+    if sign_in:
+        html += f'<p><a href="{escape(sign_in)}">Sign in to Tollgate</a></p>'
+    message.add_alternative(
+        f'<!doctype html><html><body style="font-family:sans-serif;color:#101828">{html}'
+        f'<p style="color:#667085;font-size:12px">{escape(lines[-1])}</p></body></html>',
+        subtype="html",
+    )
+
+
+def send_invite_email(invite: Invite, link: str, inviter: User, sign_in_url: str = "") -> str | None:
     """E-mail the invitation through ``SMTP_URL``; returns why it could not be sent, or None."""
     config = current_app.config
     mail_from = config["MAIL_FROM"]
-    message = invite_email(invite, link, inviter, mail_from)
+    message = invite_email(invite, link, inviter, mail_from, sign_in_url)
     timeout = float(config["NOTIFY_CONNECT_TIMEOUT"]) + float(config["NOTIFY_READ_TIMEOUT"])
     try:
         transmit(config["SMTP_URL"], message, parseaddr(mail_from)[1], invite.email, timeout)

@@ -125,6 +125,8 @@ class KeyEntry:
     expires_at: float | None  # epoch seconds
     limits: PlanLimits
     scope: str = "usage"
+    # When the tenant was made (epoch seconds): no usage of it can be older.
+    tenant_since: float = 0.0
 
     @property
     def is_admin(self) -> bool:
@@ -139,7 +141,7 @@ class KeyEntry:
 def load_key_entry(key_hash: str) -> KeyEntry | None:
     """The key with this hash, its tenant's plan limits and overage allowance, or None."""
     row = db.session.execute(
-        select(ApiKey, Subscription, Plan)
+        select(ApiKey, Subscription, Plan, Tenant.created_at)
         .join(Subscription, (Subscription.tenant_id == ApiKey.tenant_id) & Subscription.ended_at.is_(None))
         .join(Plan, Plan.id == Subscription.plan_id)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
@@ -149,7 +151,7 @@ def load_key_entry(key_hash: str) -> KeyEntry | None:
     ).first()
     if row is None:
         return None
-    key, subscription, plan = row
+    key, subscription, plan, tenant_since = row
     return KeyEntry(
         key_id=key.id,
         tenant_id=key.tenant_id,
@@ -158,6 +160,7 @@ def load_key_entry(key_hash: str) -> KeyEntry | None:
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         limits=plan_limits(plan, subscription),
         scope=key.scope,
+        tenant_since=tenant_since.timestamp(),
     )
 
 

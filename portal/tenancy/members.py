@@ -1,9 +1,11 @@
 """A tenant's team: its members and their roles, changing a role, removing someone, and the
 team's audit trail (filtered, a page at a time, or all of it for export).
 
-Owners may do anything; admins may change members and admins but never touch the owner role;
-every tenant keeps at least one owner. A removed user is disabled, not deleted: the audit trail
-keeps saying who did what, and their sessions end at once (a disabled user is not signed in).
+Owners may do anything; admins may change members and admins but never touch the owner role
+nor the plan (what the tenant pays); every tenant keeps at least one owner. A removed user is
+disabled, not deleted: the audit trail keeps saying who did what, and their sessions end at once
+(a disabled user is not signed in). The API keys they made are revoked with them, unless the
+remover chooses to keep them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, case, func, or_, select
 
 from ..extensions import db
-from ..models import AuditEvent, Tenant, User
+from ..models import ApiKey, AuditEvent, Tenant, User
 from ..models.tenancy import ROLES
 from .audit import record_event
+from .keys import revoke_api_key
 
 ROLE_ORDER = {role: rank for rank, role in enumerate(ROLES)}
+# Who may change the plan: in the portal, and through an admin-scope key that such a user made
+# (or the operator, on the command line).
+PLAN_ROLES = frozenset({"owner"})
 
 
 class TeamError(ValueError):
@@ -92,14 +98,64 @@ def change_role(target: User, new_role: str, actor: User, now: datetime, ip: str
     return old_role
 
 
-def remove_member(target: User, actor: User, now: datetime, ip: str | None = None) -> None:
-    """Take ``target`` off the team: disabled, so every session of theirs ends at once."""
-    _check_owner_rules(actor, target, None)
-    target.is_enabled = False
-    event = record_event(
-        "user.removed", target.tenant_id, actor.id, ip, member_id=target.id, email=target.email, role=target.role
+def keys_made_by(user: User) -> list[ApiKey]:
+    """The API keys ``user`` made that are not revoked (active, inactive or expired), oldest first."""
+    query = select(ApiKey).where(
+        ApiKey.tenant_id == user.tenant_id, ApiKey.created_by_id == user.id, ApiKey.revoked_at.is_(None)
     )
+    return list(db.session.scalars(query.order_by(ApiKey.id)))
+
+
+def remove_member(
+    target: User, actor: User, now: datetime, ip: str | None = None, keep_keys: bool = False
+) -> list[ApiKey]:
+    """Take ``target`` off the team: disabled, so every session of theirs ends at once. The keys
+    they made are revoked (each audited) unless ``keep_keys``; returns the keys revoked."""
+    _check_owner_rules(actor, target, None)
+    keys = keys_made_by(target)
+    target.is_enabled = False
+    details = {"member_id": target.id, "email": target.email, "role": target.role}
+    if keys:
+        details["keys_kept" if keep_keys else "keys_revoked"] = [key.prefix for key in keys]
+    event = record_event("user.removed", target.tenant_id, actor.id, ip, **details)
     event.created_at = now
+    if keep_keys:
+        return []
+    for key in keys:
+        revoke_api_key(key, now)
+        record_event(
+            "api_key.revoked",
+            target.tenant_id,
+            actor.id,
+            ip,
+            key_id=key.id,
+            prefix=key.prefix,
+            name=key.name,
+            reason=f"its maker {target.email} was removed from the team",
+        ).created_at = now
+    return keys
+
+
+def key_maker(key: ApiKey) -> str:
+    """Who made ``key``, as the portal shows it: an e-mail, a removed user, or the operator."""
+    if key.created_by_id is None:
+        return "the operator (command line)"
+    maker = db.session.get(User, key.created_by_id)
+    if maker is None or maker.tenant_id != key.tenant_id:
+        return "a deleted user"
+    return maker.email if maker.is_enabled else f"removed user {maker.email}"
+
+
+def key_may_change_plan(key_id: int) -> bool:
+    """Whether an admin-scope key may change the plan: a key does no more than its maker may now,
+    so it must come from the operator (no maker) or from a current owner of its tenant."""
+    row = db.session.execute(select(ApiKey.tenant_id, ApiKey.created_by_id).where(ApiKey.id == key_id)).first()
+    if row is None:
+        return False
+    if row.created_by_id is None:
+        return True
+    maker = db.session.get(User, row.created_by_id)
+    return maker is not None and maker.tenant_id == row.tenant_id and maker.is_enabled and maker.role in PLAN_ROLES
 
 
 # -- the audit trail ----------------------------------------------------------------------------
@@ -155,7 +211,10 @@ class Cursor:
         micros, _, event_id = text.partition("-")
         if not (micros.isdigit() and event_id.isdigit()) or len(micros) > 18 or len(event_id) > 18:
             raise ValueError("not a page of the audit trail")
-        return cls(_EPOCH + timedelta(microseconds=int(micros)), int(event_id))
+        try:
+            return cls(_EPOCH + timedelta(microseconds=int(micros)), int(event_id))
+        except OverflowError:  # past the calendar's last day
+            raise ValueError("not a page of the audit trail") from None
 
     def older(self):
         return or_(
@@ -214,14 +273,10 @@ def audit_users(tenant_id: int) -> list[User]:
 EXPORT_HEADER = ("id", "time_utc", "action", "user_id", "user_email", "ip_address", "details")
 
 
-def _cell(value: str) -> str:
-    # A spreadsheet would run a cell that starts like a formula; the quote makes it text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
-def export_rows(tenant_id: int, where: AuditFilter) -> Iterator[tuple[str, ...]]:
-    """Every event the filter matches, newest first, as CSV rows after a header row; read in
-    batches so the export never holds the whole trail."""
+def export_rows(tenant_id: int, where: AuditFilter) -> Iterator[tuple[str | int | None, ...]]:
+    """Every event the filter matches, newest first, as CSV rows after a header row (the values as
+    stored: ``csv_export`` neutralises the text); read in batches so the export never holds the
+    whole trail."""
     emails = dict(db.session.execute(select(User.id, User.email).where(User.tenant_id == tenant_id)).all())
     yield EXPORT_HEADER
     columns = (
@@ -241,13 +296,13 @@ def export_rows(tenant_id: int, where: AuditFilter) -> Iterator[tuple[str, ...]]
         batch = db.session.execute(query).all()
         for event_id, created_at, action, user_id, ip_address, details in batch:
             yield (
-                str(event_id),
+                event_id,
                 created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                _cell(action),
-                "" if user_id is None else str(user_id),
-                _cell(emails.get(user_id, "")),
+                action,
+                user_id,
+                emails.get(user_id, ""),
                 ip_address or "",
-                _cell(json.dumps(details, sort_keys=True, default=str)) if details else "",
+                json.dumps(details, sort_keys=True, default=str) if details else "",
             )
         if len(batch) < EXPORT_BATCH:
             return

@@ -19,6 +19,7 @@ from ..notify.channels import list_channels
 from . import bp
 from .alert_forms import AlertFilterForm, HistoryFilterForm, filter_form, type_label
 from .clock import now
+from .filters import query_id
 from .roles import admin_required, can_change
 from .tenancy import get_owned_or_404, owned
 
@@ -118,8 +119,9 @@ def alerts_history():
     form = filter_form(HistoryFilterForm, request.args)
     chosen = form.params()
     page_arg = request.args.get("page", "1")
-    bad_page = not (page_arg.isdigit() and 1 <= int(page_arg) <= MAX_PAGES)
-    page = 1 if bad_page else int(page_arg)
+    page = query_id(page_arg, MAX_PAGES)
+    bad_page = page is None
+    page = page or 1
     since = now() - timedelta(days=chosen.get("days", 30))
     rows = service.list_alerts(
         current_user.tenant_id,

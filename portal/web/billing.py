@@ -22,7 +22,7 @@ from ..redis_store import get_redis
 from . import bp
 from .clock import now
 from .money_forms import PlanChangeForm
-from .roles import admin_required, can_change
+from .roles import can_change_plan, plan_manager_required
 from .tenancy import get_owned_or_404
 
 
@@ -59,7 +59,7 @@ def _render(form: PlanChangeForm | None = None, status: int = 200):
         overview=overview,
         form=form or PlanChangeForm(formdata=None),
         chart=violation_chart(overview.violations),
-        can_manage=can_change(current_user),
+        can_manage=can_change_plan(current_user),
         period_end_text=long_date(overview.subscription.current_period_end),
         long_date=long_date,
         now=now(),
@@ -73,8 +73,15 @@ def billing():
     return _render()
 
 
+@bp.get("/billing/plan")
+@plan_manager_required
+def billing_plan():
+    """The plans to change to, on the billing page (only owners change the plan)."""
+    return redirect(url_for("web.billing", _anchor="plans-heading"))
+
+
 @bp.post("/billing/plan")
-@admin_required
+@plan_manager_required
 def billing_change_plan():
     form = PlanChangeForm(codes=[plan.code for plan in list_plans()])
     if not form.validate_on_submit():

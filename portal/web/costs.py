@@ -8,7 +8,6 @@ from decimal import Decimal
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from redis import RedisError
 
 from ..costs import budgets as budget_domain
 from ..costs.overview import GROUPS, DayCost, budget_rows, cost_overview, tenant_keys
@@ -61,12 +60,7 @@ def _filter_args(form: CostFilterForm) -> dict:
 
 
 def _overview(tenant_id: int, start, end, group: str, at):
-    try:
-        redis = get_redis()
-        return cost_overview(redis, current_price_book(redis), tenant_id, start, end, group, at)
-    except RedisError:
-        # Without Redis the period's calls are counted from the rollups.
-        return cost_overview(None, current_price_book(get_redis()), tenant_id, start, end, group, at)
+    return cost_overview(current_price_book(get_redis()), tenant_id, start, end, group, at)
 
 
 def _render_costs(budget_form: BudgetForm | None = None, status: int = 200):

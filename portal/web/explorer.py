@@ -12,7 +12,7 @@ from datetime import date, timedelta
 
 from flask import Response, render_template, request, url_for
 from flask_login import current_user, login_required
-from wtforms import DateField, Form, SelectField
+from wtforms import Form, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Optional, ValidationError
 
@@ -20,6 +20,7 @@ from ..analytics import explorer as domain
 from ..analytics.totals import day_bounds
 from . import bp
 from .clock import now
+from .filters import DayField, query_args, query_id
 
 DEFAULT_DAYS = 30
 INTERVAL_CHOICES = [SelectChoice(i, i.capitalize()) for i in domain.INTERVALS]
@@ -31,8 +32,8 @@ LABEL_EVERY = {"hourly": 24, "daily": 7, "weekly": 4, "monthly": 1}
 class ExplorerForm(Form):
     """The explorer's filters, read from the query string."""
 
-    start = DateField("From (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
-    end = DateField("To (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
+    start = DayField("From (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
+    end = DayField("To (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
     interval = SelectField(
         "Interval",
         choices=INTERVAL_CHOICES,
@@ -55,7 +56,7 @@ class ExplorerForm(Form):
         return self.start.data or end - timedelta(days=DEFAULT_DAYS - 1), end
 
     def validate_key(self, field: SelectField) -> None:
-        if field.data and not str(field.data).isdigit():
+        if field.data and query_id(field.data) is None:
             raise ValidationError("Choose a key from the list.")
 
     def validate(self, extra_validators=None) -> bool:
@@ -109,7 +110,7 @@ def offer(field: SelectField, everything: str, pairs: list[tuple[str, str]]) -> 
 
 
 def _form() -> ExplorerForm:
-    return ExplorerForm(request.args, today=now().date())
+    return ExplorerForm(query_args(), today=now().date())
 
 
 def _first_error(form: ExplorerForm) -> str:

@@ -12,6 +12,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Vali
 from ..models import utcnow
 from ..tenancy.key_search import PAGE_SIZES, STATES, KeyQuery
 from .once import new_submission_token
+from .tenancy import DEFAULT_ID_LIMIT
 
 
 def _strip(value: str | None) -> str | None:
@@ -49,6 +50,9 @@ class ApiKeyForm(FlaskForm):
         return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
 
 
+PAGE_LINK_MESSAGE = "That page link is not valid. Start again from the first page."
+
+
 class KeyFilterForm(FlaskForm):
     """The keys page's GET form: its state lives in the URL."""
 
@@ -67,8 +71,9 @@ class KeyFilterForm(FlaskForm):
     per_page = SelectField(
         "Per page", choices=[SelectChoice(str(n), str(n)) for n in PAGE_SIZES], default="50", coerce=str
     )
-    before = IntegerField(validators=[Optional(), NumberRange(min=1)])
-    after = IntegerField(validators=[Optional(), NumberRange(min=1)])
+    # A page link's place: a key's id, within its column.
+    before = IntegerField(validators=[Optional(), NumberRange(min=1, max=DEFAULT_ID_LIMIT, message=PAGE_LINK_MESSAGE)])
+    after = IntegerField(validators=[Optional(), NumberRange(min=1, max=DEFAULT_ID_LIMIT, message=PAGE_LINK_MESSAGE)])
 
     def query(self) -> KeyQuery:
         return KeyQuery(

@@ -14,8 +14,10 @@ from ..models import ApiKey
 from ..tenancy.audit import record_event
 from ..tenancy.key_search import KeyQuery, search_keys
 from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_key_active
+from ..tenancy.members import key_maker
 from . import bp
 from .clock import now
+from .filters import query_args
 from .forms import ApiKeyForm, KeyFilterForm, first_expiry_date
 from .once import claim_form, first_submission
 from .roles import admin_required, can_change
@@ -39,7 +41,7 @@ def _audit(action: str, key: ApiKey, **details: object) -> None:
 
 
 def _render_list(form: ApiKeyForm, status: int = 200):
-    filters = KeyFilterForm(request.args)
+    filters = KeyFilterForm(query_args())
     if request.args and not filters.validate():
         status = 400
         found = search_keys(current_user.tenant_id, KeyQuery(), now())
@@ -115,7 +117,9 @@ def create_key():
 @login_required
 def key_detail(key_id: int):
     key = get_owned_or_404(ApiKey, key_id)
-    return render_template("web/key_detail.html", key=key, now=now(), can_manage=can_manage_keys(current_user))
+    return render_template(
+        "web/key_detail.html", key=key, maker=key_maker(key), now=now(), can_manage=can_manage_keys(current_user)
+    )
 
 
 def _set_active(key_id: int, active: bool):

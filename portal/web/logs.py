@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from flask import redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from wtforms import DateField, Form, SelectField, StringField
+from wtforms import Form, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, Optional, Regexp, ValidationError
 
@@ -22,6 +22,7 @@ from ..models import UsageRecord
 from . import bp
 from .clock import now
 from .explorer import DATE_MESSAGE, offer
+from .filters import DayField, query_args, query_id
 from .tenancy import get_owned_or_404
 
 # Filter options come from the daily rollups of the range given, or else of the days whose raw
@@ -36,8 +37,8 @@ def _strip(value: str | None) -> str | None:
 class LogsForm(Form):
     """The logs' filters, read from the query string."""
 
-    start = DateField("From (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
-    end = DateField("To (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
+    start = DayField("From (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
+    end = DayField("To (UTC)", validators=[Optional()], invalid_value_message=DATE_MESSAGE)
     status = StringField(
         "Status",
         filters=[_strip, lambda v: v.lower() if isinstance(v, str) else v],
@@ -62,7 +63,7 @@ class LogsForm(Form):
     )
 
     def validate_key(self, field: SelectField) -> None:
-        if field.data and not str(field.data).isdigit():
+        if field.data and query_id(field.data) is None:
             raise ValidationError("Choose a key from the list.")
 
     def validate(self, extra_validators=None) -> bool:
@@ -117,7 +118,7 @@ def _cursor(name: str) -> logs.Cursor | None:
 @bp.get("/logs", endpoint="logs")
 @login_required
 def logs_page():
-    form = LogsForm(request.args)
+    form = LogsForm(query_args())
     valid = form.validate()
     error = None
     try:

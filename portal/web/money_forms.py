@@ -13,6 +13,7 @@ from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from ..costs.budgets import DEFAULT_PERCENTAGES, MAX_AMOUNT
 from ..costs.overview import GROUPS, MAX_DAYS, month_bounds
+from .filters import FIRST_DAY, LAST_DAY, DayField
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _SERVICE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -33,6 +34,10 @@ def month_label(first: date) -> str:
     return f"{first:%B %Y}"
 
 
+def _in_calendar(year: int, month: int) -> bool:
+    return FIRST_DAY.year <= year <= LAST_DAY.year and 1 <= month <= 12
+
+
 class CostFilterForm(FlaskForm):
     """The costs page's filter, read from the URL: a month, or a range of days."""
 
@@ -40,8 +45,8 @@ class CostFilterForm(FlaskForm):
         csrf = False
 
     month = SelectField("Month", validate_choice=False, default="")
-    start = DateField("From (UTC)", validators=[Optional()])
-    end = DateField("To (UTC)", validators=[Optional()])
+    start = DayField("From (UTC)", validators=[Optional()])
+    end = DayField("To (UTC)", validators=[Optional()])
     group = HiddenField(default="service")
 
     def __init__(self, today: date, *args, **kwargs) -> None:
@@ -54,7 +59,7 @@ class CostFilterForm(FlaskForm):
             first = (first - timedelta(days=1)).replace(day=1)
         chosen = self.month.data
         match = _MONTH.fullmatch(chosen or "")
-        if match and chosen not in dict(months) and int(match.group(1)) >= 2000 and 1 <= int(match.group(2)) <= 12:
+        if match and chosen not in dict(months) and _in_calendar(int(match.group(1)), int(match.group(2))):
             months.append((chosen, month_label(date(int(match.group(1)), int(match.group(2)), 1))))
         self.month.choices = [SelectChoice(value, label) for value, label in [*months, ("", "Custom dates")]]
         if not any(field.raw_data and field.raw_data[0] for field in (self.month, self.start, self.end)):
@@ -72,8 +77,10 @@ class CostFilterForm(FlaskForm):
         if not field.data:
             return
         match = _MONTH.fullmatch(field.data)
-        if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 2000:
+        if not match or not 1 <= int(match.group(2)) <= 12:
             raise ValidationError("Choose a month from the list (YYYY-MM).")
+        if not _in_calendar(int(match.group(1)), int(match.group(2))):
+            raise ValidationError(f"Choose a month from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}.")
 
     def validate_group(self, field: HiddenField) -> None:
         if field.data not in dict(GROUPS):

@@ -21,6 +21,7 @@ from . import bp
 from .alert_forms import ChannelForm, DeliveryFilterForm, filter_form, has_errors, show_error
 from .alerts import MAX_ID, owned_or_404, who
 from .clock import now
+from .filters import query_id
 from .nav import unread_notifications
 from .once import first_submission, new_submission_token
 from .roles import admin_required, can_change
@@ -49,7 +50,7 @@ def _channels_page(form: ChannelForm | None = None, status: int = 200, created=N
         "web/alert_channels.html",
         channels=channels,
         by_id={c.id: c for c in channels},
-        shown_target=channel_domain.shown_target,
+        shown_target=lambda channel: channel_domain.shown_target(channel, full=can_change()),
         secret_hint=channel_domain.secret_hint,
         deliveries=deliveries,
         filters=filters,
@@ -139,7 +140,7 @@ def _mine():
 @login_required
 def notifications():
     before = request.args.get("before", "")
-    if before and not (before.isdigit() and int(before) <= MAX_ID):
+    if before and query_id(before, MAX_ID) is None:
         abort(400)
     query = _mine()
     if before:

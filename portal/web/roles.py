@@ -1,4 +1,5 @@
-"""Who may do what in the portal: members read; owners and admins change."""
+"""Who may do what in the portal: members read; owners and admins change; only owners change the
+plan (what the tenant pays) and who is an owner."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from functools import wraps
 
 from flask import abort
 from flask_login import current_user, login_required
+
+from ..tenancy.members import PLAN_ROLES
 
 CHANGER_ROLES = frozenset({"owner", "admin"})
 
@@ -20,6 +23,12 @@ def can_change(user=None) -> bool:
 def is_owner(user=None) -> bool:
     user = current_user if user is None else user
     return getattr(user, "role", None) == "owner"
+
+
+def can_change_plan(user=None) -> bool:
+    """True for an owner: the plan is what the tenant pays, so admins read it but do not change it."""
+    user = current_user if user is None else user
+    return getattr(user, "role", None) in PLAN_ROLES
 
 
 def admin_required(view: Callable) -> Callable:
@@ -46,3 +55,6 @@ def owner_required(view: Callable) -> Callable:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+plan_manager_required = owner_required

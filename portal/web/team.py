@@ -7,8 +7,6 @@ flashed or redirected to), and e-mailed when a mail server is configured.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Iterator
 
@@ -25,11 +23,13 @@ from flask import (
     url_for,
 )
 from flask_limiter.errors import RateLimitExceeded
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_required, logout_user
 
+from ..csv_export import csv_lines
 from ..errors import handle_http_error
 from ..extensions import db, limiter
 from ..models import Invite, User
+from ..sessions import sign_in, sign_out
 from ..tenancy.invites import (
     InviteError,
     InviteNotAllowed,
@@ -52,12 +52,14 @@ from ..tenancy.members import (
     audit_users,
     change_role,
     export_rows,
+    keys_made_by,
     may_manage,
     remove_member,
     team_members,
 )
 from . import bp
 from .clock import now
+from .filters import query_id
 from .once import claim_form
 from .roles import admin_required, can_change
 from .team_forms import ROLE_LABELS, AcceptInviteForm, AuditFilterForm, InviteForm, RoleForm
@@ -136,7 +138,8 @@ def team_invite():
     db.session.commit()
     link = current_app.config["PORTAL_BASE_URL"] + url_for("web.invite", token=token)
     smtp = bool(current_app.config.get("SMTP_URL"))
-    mail_error = send_invite_email(invite, link, current_user) if smtp else None
+    sign_in_url = current_app.config["PORTAL_BASE_URL"] + url_for("auth.login")
+    mail_error = send_invite_email(invite, link, current_user, sign_in_url) if smtp else None
     page = render_template(
         "web/invite_link.html", invite=invite, link=link, replaced=replaced, smtp=smtp, mail_error=mail_error
     )
@@ -187,23 +190,48 @@ def team_member_role(user_id: int):
     return redirect(url_for("web.team"))
 
 
+@bp.get("/team/members/<int:user_id>/remove")
+@admin_required
+def team_member_remove_page(user_id: int):
+    """What removing someone does, the API keys they made, and the choice to keep those keys."""
+    target = _member_or_404(user_id)
+    if not may_manage(current_user, target):
+        return _refused("Only an owner can grant or take away the owner role, or remove an owner.", 403)
+    page = render_template(
+        "web/team_remove.html", target=target, keys=keys_made_by(target), myself=target.id == current_user.id, now=now()
+    )
+    return page
+
+
+def _keys_said(count: int, kept: bool) -> str:
+    """The sentence after a removal about the API keys the removed user made."""
+    if count == 0:
+        return ""
+    if count == 1:
+        return f" The API key they made {'stays active' if kept else 'is revoked'}."
+    return f" The {count} API keys they made {'stay active' if kept else 'are revoked'}."
+
+
 @bp.post("/team/members/<int:user_id>/remove")
 @admin_required
 def team_member_remove(user_id: int):
     target = _member_or_404(user_id)
     myself = target.id == current_user.id
+    keep = request.form.get("keep_keys") == "yes"
+    kept = len(keys_made_by(target)) if keep else 0
     try:
-        remove_member(target, current_user, now(), request.remote_addr)
+        revoked = remove_member(target, current_user, now(), request.remote_addr, keep_keys=keep)
     except NotAllowed as exc:
         return _refused(str(exc), 403)
     except TeamError as exc:
         return _refused(str(exc), 409)
     db.session.commit()
+    keys_note = _keys_said(kept, True) if keep else _keys_said(len(revoked), False)
     if myself:
         logout_user()
-        flash(f"You left {target.tenant.name}.", "info")
+        flash(f"You left {target.tenant.name}.{keys_note}", "info")
         return redirect(url_for("auth.login"))
-    flash(f"{target.email} is removed from the team and signed out everywhere.", "success")
+    flash(f"{target.email} is removed from the team and signed out everywhere.{keys_note}", "success")
     return redirect(url_for("web.team"))
 
 
@@ -257,8 +285,9 @@ def invite(token: str):
         else:
             db.session.commit()
             if current_user.is_authenticated:
-                logout_user()
-            login_user(user)
+                sign_out()
+            sign_in(user)
+            db.session.commit()
             flash(f"Welcome to {found.tenant.name}! You are signed in as {user.email} ({user.role}).", "success")
             return redirect(url_for("web.dashboard"))
     elif request.method == "POST":
@@ -273,8 +302,8 @@ def invite(token: str):
 def _audit_filter(users: list[User]) -> tuple[AuditFilterForm, AuditFilter | None]:
     """The filter form read from the URL, and the filter (None when the form is invalid)."""
     user_arg = request.args.get("user", "")
-    if user_arg.isdigit() and int(user_arg) not in {user.id for user in users}:
-        abort(404)  # someone else's user
+    if user_arg.isdigit() and query_id(user_arg) not in {user.id for user in users}:
+        abort(404)  # someone else's user (or no one's)
     form = AuditFilterForm(request.args, users)
     return form, (form.audit_filter() if form.validate() else None)
 
@@ -323,15 +352,15 @@ def team_audit_csv():
     tenant_id, slug = current_user.tenant_id, current_user.tenant.slug
 
     def generate() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        for row in export_rows(tenant_id, where):
-            writer.writerow(row)
-            if buffer.tell() > 32_768:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
+        chunk: list[str] = []
+        size = 0
+        for line in csv_lines(export_rows(tenant_id, where)):
+            chunk.append(line)
+            size += len(line)
+            if size > 32_768:
+                yield "".join(chunk)
+                chunk, size = [], 0
+        yield "".join(chunk)
 
     response = Response(stream_with_context(generate()), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="audit-{slug}-{now():%Y%m%d-%H%M%S}.csv"'

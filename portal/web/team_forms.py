@@ -14,16 +14,22 @@ from ..models.audit import ACTIONS
 from ..models.tenancy import ROLES
 from ..tenancy.members import AuditFilter
 from ..tenancy.passwords import MIN_LENGTH
+from .filters import DayField
 from .once import new_submission_token
 
+# What each role may do, as the team page and the invitation say it; portal.web.roles enforces it.
 ROLE_LABELS = {
-    "owner": "Owner: everything, including owners and the plan",
-    "admin": "Admin: change keys, settings and the team",
+    "owner": "Owner: everything, including the plan and who is an owner",
+    "admin": "Admin: change keys, settings and the team, but not the plan",
     "member": "Member: read everything, change nothing",
 }
 
 # Short enough for a phone's select.
-ROLE_CHOICES = {"owner": "Owner (everything)", "admin": "Admin (makes changes)", "member": "Member (reads only)"}
+ROLE_CHOICES = {
+    "owner": "Owner (everything, the plan too)",
+    "admin": "Admin (makes changes, not the plan)",
+    "member": "Member (reads only)",
+}
 
 
 def _strip(value: str | None) -> str | None:
@@ -77,8 +83,8 @@ class AuditFilterForm(Form):
 
     action = SelectField("Action", default="")
     user = SelectField("User", default="")
-    since = DateField("From (UTC)", validators=[Optional()])
-    until = DateField("To (UTC)", validators=[Optional()])
+    since = DayField("From (UTC)", validators=[Optional()])
+    until = DayField("To (UTC)", validators=[Optional()])
 
     def __init__(self, formdata, users, *args, **kwargs) -> None:
         super().__init__(formdata, *args, **kwargs)
