@@ -200,7 +200,25 @@ def test_the_window_is_in_the_openapi_document(client):
     assert "nor before the account was made" in text
 
 
-def test_a_call_that_would_cost_more_than_a_million_dollars_is_stored_unpriced(app, client, acme, caplog):
+@pytest.fixture
+def prices_restored(app):
+    """The price catalog as it was (it is kept between tests)."""
+    table = db.metadata.tables["model_prices"]
+    with app.app_context():
+        rows = [dict(row._mapping) for row in db.session.execute(table.select())]
+        db.session.remove()
+    yield
+    with app.app_context():
+        db.session.execute(UsageRecord.__table__.delete())  # records name the prices they were priced at
+        db.session.execute(table.delete())
+        db.session.execute(table.insert(), rows)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_a_call_that_would_cost_more_than_a_million_dollars_is_stored_unpriced(
+    app, client, acme, caplog, prices_restored
+):
     cli = app.test_cli_runner()
     priced = cli.invoke(args=["prices", "set", "apify", "", "--per-unit", "5", "--from", "2026-01-01"])
     assert priced.exit_code == 0, priced.output

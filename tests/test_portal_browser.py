@@ -392,6 +392,7 @@ def test_sign_in_look_around_and_sign_out(app, make_tenant, live_url, page):
                     "service": "tollgate",
                     "endpoint": "/api/v1/ping",
                     "status_code": 200,
+                    "quota_units": 1,  # admitted: counts against the monthly quota
                     "occurred_at": now,
                     "idempotency_key": uuid.uuid4().hex,
                 }

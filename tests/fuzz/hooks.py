@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import schemathesis
 
 FUTURE = timedelta(minutes=5)
+LATE_ARRIVAL = timedelta(days=35)
 
 
 def _date(value):
@@ -43,6 +44,8 @@ def _event_ok(event) -> bool:
     at = _instant(event.get("occurred_at"))
     if at is not None and at > datetime.now(UTC) + FUTURE:
         return False
+    if at is not None and at < datetime.now(UTC) - LATE_ARRIVAL:
+        return False  # past the late-arrival window (or before the tenant): refused with 422
     return len(str(event.get("metadata") or "")) < 4000
 
 
