@@ -85,6 +85,13 @@ def end_user_sessions(user_id: int, keep_key: str | None = None) -> int:
     return db.session.execute(query).rowcount
 
 
+def delete_expired_sessions(now: datetime) -> int:
+    """Delete every session row past its ``expires_at`` (the hourly cleanup); returns how many."""
+    result = db.session.execute(delete(UserSession).where(UserSession.expires_at <= now))
+    db.session.commit()
+    return result.rowcount
+
+
 def sign_in(user: User, remember: bool = False) -> None:
     """Sign ``user`` in to this browser with a new server-side session: the remember cookie
     ("keep me signed in") lasts ``REMEMBER_COOKIE_DURATION``, a plain session the session

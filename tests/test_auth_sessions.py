@@ -199,3 +199,22 @@ def test_a_remember_cookie_past_its_session_end_opens_nothing(app, client, make_
     copied = cookie(client, REMEMBER)
     end_every_session_now(app)
     assert not opens_dashboard(browser_with(app, **{REMEMBER: copied}))
+
+
+def test_the_hourly_cleanup_deletes_ended_sessions_and_keeps_live_ones(app, make_tenant):
+    from worker import jobs
+
+    _, ended_email, _ = make_tenant()
+    ended = app.test_client()
+    sign_in(ended, ended_email)
+    end_every_session_now(app)
+    _, live_email, _ = make_tenant()
+    live = app.test_client()
+    sign_in(live, live_email)
+    with app.app_context():
+        result = jobs.cleanup()
+        db.session.remove()
+    assert result["expired_sessions"] == 1
+    assert session_rows(app, ended_email) == 0
+    assert session_rows(app, live_email) == 1
+    assert opens_dashboard(live)

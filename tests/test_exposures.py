@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.extensions import db as _db
-from portal.models import ApiKey, AuditEvent, Tenant
+from portal.models import ApiKey, AuditEvent, Tenant, UserSession
 from portal.tenancy.keys import create_api_key
 
 from .api_helpers import add_key
@@ -181,3 +181,19 @@ def test_the_removal_page_is_for_those_who_may_remove(app, client, portal_tenant
     sign_in(client, portal_tenant.owner)
     refused = client.post(f"/team/members/{portal_tenant.user_ids['admin']}/remove", data={"keep_keys": "yes"})
     assert refused.status_code == 400
+
+
+def test_a_removed_member_is_signed_out_and_their_sessions_are_gone(app, client, portal_tenant):
+    admin_id = portal_tenant.user_ids["admin"]
+    theirs = app.test_client()
+    sign_in(theirs, portal_tenant.admin)
+    assert theirs.get("/dashboard").status_code == 200
+    sign_in(client, portal_tenant.owner)
+    page = client.get(f"/team/members/{admin_id}/remove")
+    removed = client.post(f"/team/members/{admin_id}/remove", data={"csrf_token": csrf_token(page.text)})
+    assert removed.status_code == 302
+    with app.app_context():
+        left = _db.session.scalar(select(func.count()).select_from(UserSession).where(UserSession.user_id == admin_id))
+        _db.session.remove()
+    assert left == 0
+    assert "/login" in theirs.get("/dashboard").headers["Location"]

@@ -350,6 +350,8 @@ def test_a_rules_own_page_shows_a_member_no_form_and_another_tenants_rule_is_not
             "usage_spike: cannot be narrowed by service, endpoint, key or end user.",
         ),
         ({"api_key_id": "999999"}, 'id="new-rule-api_key_id-error"', "No such key."),
+        ({"api_key_id": "²"}, 'id="new-rule-api_key_id-error"', "No such key."),
+        ({"api_key_id": "9" * 5000}, 'id="new-rule-api_key_id-error"', "No such key."),
         ({"comparator": "lt"}, 'id="new-rule-critical_threshold-error"', "Must be at most the warning threshold."),
     ],
 )

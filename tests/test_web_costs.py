@@ -273,6 +273,15 @@ def test_a_budgets_progress_is_its_spend_this_month(app, client, admin):
     assert "Service openai" in text and "The whole account" in text
 
 
+@pytest.mark.parametrize("typed", ["²", "9" * 5000, "50, ٣"])
+def test_a_warning_percentage_that_is_not_a_plain_number_is_refused_with_a_message(client, admin, db, typed):
+    fields = {"name": "Backend", "amount": "10", "warning_percentages": typed, "scope": "account"}
+    response = post_form(client, "/costs/budgets?month=2026-11", fields, page="/costs")
+    assert response.status_code == 400
+    assert "is not a whole number: give percentages like 50, 80, 100." in response.text
+    assert db.session.scalars(select(Budget).where(Budget.tenant_id == admin.tenant_id)).all() == []
+
+
 def test_an_admin_creates_a_budget(app, client, admin, db):
     response = post_form(
         client,

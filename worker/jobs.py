@@ -15,11 +15,15 @@ from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
 from portal.notify.deliver import deliver_due
 from portal.redis_store import get_redis
+from portal.sessions import delete_expired_sessions
 
 
 def cleanup() -> dict:
-    """Delete usage data past each tenant's retention."""
-    return asdict(delete_expired_usage(utcnow()))
+    """Delete usage data past each tenant's retention, and portal sessions past their expiry."""
+    now = utcnow()
+    result = asdict(delete_expired_usage(now))
+    result["expired_sessions"] = delete_expired_sessions(now)
+    return result
 
 
 def ingest() -> dict:

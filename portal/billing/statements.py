@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
+from ..metering.quota import quota_rollups
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRollup
 from ..tenancy.changes import mark_access_changed
 from .plans import billing_period
@@ -149,20 +150,13 @@ def outside_costs(tenant_ids: list[int], start: datetime, end: datetime) -> dict
 
 
 def admitted_calls(tenant_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
-    """Calls admitted in [start, end), as the stored records count them: each admitted API call
-    carries one unit of the quota, a refused one none (the daily rollups sum them)."""
+    """Calls admitted in [start, end), as the stored records count them against the quota."""
     counted = dict.fromkeys(tenant_ids, 0)
     if not tenant_ids:
         return counted
     rows = db.session.execute(
         select(UsageRollup.tenant_id, func.sum(UsageRollup.quota_units))
-        .where(
-            UsageRollup.tenant_id.in_(tenant_ids),
-            UsageRollup.granularity == "day",
-            UsageRollup.source == "api",
-            UsageRollup.bucket_start >= start,
-            UsageRollup.bucket_start < end,
-        )
+        .where(UsageRollup.tenant_id.in_(tenant_ids), *quota_rollups(start, end))
         .group_by(UsageRollup.tenant_id)
     )
     counted.update({tenant_id: int(calls or 0) for tenant_id, calls in rows})

@@ -215,9 +215,7 @@ def cost_forecast(tenant_id: int, now: datetime) -> CostForecast:
     )
 
 
-def cost_overview(
-    book: PriceBook, tenant_id: int, start: date, end: date, group: str, now: datetime
-) -> CostOverview:
+def cost_overview(book: PriceBook, tenant_id: int, start: date, end: date, group: str, now: datetime) -> CostOverview:
     """Everything the costs page shows for the days ``start`` to ``end`` (both included)."""
     keys = tenant_keys(tenant_id)
     return CostOverview(

@@ -75,18 +75,23 @@ def _admitted_waiting(redis: Redis, start: float, end: float, tenant_ids: set[in
     return waiting
 
 
+def quota_rollups(start: datetime, end: datetime) -> tuple:
+    """The daily rollups of API calls in [start, end), whose ``quota_units`` sum to the calls
+    counted against the quota: each admitted call carries one unit, a refused one none."""
+    return (
+        UsageRollup.granularity == "day",
+        UsageRollup.source == "api",
+        UsageRollup.bucket_start >= start,
+        UsageRollup.bucket_start < end,
+    )
+
+
 def stored_quota_calls(tenant_id: int, start: datetime, end: datetime, ids: Iterable[str] = ()) -> tuple[int, int]:
     """In one statement: the calls of [start, end) the stored records count against the quota,
     and how many of ``ids`` are stored already."""
     counted = (
         select(func.coalesce(func.sum(UsageRollup.quota_units), 0))
-        .where(
-            UsageRollup.tenant_id == tenant_id,
-            UsageRollup.granularity == "day",
-            UsageRollup.source == "api",
-            UsageRollup.bucket_start >= start,
-            UsageRollup.bucket_start < end,
-        )
+        .where(UsageRollup.tenant_id == tenant_id, *quota_rollups(start, end))
         .scalar_subquery()
     )
     ids = list(ids)

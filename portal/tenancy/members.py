@@ -20,6 +20,7 @@ from sqlalchemy import and_, case, func, or_, select
 from ..extensions import db
 from ..models import ApiKey, AuditEvent, Tenant, User
 from ..models.tenancy import ROLES
+from ..sessions import end_user_sessions
 from .audit import record_event
 from .keys import revoke_api_key
 
@@ -77,6 +78,11 @@ def _check_owner_rules(actor: User, target: User, new_role: str | None) -> None:
         raise TeamError(f"{target.email} is the only owner and cannot {doing}: make someone else an owner first.")
 
 
+def _audit(action: str, target: User, actor: User, ip: str | None, now: datetime, **details) -> None:
+    """An audit event of ``actor``'s change to ``target``, dated ``now``."""
+    record_event(action, target.tenant_id, actor.id, ip, **details).created_at = now
+
+
 def change_role(target: User, new_role: str, actor: User, now: datetime, ip: str | None = None) -> str | None:
     """Give ``target`` the role ``new_role``; returns the old role, or None when it is unchanged."""
     if new_role not in ROLES:
@@ -85,16 +91,8 @@ def change_role(target: User, new_role: str, actor: User, now: datetime, ip: str
         return None
     _check_owner_rules(actor, target, new_role)
     old_role, target.role = target.role, new_role
-    event = record_event(
-        "user.role_changed",
-        target.tenant_id,
-        actor.id,
-        ip,
-        member_id=target.id,
-        email=target.email,
-        **{"from": old_role, "to": new_role},
-    )
-    event.created_at = now
+    details = {"member_id": target.id, "email": target.email, "from": old_role, "to": new_role}
+    _audit("user.role_changed", target, actor, ip, now, **details)
     return old_role
 
 
@@ -109,30 +107,23 @@ def keys_made_by(user: User) -> list[ApiKey]:
 def remove_member(
     target: User, actor: User, now: datetime, ip: str | None = None, keep_keys: bool = False
 ) -> list[ApiKey]:
-    """Take ``target`` off the team: disabled, so every session of theirs ends at once. The keys
-    they made are revoked (each audited) unless ``keep_keys``; returns the keys revoked."""
+    """Take ``target`` off the team: disabled, and every session of theirs ended on the server.
+    The keys they made are revoked (each audited) unless ``keep_keys``; returns the keys revoked."""
     _check_owner_rules(actor, target, None)
     keys = keys_made_by(target)
     target.is_enabled = False
+    end_user_sessions(target.id)
     details = {"member_id": target.id, "email": target.email, "role": target.role}
     if keys:
         details["keys_kept" if keep_keys else "keys_revoked"] = [key.prefix for key in keys]
-    event = record_event("user.removed", target.tenant_id, actor.id, ip, **details)
-    event.created_at = now
+    _audit("user.removed", target, actor, ip, now, **details)
     if keep_keys:
         return []
     for key in keys:
         revoke_api_key(key, now)
-        record_event(
-            "api_key.revoked",
-            target.tenant_id,
-            actor.id,
-            ip,
-            key_id=key.id,
-            prefix=key.prefix,
-            name=key.name,
-            reason=f"its maker {target.email} was removed from the team",
-        ).created_at = now
+        reason = f"its maker {target.email} was removed from the team"
+        details = {"key_id": key.id, "prefix": key.prefix, "name": key.name, "reason": reason}
+        _audit("api_key.revoked", target, actor, ip, now, **details)
     return keys
 
 

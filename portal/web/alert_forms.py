@@ -232,7 +232,10 @@ class RuleForm(FlaskForm):
                 _whole(self, name, data)
             elif name == "api_key_id":
                 key = self.api_key_id.data or ""
-                data[name] = int(key) if key.isdigit() and len(key) <= 10 else None
+                if key and not re.fullmatch(r"[0-9]{1,10}", key):
+                    show_error(self, "api_key_id: no such key")  # not an id at all: typed past the select
+                    continue
+                data[name] = int(key) if key else None
             elif name in ("warning_threshold", "critical_threshold"):
                 text = (self[name].data or "").strip().replace(",", "")
                 data[name] = text or None

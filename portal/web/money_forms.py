@@ -143,7 +143,7 @@ def parse_percentages(text: str | None) -> list[int]:
     values = []
     for part in parts:
         number = part.removesuffix("%")
-        if not number.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", number):
             raise ValidationError(f"“{part}” is not a whole number: give percentages like 50, 80, 100.")
         value = int(number)
         if not 1 <= value <= 1000:
