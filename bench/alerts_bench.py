@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from bench.ingest_bench import fresh_postgres, make_app  # noqa: E402
 from portal.alerts.evaluate import evaluate_alerts  # noqa: E402
 from portal.alerts.metrics import plan_limits  # noqa: E402
-from portal.billing.usage import quota_key  # noqa: E402
 from portal.extensions import db  # noqa: E402
+from portal.kernel.redis_keys import quota_key  # noqa: E402
 from portal.models import Alert, AlertRule, NotificationChannel, Tenant, UsageRollup, utcnow  # noqa: E402
 from portal.redis_store import get_redis  # noqa: E402
 

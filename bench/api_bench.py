@@ -162,7 +162,7 @@ def prepare(instance: Path, env: dict) -> tuple[str, int]:
     from portal import create_app
     from portal.billing.plans import update_plan_limits
     from portal.extensions import db
-    from portal.tenancy.accounts import create_tenant
+    from portal.onboarding import create_tenant
     from portal.tenancy.keys import create_api_key
 
     app = create_app()

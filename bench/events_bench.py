@@ -76,7 +76,7 @@ def setup(database_url: str, redis_url: str, instance: Path) -> str:
     app = make_app(database_url, redis_url, instance)
     with app.app_context():
         from portal.extensions import db
-        from portal.tenancy.accounts import create_tenant
+        from portal.onboarding import create_tenant
         from portal.tenancy.keys import create_api_key
 
         tenant = create_tenant("Events Bench", "enterprise", "events-bench@bench.example", "bench-password-123")

@@ -58,7 +58,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import errors, redis_store
     from .extensions import csrf, db, limiter, login_manager, migrate
+    from .kernel import clock
 
+    clock.init_app(app)
     db.init_app(app)
     migrate.init_app(
         app,

@@ -15,7 +15,8 @@ from .extensions import db
 from .metering.cli import usage_group
 from .models import utcnow
 from .notify.cli import add_channel_command
-from .tenancy.accounts import AccountError, create_tenant, get_tenant
+from .onboarding import create_tenant
+from .tenancy.accounts import AccountError, get_tenant
 from .tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 
 

@@ -23,13 +23,14 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from .billing.plans import billing_period
 from .billing.statements import close_periods
 from .costs.prices import PriceBook
 from .extensions import db
+from .kernel.periods import billing_period
 from .metering.store import store_usage
 from .models import ApiKey, Tenant, utcnow
-from .tenancy.accounts import create_tenant, create_user, find_user_by_email
+from .onboarding import create_tenant
+from .tenancy.accounts import create_user, find_user_by_email
 from .tenancy.keys import create_api_key, revoke_api_key
 from .tenancy.passwords import hash_password
 
@@ -269,8 +270,8 @@ def _add_budgets_and_alerts(tenant: Tenant, now: datetime) -> None:
     """Two budgets near the demo's monthly spend, and one alert pass, so the portal's cost and
     alert pages show what a running tenant sees."""
     from .alerts.evaluate import evaluate_alerts
-    from .billing.usage import quota_key
     from .costs.budgets import create_budget, evaluate_budgets
+    from .kernel.redis_keys import quota_key
     from .metering.quota import rebuild_quota_counter
     from .redis_store import get_redis
 

@@ -19,9 +19,10 @@ from flask import Flask
 from portal.api.guard import gate
 from portal.billing.plans import update_plan_limits
 from portal.extensions import db
+from portal.kernel.clock import app_clock, set_clock
 from portal.metering.ingest import ingest_usage
+from portal.onboarding import create_tenant
 from portal.redis_store import get_redis
-from portal.tenancy.accounts import create_tenant
 from portal.tenancy.keys import create_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,14 +91,14 @@ def set_limits(app: Flask, plan: str, **limits) -> None:
 
 
 def install_clock(app: Flask, clock: Clock) -> None:
-    gate(app).clock = clock
+    set_clock(app, clock)
 
 
 def drain(app: Flask) -> int:
     """Flush this process's pending completions and store everything the stream holds."""
     with app.app_context():
         gate(app).admission.flush_if_idle(0)
-        clock = gate(app).clock
+        clock = app_clock(app).time
         result = ingest_usage(get_redis(app), claim_idle_ms=0, clock=lambda: datetime.fromtimestamp(clock(), UTC))
         db.session.remove()
     return result.stored
@@ -126,7 +127,7 @@ def clock(app):
     clock = Clock()
     install_clock(app, clock)
     yield clock
-    gate(app).clock = time.time
+    set_clock(app, time.time)
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture
 def make_tenant(app: Flask):
     """Create a tenant with an owner (password ``PASSWORD``); returns (slug, email, tenant id)."""
-    from portal.tenancy.accounts import create_tenant
+    from portal.onboarding import create_tenant
     from tests.api_helpers import TENANTS_SINCE
 
     counter = iter(range(1, 10_000))

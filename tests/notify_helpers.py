@@ -11,10 +11,10 @@ from decimal import Decimal
 
 from flask import Flask
 
+from portal.alerts.announce import enqueue_alert_notifications
 from portal.extensions import db
 from portal.models import Alert, NotificationChannel, NotificationDelivery
 from portal.notify.channels import create_channel
-from portal.notify.outbox import enqueue_alert_notifications
 
 NOW = datetime(2026, 11, 18, 12, 30, tzinfo=UTC)
 _dedup = itertools.count(1)

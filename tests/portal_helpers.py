@@ -14,7 +14,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
 from portal.extensions import db
-from portal.tenancy.accounts import create_tenant, create_user
+from portal.onboarding import create_tenant
+from portal.tenancy.accounts import create_user
 
 from .api_helpers import TENANTS_SINCE
 from .conftest import PASSWORD, csrf_token

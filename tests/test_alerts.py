@@ -16,13 +16,13 @@ from sqlalchemy import func, select
 
 from portal.alerts.evaluate import evaluate_alerts
 from portal.alerts.rules import DEFAULT_RULES, create_custom_rule, rule_of_kind
-from portal.billing.usage import quota_key
 from portal.costs.budgets import create_budget, evaluate_budgets
 from portal.extensions import db
+from portal.kernel.audit import record_event
+from portal.kernel.redis_keys import quota_key
 from portal.metering.store import store_usage
 from portal.models import Alert, AlertRule, AlertSettings, Notification, NotificationChannel, NotificationDelivery
 from portal.redis_store import get_redis
-from portal.tenancy.audit import record_event
 
 from .api_helpers import add_key, make_api_tenant, set_limits
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portal.api.guard import gate
 from portal.extensions import db
+from portal.kernel.clock import set_clock
 from portal.models import ApiKey, Subscription, Tenant, utcnow
 
 from .api_helpers import add_key, drain, make_api_tenant, set_limits
@@ -285,7 +285,7 @@ def test_unexpected_error_is_a_plain_500_and_metered(app, client, acme, monkeypa
 
 def test_usage_time_is_utc_now(app, client, acme):
     # Without a test clock the API stamps calls with the real time.
-    gate(app).clock = __import__("time").time
+    set_clock(app, __import__("time").time)
     before = utcnow()
     assert ping(client, acme.headers).status_code == 200
     drain(app)

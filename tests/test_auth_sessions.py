@@ -120,7 +120,7 @@ def test_a_session_without_keep_me_signed_in_lasts_the_session_lifetime(app, cli
 
 def test_ending_every_session_of_a_user_but_one(app, make_tenant):
     # What "sign out everywhere else" and a password change will do.
-    from portal.sessions import end_user_sessions
+    from portal.tenancy.sessions import end_user_sessions
 
     _, email, _ = make_tenant()
     browsers = [app.test_client() for _ in range(3)]

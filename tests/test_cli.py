@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from portal.billing.usage import quota_key
 from portal.extensions import db as _db
+from portal.kernel.redis_keys import quota_key
 from portal.models import ApiKey, Plan, Subscription, Tenant, UsageRecord, UsageRollup, User, utcnow
 from portal.redis_store import get_redis
 from portal.tenancy.keys import hash_secret

@@ -496,7 +496,7 @@ def test_create_api_key_with_the_admin_scope(app, tenant):
 
 def test_the_portal_report_stats_and_summary_agree_to_the_cent(app, auth, client):
     # No test clock: the portal's month is the real one, and so is the API's.
-    from portal.billing.plans import billing_period
+    from portal.kernel.periods import billing_period
     from portal.metering.store import store_usage
     from portal.models import utcnow
 

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from portal.billing.statements import close_periods
-from portal.csv_export import cell, csv_document, csv_line, neutralise
 from portal.extensions import db as _db
+from portal.kernel.csv_export import cell, csv_document, csv_line, neutralise
 from portal.metering.store import store_usage
 from portal.models import AuditEvent, Statement, Subscription, UsageRollup
 

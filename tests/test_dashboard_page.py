@@ -508,7 +508,7 @@ def test_another_tenants_key_is_a_404(app, client, signed_in, make_tenant):
 
 
 def test_activity_shows_only_this_tenants_events(app, auth, make_tenant):
-    from portal.tenancy.audit import record_event
+    from portal.kernel.audit import record_event
 
     _, email, tenant_id = make_tenant("Watcher")
     _, _, other = make_tenant("Stranger")

@@ -9,17 +9,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from portal.billing.plans import (
-    UnknownPlan,
-    billing_period,
-    get_plan,
-    list_plans,
-    period_bounds,
-    subscribe,
-    update_plan_limits,
-)
+from portal.billing.plans import UnknownPlan, get_plan, list_plans, subscribe, update_plan_limits
+from portal.kernel.periods import billing_period, period_bounds
 from portal.models import Plan, Subscription, Tenant
-from portal.tenancy.accounts import create_tenant
+from portal.onboarding import create_tenant
 
 # DESIGN.md's table: code, price/month, requests/month, per minute, per hour, per day,
 # overage per 1,000 requests, days raw data is kept.

@@ -9,9 +9,10 @@ import pytest
 
 from portal.billing.plans import set_overage
 from portal.billing.recommend import recommend
-from portal.billing.usage import current_subscription, quota_key
+from portal.billing.usage import current_subscription
 from portal.extensions import db
-from portal.tenancy.accounts import create_tenant
+from portal.kernel.redis_keys import quota_key
+from portal.onboarding import create_tenant
 
 # Mid-November: 17.5 of 30 days have passed.
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)

@@ -20,8 +20,9 @@ from portal.billing.changes import upcoming
 from portal.billing.export import statement_csv
 from portal.billing.recommend import recommend
 from portal.billing.statements import close_periods
-from portal.billing.usage import current_subscription, quota_key
+from portal.billing.usage import current_subscription
 from portal.extensions import db as _db
+from portal.kernel.redis_keys import quota_key
 from portal.metering.store import store_usage
 from portal.models import AuditEvent, Statement, Subscription
 from portal.web.filters import money

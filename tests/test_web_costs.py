@@ -19,9 +19,9 @@ from portal.costs.catalog import set_price
 from portal.costs.prices import bump_prices_version, forget_price_book
 from portal.costs.report import cost_report
 from portal.extensions import db as _db
+from portal.kernel.redis_keys import budget_stops_key
 from portal.metering.store import store_usage
 from portal.models import AuditEvent, Budget, ModelPrice, Subscription
-from portal.redis_keys import budget_stops_key
 from portal.redis_store import get_redis
 from portal.web.filters import fine_money, money
 

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -22,16 +21,14 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from portal.kernel.times import iso
+
 log = logging.getLogger("tollgate.worker")
 SUMMARY_CHARS = 300
 
 
 def last_run_key(name: str) -> str:
     return f"tollgate:jobs:last:{name}"
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _short(text: str) -> str:
@@ -53,7 +50,7 @@ def reason(error: BaseException) -> str:
 
 
 def record_start(redis: Redis, name: str, at: float) -> None:
-    redis.hset(last_run_key(name), "running_since", _iso(at))
+    redis.hset(last_run_key(name), "running_since", iso(at))
 
 
 def record_finish(
@@ -63,8 +60,8 @@ def record_finish(
     pipe.hset(
         last_run_key(name),
         mapping={
-            "started_at": _iso(started),
-            "finished_at": _iso(finished),
+            "started_at": iso(started),
+            "finished_at": iso(finished),
             "duration_ms": duration_ms,
             "outcome": "ok" if ok else "failed",
             "summary": summary,

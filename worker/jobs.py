@@ -15,7 +15,7 @@ from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
 from portal.notify.deliver import deliver_due
 from portal.redis_store import get_redis
-from portal.sessions import delete_expired_sessions
+from portal.tenancy.sessions import delete_expired_sessions
 
 
 def cleanup() -> dict:

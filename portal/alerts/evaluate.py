@@ -31,11 +31,11 @@ from decimal import Decimal
 from redis import Redis
 from sqlalchemy import select
 
-from ..billing.plans import billing_period
 from ..extensions import db
+from ..kernel.periods import billing_period
 from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing, Tenant
-from ..notify.outbox import enqueue_many
 from . import metrics
+from .announce import enqueue_alert_changes
 from .rules import COMPARATORS, FILTERABLE, METRICS, RULE_FIELDS
 
 log = logging.getLogger("tollgate.alerts")
@@ -368,7 +368,7 @@ VERB = {"alert.triggered": "triggered", "alert.escalated": "escalated", "alert.r
 
 def _notify(result: PassResult, now: datetime) -> None:
     db.session.flush()  # the new alerts' ids, in one batch
-    result.notifications = len(enqueue_many(result.transitions, now))
+    result.notifications = len(enqueue_alert_changes(result.transitions, now))
     for event_type, alert in ((e, a) for a, e in result.transitions):
         level = logging.WARNING if event_type == "alert.resolved" else LOG_LEVEL[alert.severity]
         log.log(

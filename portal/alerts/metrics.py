@@ -20,10 +20,10 @@ from decimal import Decimal
 from redis import Redis
 from sqlalchemy import and_, func, or_, select
 
-from ..billing.plans import billing_period
 from ..billing.statements import admitted_calls
-from ..billing.usage import quota_key
 from ..extensions import db
+from ..kernel.periods import billing_period
+from ..kernel.redis_keys import quota_key
 from ..metering.admission import window_keys
 from ..models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, AlertRule, AuditEvent, Plan, Subscription, UsageRollup
 

@@ -44,8 +44,8 @@ from decimal import Decimal, InvalidOperation
 from sqlalchemy import select
 
 from ..extensions import db
+from ..kernel.audit import record_event
 from ..models import AlertRule, AlertSettings, ApiKey, Tenant
-from ..tenancy.audit import record_event
 
 COMPARATORS = {"gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
 THRESHOLD_UNITS = ("percent", "absolute")

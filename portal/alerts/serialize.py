@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
+from ..kernel.times import iso
 from ..models import Alert
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def number(value: Decimal | None) -> float | int | None:

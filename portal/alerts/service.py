@@ -13,9 +13,10 @@ from statistics import median
 from sqlalchemy import func, select
 
 from ..extensions import db
+from ..kernel.audit import record_event
+from ..kernel.times import iso
 from ..models import Alert, AlertRule, AlertSettings
-from ..notify.outbox import enqueue_alert_notifications
-from ..tenancy.audit import record_event
+from .announce import enqueue_alert_notifications
 from .rules import DEFAULT_KINDS, RuleError, apply_changes, rule_of_kind, settings_for
 
 log = logging.getLogger("tollgate.alerts")
@@ -128,7 +129,7 @@ def alert_stats(tenant_id: int, now: datetime, days: int) -> dict:
         if row.resolved_at is not None:
             to_resolve.append((row.resolved_at - row.first_triggered_at).total_seconds())
     return {
-        "period": {"days": days, "since": since.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "period": {"days": days, "since": iso(since)},
         "total": len(rows),
         "active": by_status["active"],
         "acknowledged": by_status["acknowledged"],

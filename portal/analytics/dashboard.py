@@ -19,10 +19,10 @@ from sqlalchemy import and_, func, select
 
 from ..alerts.metrics import Sums
 from ..alerts.service import list_alerts, open_counts
-from ..billing.plans import billing_period
 from ..billing.recommend import Recommendation, recommend
-from ..billing.usage import quota_key
 from ..extensions import db
+from ..kernel.periods import billing_period
+from ..kernel.redis_keys import quota_key
 from ..metering.admission import WINDOWS, window_keys
 from ..metering.quota import rebuild_quota_counter
 from ..models import LATENCY_COLUMNS, Alert, ApiKey, Plan, Subscription, UsageRollup

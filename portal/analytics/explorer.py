@@ -14,12 +14,13 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from ..billing.plans import billing_period
-from ..csv_export import csv_document
 from ..extensions import db
+from ..kernel.csv_export import csv_document
+from ..kernel.periods import billing_period, day_bounds
+from ..kernel.times import iso
 from ..models import ApiKey, Plan, Subscription, UsageRollup
-from .reports import INTERVALS, interval_start, iso, rollup_conditions
-from .totals import Totals, day_bounds
+from .reports import INTERVALS, interval_start, rollup_conditions
+from .totals import Totals
 
 __all__ = ["INTERVALS", "MAX_DAYS", "MAX_HOURLY_DAYS", "Filters", "Report", "explore"]
 

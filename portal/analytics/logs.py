@@ -17,8 +17,8 @@ from sqlalchemy import and_, or_, select
 
 from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
+from ..kernel.periods import day_bounds
 from ..models import UsageRecord
-from .totals import day_bounds
 
 PAGE_SIZE = 50
 SOURCES = ("api", "external")

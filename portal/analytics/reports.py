@@ -12,13 +12,13 @@ from decimal import Decimal
 
 from sqlalchemy import Select, func, select
 
-from ..billing.plans import billing_period
 from ..billing.usage import current_subscription
 from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
+from ..kernel.periods import billing_period, day_bounds
+from ..kernel.times import iso
 from ..metering.quota import quota_used
 from ..models import ApiKey, UsageRecord, UsageRollup
-from .totals import day_bounds
 from .totals import totals as usage_totals
 
 COST_PLACES = Decimal("0.000001")
@@ -27,10 +27,6 @@ COST_PLACES = Decimal("0.000001")
 def money(value: Decimal | int | None) -> float:
     """A cost for JSON: exact to the millionth of a dollar."""
     return float(Decimal(value or 0).quantize(COST_PLACES))
-
-
-def iso(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def day_start(at: datetime) -> datetime:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import UsageRollup
-
-
-def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    """The days ``start`` to ``end`` (both included) as [midnight UTC, midnight UTC)."""
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    if end >= date.max:
-        return begin, datetime.max.replace(tzinfo=UTC)
-    finish = end + timedelta(days=1)
-    return begin, datetime(finish.year, finish.month, finish.day, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

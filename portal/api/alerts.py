@@ -10,8 +10,9 @@ from flask import current_app, request
 
 from ..alerts import rules as rule_domain
 from ..alerts import service
-from ..alerts.serialize import alert_json, iso, number
+from ..alerts.serialize import alert_json, number
 from ..extensions import db
+from ..kernel.times import iso
 from ..models import AlertRule
 from . import bp
 from .alert_params import AlertSettingsBody, AlertsQuery, HistoryQuery, RuleBody, RuleChange, StatsQuery

@@ -4,7 +4,6 @@ budgets, cost reports and the account's settings."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from flask import Response, g, jsonify, request
@@ -15,6 +14,8 @@ from ..costs import service_limits
 from ..costs.events import report_events
 from ..costs.report import cost_report, report_csv, report_json, shown
 from ..extensions import db
+from ..kernel import clock
+from ..kernel.times import iso
 from ..metering.admission import STREAM
 from ..models import Tenant
 from ..redis_store import get_redis
@@ -31,7 +32,7 @@ from .bodies import (
     UsageEvent,
     UsageEventFields,
 )
-from .guard import api_error, gate
+from .guard import api_error
 from .operations import operation, parse_body
 from .schemas import CostReportQuery, RateLimitQuery
 from .views import caller, limit_specs, tenant_id, utcnow
@@ -49,8 +50,7 @@ from .views import caller, limit_specs, tenant_id, utcnow
 )
 def usage_events():
     payload = _events_payload()
-    state = gate()
-    now = state.clock()
+    now = clock.seconds()
     events = [event.as_event(now) for event in payload]
     call = g.api_call
     refused = _outside_window(events, now, call.entry.tenant_since, batch=len(payload) > 1)
@@ -80,7 +80,7 @@ def _outside_window(events: list[dict], now: float, tenant_since: float, batch: 
         return f"{where(future)}: lies in the future (more than 5 minutes ahead of the server's clock)"
     past = [n for n, event in enumerate(events) if event["occurred_at"] < earliest]
     if past:
-        since = datetime.fromtimestamp(earliest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = iso(earliest)
         why = (
             "the account was made then"
             if earliest == tenant_since
@@ -116,7 +116,6 @@ def _events_payload() -> list[UsageEventFields]:
     },
 )
 def acquire(service: str, payload: AcquireBody):
-    state = gate()
     call = g.api_call
     service = service.lower()
     try:
@@ -129,7 +128,7 @@ def acquire(service: str, payload: AcquireBody):
             model=payload.model or "",
             key_id=call.entry.key_id,
             end_user=payload.user_id or "",
-            now=state.clock(),
+            now=clock.seconds(),
         )
     except service_limits.UnitsTooLarge as error:
         return api_error(422, str(error))
@@ -187,7 +186,7 @@ def set_service_limit(service: str, payload: ServiceLimitBody):
     )
     db.session.commit()
     spec = service_limits.LimitSpec(limit.service, limit.model, limit.window, limit.limit_value, limit.unit)
-    now = gate().clock()
+    now = clock.seconds()
     [status] = service_limits.statuses(get_redis(), tenant_id(), [spec], now)
     return {"success": True, "rate_limit": status}
 
@@ -224,8 +223,8 @@ def _budget_json(status: budget_domain.BudgetStatus) -> dict:
         "percentage_used": round(status.fraction * 100, 2),
         "crossed": status.crossed,
         "stopped": status.stopped,
-        "period_start": status.period_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "resets_at": status.period_end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "period_start": iso(status.period_start),
+        "resets_at": iso(status.period_end),
     }
 
 

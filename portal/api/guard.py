@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,13 +21,16 @@ from pathlib import Path
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis, RedisError
 
-from ..billing.plans import billing_period, period_bounds
 from ..costs.service_limits import LimitCache
+from ..kernel import clock
+from ..kernel.periods import billing_period, period_bounds
+from ..kernel.times import iso
 from ..metering.admission import STREAM, Admission, Decision, QuotaCounterMissing, StaleConfig, pack_record
+from ..metering.directory import KeyDirectory, KeyEntry
 from ..metering.quota import rebuild_quota_counter
 from ..metering.spool import Spool
 from ..redis_store import get_redis
-from ..tenancy.keys import KeyDirectory, KeyEntry, hash_secret
+from ..tenancy.keys import hash_secret
 
 log = logging.getLogger("tollgate.api")
 EXTENSION_KEY = "tollgate.admission"
@@ -68,8 +70,6 @@ class Gate:
         self.keys = KeyDirectory()
         # Each tenant's outside-service limits, under the same configuration version as the keys.
         self.limits = LimitCache()
-        # Seconds since the epoch; tests set a controllable clock here.
-        self.clock: Callable[[], float] = time.time
         self._flusher_pid = 0
         self._lock = threading.Lock()
 
@@ -163,7 +163,7 @@ def admit_api_call() -> Response | None:
         return None
     started = time.perf_counter()
     state = gate()
-    now = state.clock()
+    now = clock.seconds()
     secret = presented_secret()
     if not secret:
         return api_error(401, "Missing API key")
@@ -250,7 +250,7 @@ def quota_exhausted(decision: Decision) -> Response:
     quota = call.entry.limits.shown_quota
     response = api_error(
         429,
-        f"Monthly quota of {quota:,} requests used up. It resets at {period_end:%Y-%m-%dT%H:%M:%SZ}",
+        f"Monthly quota of {quota:,} requests used up. It resets at {iso(period_end)}",
     )
     response.headers["Retry-After"] = str(max(1, int(period_end.timestamp() - decision.now)))
     return response

@@ -7,8 +7,8 @@ from __future__ import annotations
 from flask import g
 from sqlalchemy import select
 
-from ..alerts.serialize import iso
 from ..extensions import db
+from ..kernel.times import iso
 from ..models import NotificationDelivery
 from ..notify import channels as channel_domain
 from ..notify.deliver import send_test

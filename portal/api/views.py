@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import current_app, g, request
 
 from ..analytics import reports
 from ..billing.usage import billing_usage, subscription_info
 from ..costs import service_limits
+from ..kernel import clock
 from ..metering.quota import quota_used
 from ..redis_store import get_redis
 from . import bp, docs_bp
@@ -44,7 +45,7 @@ def caller() -> dict:
 
 def utcnow() -> datetime:
     """The API's clock, as a UTC time (the same clock stamps the metered calls)."""
-    return datetime.fromtimestamp(gate().clock(), UTC)
+    return clock.now()
 
 
 @bp.errorhandler(429)
@@ -84,7 +85,7 @@ def usage_logs(params: LogsQuery):
 @bp.get("/usage/summary")
 @operation("Today, this month and outside services' limits", category="analytics", tag="usage")
 def usage_summary():
-    limits = service_limits.statuses(get_redis(), tenant_id(), list(limit_specs()), gate().clock())
+    limits = service_limits.statuses(get_redis(), tenant_id(), list(limit_specs()), clock.seconds())
     return {"success": True, "summary": reports.usage_summary(tenant_id(), utcnow(), limits)}
 
 
@@ -92,7 +93,7 @@ def usage_summary():
 @operation("Every limit on outside services and its use", category="analytics", tag="usage", query=RateLimitsQuery)
 def rate_limits(params: RateLimitsQuery):
     specs = [spec for spec in limit_specs() if not params.service or spec.service == params.service.lower()]
-    statuses = service_limits.statuses(get_redis(), tenant_id(), specs, gate().clock())
+    statuses = service_limits.statuses(get_redis(), tenant_id(), specs, clock.seconds())
     for status in statuses:
         del status["can_call"]
     return {"success": True, "rate_limits": statuses}
@@ -109,7 +110,7 @@ def rate_limit(service: str, params: RateLimitQuery):
     ]
     if not specs:
         return api_error(404, f"No {params.limit_type} limit is set for service {service!r}")
-    [status] = service_limits.statuses(get_redis(), tenant_id(), specs, gate().clock())
+    [status] = service_limits.statuses(get_redis(), tenant_id(), specs, clock.seconds())
     keys = ("can_call", "current_count", "limit_value", "remaining", "reset_at", "unit")
     return {"success": True, **{key: status[key] for key in keys}}
 

@@ -9,7 +9,7 @@ from flask_login import user_loaded_from_cookie
 
 from ..extensions import login_manager
 from ..models import User, utcnow
-from ..sessions import session_user
+from ..tenancy.sessions import session_user
 
 MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit integer
 

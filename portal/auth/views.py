@@ -7,10 +7,10 @@ from flask import current_app, flash, make_response, redirect, render_template, 
 from flask_login import current_user, login_required
 
 from ..extensions import db, limiter
+from ..kernel.audit import record_event
 from ..models import utcnow
 from ..sessions import sign_in, sign_out
 from ..tenancy.accounts import find_user_by_email
-from ..tenancy.audit import record_event
 from ..tenancy.passwords import DUMMY_HASH, verify_password
 from . import bp
 from .forms import LoginForm

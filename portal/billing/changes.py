@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from ..kernel.audit import record_event
+from ..kernel.times import iso
 from ..models import Plan, Subscription, Tenant
-from ..tenancy.audit import record_event
 from .plans import get_plan, subscribe
 from .statements import draft_statements, to_cent
 from .usage import current_subscription
@@ -44,26 +45,22 @@ def change_plan(tenant: Tenant, code: str, now: datetime, user_id: int | None = 
         new.current_period_start = subscription.current_period_start
         new.current_period_end = subscription.current_period_end
         record_event("plan.changed", tenant.id, user_id, **{"from": current.code, "to": plan.code, "applies": "now"})
-        return {"applies": "now", "plan": plan.code, "effective_at": _iso(now)}
+        return {"applies": "now", "plan": plan.code, "effective_at": iso(now)}
     subscription.scheduled_plan_id = plan.id
     record_event(
         "plan.change_scheduled",
         tenant.id,
         user_id,
-        **{"from": current.code, "to": plan.code, "applies": _iso(subscription.current_period_end)},
+        **{"from": current.code, "to": plan.code, "applies": iso(subscription.current_period_end)},
     )
-    return {"applies": "period_end", "plan": plan.code, "effective_at": _iso(subscription.current_period_end)}
-
-
-def _iso(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"applies": "period_end", "plan": plan.code, "effective_at": iso(subscription.current_period_end)}
 
 
 def pending_change(subscription: Subscription) -> dict | None:
     plan: Plan | None = subscription.scheduled_plan
     if plan is None:
         return None
-    return {"plan": plan.code, "name": plan.name, "effectiveAt": _iso(subscription.current_period_end)}
+    return {"plan": plan.code, "name": plan.name, "effectiveAt": iso(subscription.current_period_end)}
 
 
 def upcoming(tenant_id: int, now: datetime) -> dict:
@@ -75,9 +72,9 @@ def upcoming(tenant_id: int, now: datetime) -> dict:
     span = (end - start).total_seconds()
     share = Decimal(elapsed) / Decimal(span)
     body = {
-        "periodStart": _iso(start),
-        "periodEnd": _iso(end),
-        "asOf": _iso(now),
+        "periodStart": iso(start),
+        "periodEnd": iso(end),
+        "asOf": iso(now),
         "elapsedShare": float(round(share, 4)),
         "statement": draft_json(draft),
         "pendingPlanChange": pending_change(subscription),
@@ -100,10 +97,10 @@ def upcoming(tenant_id: int, now: datetime) -> dict:
         per_second = Decimal(draft.requests) / Decimal(elapsed)
         remaining = plan.monthly_quota - draft.requests
         if remaining <= 0:
-            forecast["quotaRunsOutAt"] = _iso(now)
+            forecast["quotaRunsOutAt"] = iso(now)
         else:
             runs_out = now + timedelta(seconds=float(Decimal(remaining) / per_second))
-            forecast["quotaRunsOutAt"] = _iso(runs_out) if runs_out < end else None
+            forecast["quotaRunsOutAt"] = iso(runs_out) if runs_out < end else None
     body["forecast"] = forecast
     return body
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ..csv_export import csv_document
+from ..kernel.csv_export import csv_document
+from ..kernel.times import iso
 from ..models import Statement
 
 
@@ -18,16 +19,12 @@ def _cents(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(Decimal("0.01"))
 
 
-def _iso(at) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def statement_summary(statement: Statement) -> dict:
     return {
         "id": statement.id,
         "period": f"{statement.period_start:%Y-%m}",
-        "periodStart": _iso(statement.period_start),
-        "periodEnd": _iso(statement.period_end),
+        "periodStart": iso(statement.period_start),
+        "periodEnd": iso(statement.period_end),
         "planCode": statement.plan_code,
         "currency": statement.currency,
         "requests": statement.requests,
@@ -40,7 +37,7 @@ def statement_summary(statement: Statement) -> dict:
         "adjustments": _money(statement.adjustments),
         "unpricedCalls": statement.unpriced_calls,
         "total": _money(statement.total),
-        "closedAt": _iso(statement.closed_at),
+        "closedAt": iso(statement.closed_at),
     }
 
 
@@ -135,7 +132,7 @@ def statements_csv(statements: list[Statement]) -> str:
                 _cents(s.adjustments),
                 s.unpriced_calls,
                 _cents(s.total),
-                _iso(s.closed_at),
+                iso(s.closed_at),
             ]
         )
     return csv_document(rows)

@@ -2,88 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import select
 
 from ..extensions import db
+from ..kernel.changes import mark_access_changed
+from ..kernel.periods import billing_period
 from ..models import Plan, Subscription, Tenant, utcnow
-from ..tenancy.changes import mark_access_changed
-
-
-@dataclass(frozen=True)
-class PlanLimits:
-    """What the admission script needs to know about a tenant's plan."""
-
-    plan_code: str
-    per_minute: int
-    per_hour: int
-    per_day: int
-    # Calls a period may admit (quota plus any overage allowance); None = no limit.
-    quota: int | None
-    # The plan's quota shown in headers; None = unlimited.
-    shown_quota: int | None
-
-    @property
-    def limit_string(self) -> str:
-        return f"{self.per_minute}/minute;{self.per_hour}/hour;{self.per_day}/day"
-
-
-def plan_limits(plan: Plan, subscription: Subscription) -> PlanLimits:
-    """The windows and the number of calls a period may admit under this subscription.
-
-    With overage allowed on a paid plan, calls go on past the quota: without a cap, without
-    limit; with a cap, until the overage would cost more than the cap.
-    """
-    admitted = plan.monthly_quota
-    if admitted is not None and subscription.allow_overage and plan.overage_price_per_1000:
-        if subscription.overage_cap is None:
-            admitted = None
-        else:
-            extra = (subscription.overage_cap / plan.overage_price_per_1000 * 1000).to_integral_value(ROUND_FLOOR)
-            admitted += int(extra)
-    return PlanLimits(plan.code, plan.per_minute, plan.per_hour, plan.per_day, admitted, plan.monthly_quota)
 
 
 class UnknownPlan(LookupError):
     def __init__(self, code: str) -> None:
         known = ", ".join(db.session.scalars(select(Plan.code).order_by(Plan.sort_order)))
         super().__init__(f"no plan {code!r}; plans are: {known}")
-
-
-def billing_period(at: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) that contains ``at``: [start, end)."""
-    at = at.astimezone(UTC)
-    start = datetime(at.year, at.month, 1, tzinfo=UTC)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
-
-
-@dataclass(frozen=True)
-class PeriodBounds:
-    """A billing period as the hot path needs it: epoch seconds and its texts."""
-
-    start: float
-    end: float
-    month: str  # "YYYYMM", names the period's quota counter
-    end_iso: str  # when it ends (the quota resets), ISO 8601 UTC
-
-
-_last_period = PeriodBounds(0.0, 0.0, "", "")
-
-
-def period_bounds(now: float) -> PeriodBounds:
-    """The billing period containing the epoch time ``now`` (the last one is remembered)."""
-    global _last_period
-    period = _last_period
-    if not period.start <= now < period.end:
-        start, end = billing_period(datetime.fromtimestamp(now, UTC))
-        period = _last_period = PeriodBounds(
-            start.timestamp(), end.timestamp(), f"{start:%Y%m}", f"{end:%Y-%m-%dT%H:%M:%SZ}"
-        )
-    return period
 
 
 def get_plan(code: str) -> Plan:

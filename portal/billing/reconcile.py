@@ -24,9 +24,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from ..extensions import db
+from ..kernel.periods import billing_period
 from ..metering.quota import counter_drift
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord
-from .plans import billing_period
 from .statements import ZERO, fee_lines, outside_costs, overage_line, period_label, to_cent
 
 

@@ -35,10 +35,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
+from ..kernel.changes import mark_access_changed
+from ..kernel.periods import billing_period
 from ..metering.quota import quota_rollups
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRollup
-from ..tenancy.changes import mark_access_changed
-from .plans import billing_period
 
 log = logging.getLogger("tollgate.billing")
 CENT = Decimal("0.01")

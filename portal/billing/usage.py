@@ -7,14 +7,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from ..extensions import db
+from ..kernel.periods import billing_period
+from ..kernel.times import iso
 from ..models import Subscription, UsageRollup
-from .plans import billing_period, period_bounds
-
-
-def quota_key(tenant_id: int, at: datetime | float) -> str:
-    """The Redis counter of calls admitted in the billing period containing ``at``."""
-    month = period_bounds(at if isinstance(at, float | int) else at.timestamp()).month
-    return f"tollgate:q:{tenant_id}:{month}"
 
 
 def current_subscription(tenant_id: int) -> Subscription:
@@ -24,10 +19,6 @@ def current_subscription(tenant_id: int) -> Subscription:
         .order_by(Subscription.started_at.desc())
         .limit(1)
     ).one()
-
-
-def _iso(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def billing_usage(tenant_id: int, now: datetime, used: int) -> dict:
@@ -48,8 +39,8 @@ def billing_usage(tenant_id: int, now: datetime, used: int) -> dict:
     allowance = plan.monthly_token_allowance
     return {
         "plan": plan.code,
-        "periodStart": _iso(start),
-        "periodEnd": _iso(end),
+        "periodStart": iso(start),
+        "periodEnd": iso(end),
         "apiCalls": {
             "used": used,
             "limit": quota,
@@ -57,7 +48,7 @@ def billing_usage(tenant_id: int, now: datetime, used: int) -> dict:
             "percentage": None if not quota else round(used / quota * 100, 2),
             "unlimited": quota is None,
             "overageAllowed": subscription.allow_overage and plan.overage_price_per_1000 is not None,
-            "resetDate": _iso(end),
+            "resetDate": iso(end),
         },
         "tokens": {
             "used": int(tokens),
@@ -76,16 +67,16 @@ def subscription_info(tenant_id: int) -> dict:
     return {
         "id": subscription.id,
         "status": subscription.status,
-        "currentPeriodStart": _iso(subscription.current_period_start),
-        "currentPeriodEnd": _iso(subscription.current_period_end),
-        "startedAt": _iso(subscription.started_at),
+        "currentPeriodStart": iso(subscription.current_period_start),
+        "currentPeriodEnd": iso(subscription.current_period_end),
+        "startedAt": iso(subscription.started_at),
         "allowOverage": subscription.allow_overage,
         "pendingPlanChange": None
         if subscription.scheduled_plan is None
         else {
             "plan": subscription.scheduled_plan.code,
             "name": subscription.scheduled_plan.name,
-            "effectiveAt": _iso(subscription.current_period_end),
+            "effectiveAt": iso(subscription.current_period_end),
         },
         "overageCap": None if subscription.overage_cap is None else str(subscription.overage_cap),
         "plan": {

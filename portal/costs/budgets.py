@@ -21,11 +21,12 @@ from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..billing.plans import billing_period
 from ..extensions import db
+from ..kernel.audit import record_event
+from ..kernel.periods import billing_period
+from ..kernel.redis_keys import budget_stops_key
+from ..kernel.times import iso
 from ..models import ApiKey, Budget, BudgetCrossing, UsageRollup
-from ..redis_keys import budget_stops_key
-from ..tenancy.audit import record_event
 
 DEFAULT_PERCENTAGES = (50, 80, 100)
 MAX_AMOUNT = Decimal("9999999999.99")
@@ -59,7 +60,7 @@ class BudgetStatus:
         b = self.budget
         return (
             f"Budget {b.name!r} of ${b.monthly_amount:,.2f} a month is used up (${self.spend:,.2f} spent since "
-            f"{self.period_start:%Y-%m-%d}); it resets at {self.period_end:%Y-%m-%dT%H:%M:%SZ}"
+            f"{self.period_start:%Y-%m-%d}); it resets at {iso(self.period_end)}"
         )
 
 

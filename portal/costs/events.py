@@ -20,9 +20,9 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 from redis import Redis
 
+from ..kernel.redis_keys import event_seen_key, permit_key
 from ..metering.store import DEFAULTS as STORED_DEFAULTS
 from ..metering.store import RECORD_FIELDS as STORED_FIELDS
-from ..redis_keys import event_seen_key, permit_key
 from .service_limits import COUNTER_GRACE_SECONDS, LimitSpec, counter_for
 
 # An event id is remembered this long in Redis (for its window counters; the database keeps

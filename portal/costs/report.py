@@ -13,9 +13,9 @@ from decimal import Decimal
 
 from sqlalchemy import case, func, select
 
-from ..analytics.totals import day_bounds
-from ..csv_export import csv_document
 from ..extensions import db
+from ..kernel.csv_export import csv_document
+from ..kernel.periods import day_bounds
 from ..models import ApiKey, UsageRollup
 
 GROUPS = {

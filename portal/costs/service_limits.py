@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from redis import Redis
 from sqlalchemy import select
 
-from ..billing.plans import billing_period
 from ..extensions import db
+from ..kernel.changes import mark_access_changed
+from ..kernel.periods import billing_period
+from ..kernel.redis_keys import budget_stops_key, permit_key, service_window_key
+from ..kernel.times import iso
 from ..models import ServiceLimit, Tenant
 from ..models.pricing import LIMIT_UNITS, WINDOWS
-from ..redis_keys import budget_stops_key, permit_key, service_window_key
-from ..tenancy.changes import mark_access_changed
 
 # Seed 002's free-tier defaults, given to every new tenant (existing ones got them in 0002).
 DEFAULT_SERVICE_LIMITS = (
@@ -182,10 +183,6 @@ def counter_for(tenant_id: int, spec: LimitSpec, at: float) -> tuple[str, float]
     """The counter of ``spec``'s window containing ``at``, and when that window ends."""
     _, end, bucket = window_bounds(spec.window, at)
     return service_window_key(tenant_id, spec.service, spec.model, spec.window, bucket), end
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def window_status(spec: LimitSpec, current: int, now: float) -> dict:

@@ -29,11 +29,10 @@ from datetime import UTC, datetime
 
 from redis import Redis
 
-from ..billing.plans import PlanLimits, period_bounds
-from ..billing.usage import quota_key
-from ..redis_keys import budget_stops_key
+from ..kernel.periods import period_bounds
+from ..kernel.redis_keys import CONFIG_VERSION, budget_stops_key, quota_key
 from ..redis_store import ThreadScript
-from ..tenancy.changes import CONFIG_VERSION
+from .directory import PlanLimits
 
 STREAM = "tollgate:usage"
 INFLIGHT = "tollgate:inflight"

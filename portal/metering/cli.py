@@ -7,6 +7,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ..extensions import db
+from ..kernel.times import iso
 from ..models import UsageDeadLetter
 from ..redis_store import get_redis
 from .dead_letters import waiting_count
@@ -25,9 +26,9 @@ def list_command(everything: bool) -> None:
     if not everything:
         query = query.where(UsageDeadLetter.stored_at.is_(None))
     for letter in db.session.scalars(query):
-        stored = f"  [stored {letter.stored_at:%Y-%m-%dT%H:%M:%SZ}]" if letter.stored_at else ""
+        stored = f"  [stored {iso(letter.stored_at)}]" if letter.stored_at else ""
         click.echo(
-            f"{letter.id:>6}  {letter.created_at:%Y-%m-%dT%H:%M:%SZ}  tenant {letter.tenant_id or '?'}  "
+            f"{letter.id:>6}  {iso(letter.created_at)}  tenant {letter.tenant_id or '?'}  "
             f"entry {letter.stream_entry_id}  id {letter.idempotency_key or '?'}  {letter.reason}{stored}"
         )
     click.echo(f"# {waiting_count()} record(s) set aside and not stored")

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from redis import Redis
 from sqlalchemy import func, select
 
-from ..billing.plans import period_bounds
-from ..billing.usage import quota_key
 from ..extensions import db
+from ..kernel.periods import period_bounds
+from ..kernel.redis_keys import quota_key
 from ..models import UsageRecord, UsageRollup
 from .admission import INFLIGHT, QUOTA_KEPT_AFTER_PERIOD, STREAM, counted_against_quota
 

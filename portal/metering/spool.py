@@ -23,7 +23,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from ..billing.usage import quota_key
+from ..kernel.redis_keys import quota_key
 from .admission import STREAM
 
 log = logging.getLogger("tollgate.spool")

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
 
-from ..alerts.serialize import iso
 from ..extensions import db
+from ..kernel.audit import record_event
+from ..kernel.times import iso
 from ..models import NotificationChannel, NotificationDelivery
 from ..models.alerts import CHANNEL_KINDS, SEVERITIES
-from ..tenancy.audit import record_event
 from .addresses import AddressRefused, check_address, private_allowed
 from .base import masked_url
 

@@ -1,17 +1,16 @@
-"""E-mail notifications over ``SMTP_URL`` (smtp:// with STARTTLS when the server offers it, or
-smtps://; optional user:password): a plain-text part and an HTML alternative."""
+"""E-mail notifications, sent through the mail transport (:mod:`portal.kernel.mail`): a
+plain-text part and an HTML alternative."""
 
 from __future__ import annotations
 
 import smtplib
-import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
-from urllib.parse import unquote, urlsplit
 
 from flask import current_app
 from markupsafe import escape
 
+from ..kernel.mail import mail_domain, transmit
 from ..models import NotificationChannel, NotificationDelivery
 from .base import Outcome
 from .render import Notice, notice, plain_text
@@ -37,11 +36,6 @@ def html_body(n: Notice) -> str:
     )
 
 
-def mail_domain(mail_from: str) -> str:
-    address = parseaddr(mail_from)[1]
-    return address.rpartition("@")[2] or "tollgate.invalid"
-
-
 def build_message(to: str, delivery: NotificationDelivery, mail_from: str) -> EmailMessage:
     """The e-mail of ``delivery``; its Message-ID comes from the delivery's message_id, so a
     repeated attempt is recognisably the same message."""
@@ -59,23 +53,6 @@ def build_message(to: str, delivery: NotificationDelivery, mail_from: str) -> Em
     message.set_content(plain_text(n))
     message.add_alternative(html_body(n), subtype="html")
     return message
-
-
-def transmit(smtp_url: str, message: EmailMessage, envelope_from: str, to: str, timeout: float) -> None:
-    parts = urlsplit(smtp_url)
-    context = ssl.create_default_context()
-    if parts.scheme == "smtps":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(parts.hostname, parts.port or 465, timeout=timeout, context=context)
-    else:
-        client = smtplib.SMTP(parts.hostname, parts.port or 25, timeout=timeout)
-    with client:
-        client.ehlo()
-        if parts.scheme == "smtp" and client.has_extn("starttls"):
-            client.starttls(context=context)
-            client.ehlo()
-        if parts.username:
-            client.login(unquote(parts.username), unquote(parts.password or ""))
-        client.send_message(message, from_addr=envelope_from, to_addrs=[to])
 
 
 def _said(code: int, text: bytes | str) -> str:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
-from flask import current_app
 from sqlalchemy import select
 
-from ..alerts.serialize import alert_json, iso
 from ..extensions import db
-from ..models import Alert, Notification, NotificationChannel, NotificationDelivery, Tenant, User
-from ..tenancy.audit import record_event
+from ..kernel.audit import record_event
+from ..kernel.times import iso
+from ..models import Notification, NotificationChannel, NotificationDelivery, Tenant, User
 
 SEVERITY_RANK = {"warning": 1, "critical": 2}
 CHUNK = 5000  # ids per IN list
@@ -31,15 +31,6 @@ def new_message_id() -> str:
 def event_body(event_type: str, data: dict, at: datetime) -> dict:
     """The JSON every channel is built from (and the body of a webhook)."""
     return {"type": event_type, "timestamp": iso(at), "data": data}
-
-
-def alert_event(alert: Alert, event_type: str, at: datetime, tenant: Tenant | None = None) -> dict:
-    tenant = tenant or db.session.get(Tenant, alert.tenant_id)
-    data = {
-        "tenant": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name},
-        "alert": alert_json(alert, current_app.config["PORTAL_BASE_URL"]),
-    }
-    return event_body(event_type, data, at)
 
 
 def _channels_of(tenant_ids: list[int]) -> dict[int, list[NotificationChannel]]:
@@ -131,42 +122,50 @@ def record_test_send(
     )
 
 
-VERBS = {"alert.triggered": "", "alert.escalated": "Escalated: ", "alert.resolved": "Resolved: "}
+@dataclass(frozen=True)
+class Announcement:
+    """A change to tell a tenant about: the JSON every matching channel is built from (``data``,
+    beside the tenant, under ``event_type``), and the notice each of the tenant's users sees in
+    the portal. A capability that announces (alerts) builds its own."""
+
+    tenant_id: int
+    event_type: str
+    severity: str  # channels subscribe by severity
+    title: str
+    body: str
+    data: dict
+    alert_id: int | None = None
 
 
-def enqueue_alert_notifications(alert: Alert, event_type: str, at: datetime) -> list[NotificationDelivery]:
-    """Write the deliveries and in-portal notifications of ``alert``'s change; the caller
-    commits them together with the change. ``alert`` must have its id (flush first)."""
-    return enqueue_many([(alert, event_type)], at)
-
-
-def enqueue_many(changes: list[tuple[Alert, str]], at: datetime) -> list[NotificationDelivery]:
-    """The same for many alerts' changes at once, in a fixed number of queries."""
-    if not changes:
+def enqueue_announcements(announcements: list[Announcement], at: datetime) -> list[NotificationDelivery]:
+    """Write the deliveries and in-portal notifications of ``announcements`` in a fixed number of
+    queries; the caller commits them together with the change they tell of."""
+    if not announcements:
         return []
-    tenant_ids = sorted({alert.tenant_id for alert, _ in changes})
+    tenant_ids = sorted({change.tenant_id for change in announcements})
     tenants, channels, users = _tenants(tenant_ids), _channels_of(tenant_ids), _users_of(tenant_ids)
     deliveries: list[NotificationDelivery] = []
     notices: list[Notification] = []
-    for alert, event_type in changes:
-        payload = alert_event(alert, event_type, at, tenants[alert.tenant_id])
+    for change in announcements:
+        tenant = tenants[change.tenant_id]
+        data = {"tenant": {"id": tenant.id, "slug": tenant.slug, "name": tenant.name}, **change.data}
+        payload = event_body(change.event_type, data, at)
         deliveries += [
-            new_delivery(channel, payload, at, alert.id)
-            for channel in _matching(channels.get(alert.tenant_id, []), alert.severity)
+            new_delivery(channel, payload, at, change.alert_id)
+            for channel in _matching(channels.get(change.tenant_id, []), change.severity)
         ]
-        title = f"{VERBS[event_type]}{alert.title}"[:200]
         notices += [
             Notification(
-                tenant_id=alert.tenant_id,
+                tenant_id=change.tenant_id,
                 user_id=user_id,
-                alert_id=alert.id,
-                event_type=event_type,
-                severity=alert.severity,
-                title=title,
-                body=alert.message,
+                alert_id=change.alert_id,
+                event_type=change.event_type,
+                severity=change.severity,
+                title=change.title[:200],
+                body=change.body,
                 created_at=at,
             )
-            for user_id in users.get(alert.tenant_id, [])
+            for user_id in users.get(change.tenant_id, [])
         ]
     db.session.add_all(deliveries)
     db.session.add_all(notices)

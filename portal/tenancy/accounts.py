@@ -8,9 +8,6 @@ import unicodedata
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
-from ..alerts.rules import add_default_rules
-from ..billing.plans import get_plan, subscribe
-from ..costs.service_limits import add_default_limits
 from ..extensions import db
 from ..models import Tenant, User
 from .passwords import hash_password
@@ -63,23 +60,6 @@ def create_user(
     user = User(tenant=tenant, email=address, password_hash=password_hash, role=role, name=name)
     db.session.add(user)
     return user
-
-
-def create_tenant(
-    name: str, plan_code: str, admin_email: str, password: str, password_hash: str | None = None
-) -> Tenant:
-    """A new tenant on ``plan_code`` with its owner account; the caller commits."""
-    name = name.strip()
-    if not name:
-        raise AccountError("the tenant needs a name")
-    plan = get_plan(plan_code)
-    tenant = Tenant(name=name, slug=unique_slug(name))
-    db.session.add(tenant)
-    create_user(tenant, admin_email, password, role="owner", password_hash=password_hash)
-    subscribe(tenant, plan)
-    add_default_limits(tenant)
-    add_default_rules(tenant)
-    return tenant
 
 
 def get_tenant(slug: str) -> Tenant:

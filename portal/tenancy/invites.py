@@ -24,11 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import contains_eager
 
 from ..extensions import db
+from ..kernel.audit import record_event
+from ..kernel.mail import mail_domain, transmit
 from ..models import Invite, Tenant, User
 from ..models.tenancy import ROLES
-from ..notify.email import mail_domain, transmit
 from .accounts import AccountError, find_user_by_email, normalise_email
-from .audit import record_event
 from .passwords import hash_password
 
 INVITE_LIFETIME = timedelta(days=7)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import or_, select
 
-from ..billing.plans import PlanLimits, plan_limits
 from ..extensions import db
-from ..models import ApiKey, Plan, Subscription, Tenant, utcnow
-from .changes import CONFIG_VERSION, mark_access_changed
+from ..kernel.changes import mark_access_changed
+from ..models import ApiKey, Tenant, utcnow
 
 SECRET_PREFIX = "tg_"
 # usage: call, report events, acquire, read; admin: also change budgets, limits and settings.
@@ -112,87 +110,3 @@ def rotate_api_key(key: ApiKey) -> str:
     key.key_hash = hash_secret(secret)
     mark_access_changed()
     return secret
-
-
-@dataclass(frozen=True)
-class KeyEntry:
-    """What the API needs to know about a key, cached per process."""
-
-    key_id: int
-    tenant_id: int
-    is_active: bool
-    revoked: bool
-    expires_at: float | None  # epoch seconds
-    limits: PlanLimits
-    scope: str = "usage"
-    # When the tenant was made (epoch seconds): no usage of it can be older.
-    tenant_since: float = 0.0
-
-    @property
-    def is_admin(self) -> bool:
-        return self.scope == "admin"
-
-    def usable(self, now: float) -> bool:
-        if self.revoked or not self.is_active:
-            return False
-        return self.expires_at is None or now < self.expires_at
-
-
-def load_key_entry(key_hash: str) -> KeyEntry | None:
-    """The key with this hash, its tenant's plan limits and overage allowance, or None."""
-    row = db.session.execute(
-        select(ApiKey, Subscription, Plan, Tenant.created_at)
-        .join(Subscription, (Subscription.tenant_id == ApiKey.tenant_id) & Subscription.ended_at.is_(None))
-        .join(Plan, Plan.id == Subscription.plan_id)
-        .join(Tenant, Tenant.id == ApiKey.tenant_id)
-        .where(ApiKey.key_hash == key_hash, Tenant.is_active.is_(True))
-        .order_by(Subscription.started_at.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    key, subscription, plan, tenant_since = row
-    return KeyEntry(
-        key_id=key.id,
-        tenant_id=key.tenant_id,
-        is_active=key.is_active,
-        revoked=key.revoked_at is not None,
-        expires_at=key.expires_at.timestamp() if key.expires_at else None,
-        limits=plan_limits(plan, subscription),
-        scope=key.scope,
-        tenant_since=tenant_since.timestamp(),
-    )
-
-
-class KeyDirectory:
-    """Per-process cache of key entries, valid for one configuration version.
-
-    Unknown hashes are cached too (a new key bumps the version), bounded in number.
-    """
-
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self.version = ""
-        self.max_entries = max_entries
-        self._entries: dict[str, KeyEntry | None] = {}
-
-    def lookup(self, key_hash: str) -> KeyEntry | None:
-        try:
-            return self._entries[key_hash]
-        except KeyError:
-            pass
-        entry = load_key_entry(key_hash)
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key_hash] = entry
-        return entry
-
-    def lookup_current(self, key_hash: str, redis) -> KeyEntry | None:
-        """Like :meth:`lookup`, after dropping the cache if the configuration version moved on."""
-        version = (redis.get(CONFIG_VERSION) or b"0").decode()
-        if version != self.version:
-            self.reset(version)
-        return self.lookup(key_hash)
-
-    def reset(self, version: str) -> None:
-        self._entries = {}
-        self.version = version

@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, case, func, or_, select
 
 from ..extensions import db
+from ..kernel.audit import record_event
 from ..models import ApiKey, AuditEvent, Tenant, User
 from ..models.tenancy import ROLES
-from ..sessions import end_user_sessions
-from .audit import record_event
 from .keys import revoke_api_key
+from .sessions import end_user_sessions
 
 ROLE_ORDER = {role: rank for rank, role in enumerate(ROLES)}
 # Who may change the plan: in the portal, and through an admin-scope key that such a user made

@@ -14,11 +14,11 @@ from sqlalchemy import select
 from ..alerts import service
 from ..alerts.rules import METRICS
 from ..extensions import db
+from ..kernel.clock import now
 from ..models import Alert, AlertRule, NotificationDelivery, User
 from ..notify.channels import list_channels
 from . import bp
 from .alert_forms import AlertFilterForm, HistoryFilterForm, filter_form, type_label
-from .clock import now
 from .filters import query_id
 from .roles import admin_required, can_change
 from .tenancy import get_owned_or_404, owned

@@ -17,10 +17,10 @@ from ..billing.overview import billing_overview
 from ..billing.plans import UnknownPlan, get_plan, list_plans
 from ..billing.usage import current_subscription
 from ..extensions import db
+from ..kernel.clock import now
 from ..models import Statement
 from ..redis_store import get_redis
 from . import bp
-from .clock import now
 from .money_forms import PlanChangeForm
 from .roles import can_change_plan, plan_manager_required
 from .tenancy import get_owned_or_404

@@ -13,10 +13,10 @@ from ..costs import budgets as budget_domain
 from ..costs.overview import GROUPS, DayCost, budget_rows, cost_overview, tenant_keys
 from ..costs.prices import current_price_book
 from ..extensions import db
+from ..kernel.clock import now
 from ..models import Budget
 from ..redis_store import get_redis
 from . import bp
-from .clock import now
 from .filters import fine_money
 from .money_forms import BudgetForm, CostFilterForm
 from .roles import admin_required, can_change

@@ -17,9 +17,9 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Optional, ValidationError
 
 from ..analytics import explorer as domain
-from ..analytics.totals import day_bounds
+from ..kernel.clock import now
+from ..kernel.periods import day_bounds
 from . import bp
-from .clock import now
 from .filters import DayField, query_args, query_id
 
 DEFAULT_DAYS = 30

@@ -10,13 +10,13 @@ from flask import flash, make_response, redirect, render_template, request, url_
 from flask_login import current_user, login_required
 
 from ..extensions import db
+from ..kernel.audit import record_event
+from ..kernel.clock import now
 from ..models import ApiKey
-from ..tenancy.audit import record_event
 from ..tenancy.key_search import KeyQuery, search_keys
 from ..tenancy.keys import create_api_key, revoke_api_key, rotate_api_key, set_key_active
 from ..tenancy.members import key_maker
 from . import bp
-from .clock import now
 from .filters import query_args
 from .forms import ApiKeyForm, KeyFilterForm, first_expiry_date
 from .once import claim_form, first_submission

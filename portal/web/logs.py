@@ -17,10 +17,10 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, Optional, Regexp, ValidationError
 
 from ..analytics import explorer, logs
-from ..analytics.totals import day_bounds
+from ..kernel.clock import now
+from ..kernel.periods import day_bounds
 from ..models import UsageRecord
 from . import bp
-from .clock import now
 from .explorer import DATE_MESSAGE, offer
 from .filters import DayField, query_args, query_id
 from .tenancy import get_owned_or_404

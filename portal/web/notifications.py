@@ -13,6 +13,7 @@ from flask_login import current_user, login_required
 from sqlalchemy import update
 
 from ..extensions import db
+from ..kernel.clock import now
 from ..models import Notification, NotificationChannel, NotificationDelivery
 from ..notify import channels as channel_domain
 from ..notify.deliver import channel_test_event
@@ -20,7 +21,6 @@ from ..notify.outbox import enqueue_delivery, record_test_send
 from . import bp
 from .alert_forms import ChannelForm, DeliveryFilterForm, filter_form, has_errors, show_error
 from .alerts import MAX_ID, owned_or_404, who
-from .clock import now
 from .filters import query_id
 from .nav import unread_notifications
 from .once import first_submission, new_submission_token

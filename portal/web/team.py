@@ -25,9 +25,10 @@ from flask import (
 from flask_limiter.errors import RateLimitExceeded
 from flask_login import current_user, login_required, logout_user
 
-from ..csv_export import csv_lines
 from ..errors import handle_http_error
 from ..extensions import db, limiter
+from ..kernel.clock import now
+from ..kernel.csv_export import csv_lines
 from ..models import Invite, User
 from ..sessions import sign_in, sign_out
 from ..tenancy.invites import (
@@ -58,7 +59,6 @@ from ..tenancy.members import (
     team_members,
 )
 from . import bp
-from .clock import now
 from .filters import query_id
 from .once import claim_form
 from .roles import admin_required, can_change

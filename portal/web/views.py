@@ -5,8 +5,9 @@ from flask_login import current_user, login_required
 
 from ..analytics import charts
 from ..analytics import dashboard as figures
+from ..kernel import clock
 from ..redis_store import get_redis
-from . import bp, clock
+from . import bp
 
 
 @bp.route("/")

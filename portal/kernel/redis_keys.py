@@ -7,7 +7,14 @@ of a Redis Cluster: moving to a cluster is a setting, not a rewrite.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from .periods import period_bounds
+
 SHARDS = 1
+
+# Bumped after every commit that changes keys, plans or subscriptions (see ``changes``).
+CONFIG_VERSION = "tollgate:config-version"
 
 
 def shard_tag(tenant_id: int) -> str:
@@ -33,3 +40,9 @@ def permit_key(tenant_id: int, service: str, permit_id: str) -> str:
 def event_seen_key(tenant_id: int, event_id: str) -> str:
     """Marks an outside-service event id as accepted (retries count once)."""
     return f"tollgate:{shard_tag(tenant_id)}:evt:{tenant_id}:{event_id}"
+
+
+def quota_key(tenant_id: int, at: datetime | float) -> str:
+    """The Redis counter of calls admitted in the billing period containing ``at``."""
+    month = period_bounds(at if isinstance(at, float | int) else at.timestamp()).month
+    return f"tollgate:q:{tenant_id}:{month}"

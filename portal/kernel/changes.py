@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from ..extensions import db
 from ..redis_store import get_redis
+from .redis_keys import CONFIG_VERSION
 
 _FLAG = "tollgate.access_changed"
-CONFIG_VERSION = "tollgate:config-version"
 
 
 def mark_access_changed() -> None:
