@@ -50,7 +50,7 @@ SERVICES = (
 # 1,000 records a batch and stores each batch before reading the next (the old behaviour).
 WORKER_BASELINE = """
 import sys
-from portal.metering import ingest
+from portal import ingest
 from wsgi import app
 from worker import jobs
 from worker.runner import run_worker

@@ -39,12 +39,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from portal import create_app  # noqa: E402
+from portal import create_app, ingest  # noqa: E402
 from portal.demo import bench_tenants, synthetic_records  # noqa: E402
 from portal.extensions import db  # noqa: E402
-from portal.metering import ingest  # noqa: E402
-from portal.metering.admission import STREAM, pack_record  # noqa: E402
 from portal.metering.store import store_usage, store_usage_portable  # noqa: E402
+from portal.metering.stream import STREAM, pack_call  # noqa: E402
 from portal.models import ApiKey  # noqa: E402
 from portal.redis_store import get_redis  # noqa: E402
 
@@ -164,7 +163,7 @@ def push_stream(redis, rows: list[dict]) -> None:
     redis.flushdb()
     pipe = redis.pipeline(transaction=False)
     for n, row in enumerate(rows, 1):
-        packed = pack_record(
+        packed = pack_call(
             row["idempotency_key"],
             row["tenant_id"],
             row["api_key_id"],

@@ -19,8 +19,8 @@ from flask import Flask
 from portal.api.guard import gate
 from portal.billing.plans import update_plan_limits
 from portal.extensions import db
+from portal.ingest import ingest_usage
 from portal.kernel.clock import app_clock, set_clock
-from portal.metering.ingest import ingest_usage
 from portal.onboarding import create_tenant
 from portal.redis_store import get_redis
 from portal.tenancy.keys import create_api_key

@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.metering.admission import STREAM, pack_record
+from portal.metering.stream import STREAM, pack_call
 from portal.models import ApiKey, UsageRecord, UsageRollup
 
 from .api_helpers import Servers, drain, make_api_tenant, set_limits
@@ -109,7 +109,7 @@ def fill_stream(redis, tenant_id: int, key_id: int, count: int) -> None:
     at = datetime.now(UTC).timestamp()
     pipe = redis.pipeline(transaction=False)
     for n in range(count):
-        record = pack_record(f"fill-{n}", tenant_id, key_id, "/api/v1/ping", "GET", "system", at)
+        record = pack_call(f"fill-{n}", tenant_id, key_id, "/api/v1/ping", "GET", "system", at)
         pipe.xadd(STREAM, {"r": record, "s": 200, "d": 3})
     pipe.execute()
 
@@ -117,9 +117,9 @@ def fill_stream(redis, tenant_id: int, key_id: int, count: int) -> None:
 VICTIM = """
 import os, signal, sys
 from portal import create_app
-from portal.metering.admission import STREAM, unpack_record
+from portal.metering.stream import GROUP, STREAM, unpack_call
 from portal.extensions import db
-from portal.metering.ingest import GROUP, ensure_group
+from portal.ingest import ensure_group
 from portal.metering.store import store_usage
 from portal.redis_store import get_redis
 
@@ -128,7 +128,7 @@ with app.app_context():
     redis = get_redis()
     ensure_group(redis)
     entries = redis.xreadgroup(GROUP, "victim", {STREAM: ">"}, count=int(sys.argv[1]))[0][1]
-    store_usage([unpack_record(fields) for _, fields in entries])  # the worker's batch step
+    store_usage([unpack_call(fields) for _, fields in entries])  # the worker's batch step
     if sys.argv[2] == "after-commit":
         db.session.commit()
     print(len(entries), flush=True)

@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 
 from portal.api.guard import gate
 from portal.extensions import db
-from portal.metering.admission import INFLIGHT, STREAM, flush_abandoned
-from portal.metering.ingest import GROUP, ingest_usage
+from portal.ingest import ingest_usage
+from portal.metering.admission import flush_abandoned
+from portal.metering.stream import GROUP, INFLIGHT, STREAM
 from portal.models import ApiKey, UsageRecord, UsageRollup
 from portal.tenancy.keys import set_key_active
 
@@ -112,7 +113,7 @@ def test_redelivered_batch_counts_nothing_twice(app, client, redis, acme):
         client.get("/api/v1/ping", headers=acme.headers)
     gate(app).admission.flush_if_idle(0)
     with app.app_context():
-        from portal.metering.ingest import ensure_group
+        from portal.ingest import ensure_group
 
         ensure_group(redis)
         # A reader takes the batch and dies before acknowledging it...
@@ -121,10 +122,10 @@ def test_redelivered_batch_counts_nothing_twice(app, client, redis, acme):
         result = ingest_usage(redis, claim_idle_ms=0)  # ...the next one claims it
         assert (result.entries, result.stored) == (5, 5)
         # The same entries delivered again (a lost acknowledgement) change nothing.
-        from portal.metering.admission import unpack_record
         from portal.metering.store import store_usage
+        from portal.metering.stream import unpack_call
 
-        assert store_usage([unpack_record(fields) for _, fields in taken[0][1]]) == 0
+        assert store_usage([unpack_call(fields) for _, fields in taken[0][1]]) == 0
         db.session.commit()
     assert len(records(app, acme.tenant_id)) == 5
     assert redis.xlen(STREAM) == 0

@@ -13,7 +13,7 @@ from portal import create_app
 from portal.api.guard import gate
 from portal.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from portal.extensions import db, limiter
-from portal.metering.ingest import ingest_usage
+from portal.ingest import ingest_usage
 from portal.models import ApiKey, UsageRecord
 from portal.redis_store import get_redis
 

@@ -10,10 +10,8 @@ import json
 
 from sqlalchemy import func, select
 
-from portal.costs.events import EVENTS_FIELD
 from portal.extensions import db
-from portal.metering.admission import STREAM
-from portal.metering.ingest import GROUP
+from portal.metering.stream import EVENTS_FIELD, GROUP, STREAM
 from portal.models import UsageDeadLetter, UsageRecord, utcnow
 from tests.api_helpers import drain, make_api_tenant
 
@@ -93,7 +91,7 @@ def test_a_poisoned_batch_stores_every_other_tenants_calls_and_sets_the_poison_a
 def test_a_batch_delivered_again_sets_nothing_aside_twice(app, clock, redis):
     """A worker that dies after setting records aside and before acknowledging the batch gets
     the same entries again: they are set aside once."""
-    from portal.metering.ingest import _records, _store_batch, ensure_group
+    from portal.ingest import _records, _store_batch, ensure_group
 
     tenant = make_api_tenant(app, "Poisoner")
     poison_entries(redis, tenant.tenant_id, tenant.key_id, clock.now)

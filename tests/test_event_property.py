@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.metering.admission import STREAM
+from portal.metering.stream import STREAM
 from portal.models import UsageDeadLetter, UsageRecord
 from tests.api_helpers import drain, make_api_tenant
 

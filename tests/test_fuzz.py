@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.metering.admission import STREAM
+from portal.metering.stream import STREAM
 from portal.models import UsageRecord
 from portal.redis_store import get_redis
 

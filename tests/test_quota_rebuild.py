@@ -138,7 +138,7 @@ def test_the_dashboard_shows_the_rebuilt_count(app, client, acme, redis, quota_o
 
 
 def test_billing_reconcile_reports_counter_drift(app, client, acme, redis, quota_of_20, monkeypatch):
-    import portal.billing.cli as billing_cli
+    import portal.cli.billing as billing_cli
 
     monkeypatch.setattr(billing_cli, "utcnow", lambda: NOW)
     for _ in range(3):

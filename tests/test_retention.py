@@ -17,15 +17,15 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.config import ConfigError, load_config
-from portal.costs.events import EVENTS_FIELD, report_events
+from portal.costs.events import report_events
 from portal.costs.prices import PriceBook
 from portal.demo import demo_records, store_in_batches
 from portal.extensions import db
+from portal.ingest import ingest_usage
 from portal.metering import retention
-from portal.metering.admission import STREAM
-from portal.metering.ingest import ingest_usage
 from portal.metering.retention import LOCK_KEY, apply_retention
 from portal.metering.store import store_usage
+from portal.metering.stream import EVENTS_FIELD, STREAM
 from portal.models import UsageRecord, UsageRollup, utcnow
 
 from .api_helpers import add_key, make_api_tenant

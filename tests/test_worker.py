@@ -211,7 +211,7 @@ def test_flask_worker_burst_as_a_process(app, redis, usage, tmp_path):
 def _events_entries(redis, tenant_id: int, entries: int, per_entry: int) -> None:
     """``entries`` stream entries of ``per_entry`` outside-service events each, as the API adds."""
     from portal.costs.events import report_events
-    from portal.metering.admission import STREAM
+    from portal.metering.stream import STREAM
 
     now = utcnow().timestamp()
     for e in range(entries):
@@ -252,7 +252,7 @@ def _stored_events(app, tenant_id: int) -> tuple[int, int]:
 
 
 def test_a_read_batch_counts_the_events_of_an_entry_not_entries(app, redis, make_tenant):
-    from portal.metering.ingest import ingest_usage
+    from portal.ingest import ingest_usage
 
     _, _, tenant_id = make_tenant()
     _events_entries(redis, tenant_id, entries=3, per_entry=3)
@@ -265,8 +265,8 @@ def test_a_read_batch_counts_the_events_of_an_entry_not_entries(app, redis, make
 
 @pytest.mark.parametrize("read_ahead", [True, False])
 def test_a_batch_that_fails_to_store_is_stored_once_later(app, redis, make_tenant, monkeypatch, read_ahead):
-    from portal.metering import ingest
-    from portal.metering.admission import STREAM
+    from portal import ingest
+    from portal.metering.stream import STREAM
 
     _, _, tenant_id = make_tenant()
     _events_entries(redis, tenant_id, entries=4, per_entry=2)

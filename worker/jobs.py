@@ -10,7 +10,7 @@ from flask import current_app
 from portal.alerts.evaluate import evaluate_alerts as evaluate_alert_rules
 from portal.billing.statements import close_periods as close_billing_periods
 from portal.costs import recompute
-from portal.metering.ingest import ingest_usage
+from portal.ingest import ingest_usage
 from portal.metering.retention import delete_expired_usage
 from portal.models import utcnow
 from portal.notify.deliver import deliver_due

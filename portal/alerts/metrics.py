@@ -23,7 +23,7 @@ from sqlalchemy import and_, func, or_, select
 from ..billing.statements import admitted_calls
 from ..extensions import db
 from ..kernel.periods import billing_period
-from ..kernel.redis_keys import quota_key
+from ..kernel.redis_keys import auth_failure_key, quota_key
 from ..metering.admission import window_keys
 from ..models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, AlertRule, AuditEvent, Plan, Subscription, UsageRollup
 
@@ -265,11 +265,6 @@ def _mget(redis: Redis, names: list[str]) -> list[int | None]:
 def day_window_key(tenant_id: int, now: datetime) -> str:
     """The admission script's per-day counter (see portal.metering.admission)."""
     return window_keys(tenant_id, int(now.timestamp()))[2]
-
-
-def auth_failure_key(tenant_id: int, hour_bucket: int) -> str:
-    """Failed API authentications of a tenant's keys in one hour (see portal.api.guard)."""
-    return f"tollgate:authfail:tenant:{tenant_id}:{hour_bucket}"
 
 
 @dataclass

@@ -15,9 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import and_, or_, select
 
-from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
 from ..kernel.periods import day_bounds
+from ..metering.stream import EVENT_ID_PREFIX
 from ..models import UsageRecord
 
 PAGE_SIZE = 50

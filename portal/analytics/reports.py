@@ -13,11 +13,11 @@ from decimal import Decimal
 from sqlalchemy import Select, func, select
 
 from ..billing.usage import current_subscription
-from ..costs.events import ID_PREFIX as EVENT_ID_PREFIX
 from ..extensions import db
 from ..kernel.periods import billing_period, day_bounds
 from ..kernel.times import iso
 from ..metering.quota import quota_used
+from ..metering.stream import EVENT_ID_PREFIX
 from ..models import ApiKey, UsageRecord, UsageRollup
 from .totals import totals as usage_totals
 

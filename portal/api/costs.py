@@ -16,7 +16,7 @@ from ..costs.report import cost_report, report_csv, report_json, shown
 from ..extensions import db
 from ..kernel import clock
 from ..kernel.times import iso
-from ..metering.admission import STREAM
+from ..metering.stream import STREAM
 from ..models import Tenant
 from ..redis_store import get_redis
 from . import bp

@@ -24,11 +24,13 @@ from redis import Redis, RedisError
 from ..costs.service_limits import LimitCache
 from ..kernel import clock
 from ..kernel.periods import billing_period, period_bounds
+from ..kernel.redis_keys import auth_failure_keys
 from ..kernel.times import iso
-from ..metering.admission import STREAM, Admission, Decision, QuotaCounterMissing, StaleConfig, pack_record
+from ..metering.admission import Admission, Decision, QuotaCounterMissing, StaleConfig
 from ..metering.directory import KeyDirectory, KeyEntry
 from ..metering.quota import rebuild_quota_counter
 from ..metering.spool import Spool
+from ..metering.stream import STREAM, call_entry, pack_call
 from ..redis_store import get_redis
 from ..tenancy.keys import hash_secret
 
@@ -124,15 +126,13 @@ def record_auth_failure(redis: Redis, now: float, entry: KeyEntry | None, endpoi
     a known key's refused call is also metered."""
     bucket = _hour_bucket(now)
     pipe = redis.pipeline(transaction=False)
-    names = [f"tollgate:authfail:ip:{request.remote_addr}:{bucket}"]
-    if entry is not None:
-        names += [
-            f"tollgate:authfail:tenant:{entry.tenant_id}:{bucket}",
-            f"tollgate:authfail:key:{entry.key_id}:{bucket}",
-        ]
+    if entry is None:
+        names = auth_failure_keys(bucket, request.remote_addr)
+    else:
+        names = auth_failure_keys(bucket, request.remote_addr, entry.tenant_id, entry.key_id)
         record_id = gate().admission.ids.next_id()
-        record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
-        pipe.xadd(STREAM, {"r": record, "s": status, "d": 0, "q": 0})
+        record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+        pipe.xadd(STREAM, call_entry(record, status, 0, counted=False))
     for name in names:
         pipe.incr(name)
         pipe.expire(name, AUTH_FAILURE_TTL)
@@ -182,7 +182,7 @@ def admit_api_call() -> Response | None:
     try:
         stale_retries = rebuilds = 0
         while True:
-            record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
             try:
                 decision = state.admission.admit(
                     state.keys.version,
@@ -239,7 +239,7 @@ def refuse_key(state: Gate, now: float, entry: KeyEntry | None, endpoint: str) -
         log.warning("Redis unreachable: a refused call goes to the local spool", exc_info=True)
         if entry is not None:
             record_id = state.admission.ids.next_id()
-            record = pack_record(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
             state.spool.append(record, status, 0, admitted=False)
     return api_error(status, detail)
 

@@ -4,36 +4,30 @@ No database write on the request path: one Lua script (:data:`EVENTS_SCRIPT`) ma
 as seen (an id seen before counts nothing, also when two retries race), adds each new event to
 its service's window counters (unless it carries the permit of its acquire, which counted it
 already), and appends the batch to the usage stream as one entry. The worker prices and stores
-the records (:func:`unpack_events`), exactly once per tenant and id.
+the records (:func:`portal.metering.stream.unpack_events`), exactly once per tenant and id.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_json
 from redis import Redis
 
 from ..kernel.redis_keys import event_seen_key, permit_key
-from ..metering.store import DEFAULTS as STORED_DEFAULTS
-from ..metering.store import RECORD_FIELDS as STORED_FIELDS
+from ..metering.stream import LUA_APPEND, pack_event
 from .service_limits import COUNTER_GRACE_SECONDS, LimitSpec, counter_for
 
 # An event id is remembered this long in Redis (for its window counters; the database keeps
 # records unique per tenant and id for ever).
 EVENT_ID_TTL_SECONDS = 86400
-# The stream entry's field for a batch of outside-service events.
-EVENTS_FIELD = b"x"
-# Stored idempotency keys of reported events: "e:" and the event's id (API calls' ids differ).
-ID_PREFIX = "e:"
 
-EVENTS_SCRIPT = """
+EVENTS_SCRIPT = (
+    LUA_APPEND
+    + """
 -- KEYS: the usage stream
 -- ARGV: seconds an id is remembered, tenant id, key id, m, then m counters as key, ttl, counts
 --       units; then per event: its seen-id key, its permit key or '', its record (JSON), n, and
@@ -82,10 +76,11 @@ for c = 1, m do
   end
 end
 if #accepted > 0 then
-  redis.call('XADD', KEYS[1], '*', 'x', '[' .. table.concat(accepted, ',') .. ']', 't', ARGV[2], 'k', ARGV[3])
+  append_events(KEYS[1], '[' .. table.concat(accepted, ',') .. ']', ARGV[2], ARGV[3])
 end
 return {#accepted, duplicates}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -97,31 +92,6 @@ class Reported:
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
-
-
-# A record's fields in the stream (the store's, less those the entry or the worker supplies);
-# those at the store's default are left out. Every event states its method.
-PER_ENTRY = ("tenant_id", "api_key_id", "source", "cost", "price_id", "occurred_at", "idempotency_key")
-RECORD_FIELDS = tuple(name for name in STORED_FIELDS if name not in PER_ENTRY)
-DEFAULTS = {name: value for name, value in STORED_DEFAULTS.items() if name in RECORD_FIELDS and name != "method"}
-
-
-_RECORD_DEFAULTS = tuple((name, DEFAULTS.get(name, ...)) for name in RECORD_FIELDS)
-
-
-def _record(event: dict[str, Any], event_id: str) -> bytes | str:
-    """The stream's form of one event: a usage record, its time as epoch seconds."""
-    record = {name: value for name, default in _RECORD_DEFAULTS if (value := event[name]) != default}
-    record["occurred_at"] = event["occurred_at"]
-    record["idempotency_key"] = ID_PREFIX + event_id
-    if "meta" not in record:
-        # pydantic's encoder is several times faster; metadata (NaN, say) and a lone surrogate
-        # keep the standard library's form.
-        try:
-            return to_json(record)
-        except PydanticSerializationError:
-            pass
-    return json.dumps(record, separators=(",", ":"))
 
 
 class _Counters:
@@ -187,21 +157,10 @@ def report_events(
         args += [
             seen_prefix + event_id,
             permit_key(tenant_id, event["service"], permit) if permit else "",
-            _record(event, event_id),
+            pack_event(event, event_id),
         ]
         args += counters.args(event)
     table = counters.table
     args = [EVENT_ID_TTL_SECONDS, tenant_id, key_id or 0, len(table) // 3, *table, *args]
     accepted, duplicates = redis.register_script(EVENTS_SCRIPT)(keys=[stream], args=args)
     return Reported(int(accepted), int(duplicates), ids)
-
-
-def unpack_events(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
-    """A stream entry's events as usage records (not yet priced) for the store."""
-    tenant_id, key_id = int(fields[b"t"]), int(fields[b"k"]) or None
-    records = []
-    for record in json.loads(fields[EVENTS_FIELD]):
-        record = {**DEFAULTS, **record, "tenant_id": tenant_id, "api_key_id": key_id, "source": "external"}
-        record["occurred_at"] = datetime.fromtimestamp(record["occurred_at"], UTC)
-        records.append(record)
-    return records

@@ -46,3 +46,18 @@ def quota_key(tenant_id: int, at: datetime | float) -> str:
     """The Redis counter of calls admitted in the billing period containing ``at``."""
     month = period_bounds(at if isinstance(at, float | int) else at.timestamp()).month
     return f"tollgate:q:{tenant_id}:{month}"
+
+
+def auth_failure_keys(hour_bucket: int, ip: str | None, tenant_id: int | None = None, key_id: int | None = None):
+    """The counters of failed API authentications in one hour: per client address, and per
+    tenant and key when the key presented is known (the failed-authentication alert reads the
+    tenant's)."""
+    names = [f"tollgate:authfail:ip:{ip}:{hour_bucket}"]
+    if tenant_id is not None:
+        names += [auth_failure_key(tenant_id, hour_bucket), f"tollgate:authfail:key:{key_id}:{hour_bucket}"]
+    return names
+
+
+def auth_failure_key(tenant_id: int, hour_bucket: int) -> str:
+    """Failed API authentications of a tenant's keys in one hour."""
+    return f"tollgate:authfail:tenant:{tenant_id}:{hour_bucket}"

@@ -19,13 +19,11 @@ status but never a record.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from redis import Redis
 
@@ -33,9 +31,8 @@ from ..kernel.periods import period_bounds
 from ..kernel.redis_keys import CONFIG_VERSION, budget_stops_key, quota_key
 from ..redis_store import ThreadScript
 from .directory import PlanLimits
+from .stream import INFLIGHT, LUA_APPEND, STREAM
 
-STREAM = "tollgate:usage"
-INFLIGHT = "tollgate:inflight"
 WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 
 
@@ -44,21 +41,23 @@ def window_keys(tenant_id: int, second: int) -> list[str]:
     return [f"tollgate:w:{tenant_id}:{name[0]}:{second // span}" for name, span in WINDOWS]
 
 
-UNKNOWN_STATUS = 0  # status of a record whose process died before the response
 QUOTA_KEPT_AFTER_PERIOD = 35 * 86400  # seconds a period's quota counter outlives the period
 
 # Moves finished calls from the in-flight hash to the stream with their status and duration.
-COMPLETE_FUNCTION = """
+COMPLETE_FUNCTION = (
+    LUA_APPEND
+    + """
 local function complete(stream, inflight, done)
   for id, status, duration in string.gmatch(done, '([^,]+),([^,]+),([^,]+)') do
     local record = redis.call('HGET', inflight, id)
     if record then
       redis.call('HDEL', inflight, id)
-      redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration, 'q', '1')
+      append_call(stream, record, status, duration, '1')
     end
   end
 end
 """
+)
 
 ADMIT_SCRIPT = (
     COMPLETE_FUNCTION
@@ -84,7 +83,7 @@ if ARGV[12] == '1' then
   local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11])
   local detail = stop[1] or stop[2]
   if detail then
-    redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '402', 'd', '0', 'q', '0')
+    append_call(KEYS[6], ARGV[9], '402', '0', '0')
     return {'stopped', 0, counts[1], counts[2], counts[3], counts[4], detail}
   end
 end
@@ -94,7 +93,7 @@ for i = 1, 3 do
 end
 if refused == 0 and quota >= 0 and counts[4] >= quota then refused = 4 end
 if refused > 0 then
-  redis.call('XADD', KEYS[6], '*', 'r', ARGV[9], 's', '429', 'd', '0', 'q', '0')
+  append_call(KEYS[6], ARGV[9], '429', '0', '0')
   return {'refused', refused, counts[1], counts[2], counts[3], counts[4]}
 end
 for i = 1, 3 do
@@ -116,19 +115,22 @@ return 1
 """
 )
 
-ABANDON_SCRIPT = """
+ABANDON_SCRIPT = (
+    LUA_APPEND
+    + """
 -- KEYS: stream, inflight; ARGV: ids of records to close with an unknown status
 local moved = 0
 for i = 1, #ARGV do
   local record = redis.call('HGET', KEYS[2], ARGV[i])
   if record then
     redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('XADD', KEYS[1], '*', 'r', record, 's', '0', 'd', '0', 'q', '1')
+    append_call(KEYS[1], record, '0', '0', '1')
     moved = moved + 1
   end
 end
 return moved
 """
+)
 
 
 @dataclass(frozen=True)
@@ -308,49 +310,6 @@ class Admission:
             month=int(reply[5]),
             now=now,
         )
-
-
-def pack_record(
-    record_id: str, tenant_id: int, key_id: int, endpoint: str, method: str, category: str, at: float
-) -> str:
-    """The stream's form of a call's admission; status and duration travel beside it."""
-    return json.dumps(
-        {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at},
-        separators=(",", ":"),
-    )
-
-
-def counted_against_quota(fields: dict[bytes, bytes]) -> bool:
-    """Whether a stream entry's call was admitted (counted against the monthly quota). Entries
-    appended before entries said so count unless refused with 429, as statements counted them."""
-    counted = fields.get(b"q")
-    if counted is not None:
-        return counted == b"1"
-    return fields.get(b"s") != b"429"
-
-
-def unpack_record(fields: dict[bytes, bytes]) -> dict:
-    """A stream entry as a usage record for :func:`portal.metering.store.store_usage`; an
-    admitted call carries 1 quota unit (the quota counter is rebuilt from them)."""
-    data = json.loads(fields[b"r"])
-    status = int(fields[b"s"])
-    return {
-        "tenant_id": data["t"],
-        "api_key_id": data["k"],
-        "source": "api",
-        "service": "tollgate",
-        "endpoint": data["e"],
-        "method": data["m"],
-        "category": data["c"],
-        "status_code": status,
-        "duration_ms": int(fields[b"d"]),
-        "quota_units": 1 if counted_against_quota(fields) else 0,
-        "error_message": "final status unknown: the server stopped before responding"
-        if status == UNKNOWN_STATUS
-        else None,
-        "occurred_at": datetime.fromtimestamp(data["at"], UTC),
-        "idempotency_key": data["id"],
-    }
 
 
 def flush_abandoned(redis: Redis, older_than_seconds: float, now: float | None = None) -> int:

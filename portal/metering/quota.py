@@ -34,7 +34,8 @@ from ..extensions import db
 from ..kernel.periods import period_bounds
 from ..kernel.redis_keys import quota_key
 from ..models import UsageRecord, UsageRollup
-from .admission import INFLIGHT, QUOTA_KEPT_AFTER_PERIOD, STREAM, counted_against_quota
+from .admission import QUOTA_KEPT_AFTER_PERIOD
+from .stream import INFLIGHT, STREAM, counted_against_quota
 
 READ_PAGE = 5000
 SET_IF_MISSING = """

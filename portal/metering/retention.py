@@ -61,10 +61,9 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import delete, func, select, tuple_
 
-from ..costs.events import EVENTS_FIELD
 from ..extensions import db
 from ..models import Plan, Subscription, Tenant, UsageRecord, UsageRollup
-from .admission import STREAM
+from .stream import STREAM, call_tenant_and_time, entry_times
 
 # Daily rollups outlive raw rows: statements and year-over-year charts read them.
 DAILY_ROLLUP_RETENTION_DAYS = 730
@@ -109,17 +108,6 @@ def _day(at: datetime) -> datetime:
 # --- what the stream and the spool still hold ------------------------------------------------
 
 
-def _entry_times(fields: dict[bytes, bytes]) -> Iterator[tuple[int, float]]:
-    """(tenant id, occurred_at as epoch seconds) of each record of a stream entry."""
-    if EVENTS_FIELD in fields:
-        tenant_id = int(fields[b"t"])
-        for event in json.loads(fields[EVENTS_FIELD]):
-            yield tenant_id, float(event["occurred_at"])
-    elif b"r" in fields:
-        record = json.loads(fields[b"r"])
-        yield int(record["t"]), float(record["at"])
-
-
 def _spool_times(folder: Path) -> Iterator[tuple[int, float]]:
     if not folder.is_dir():
         return
@@ -130,8 +118,7 @@ def _spool_times(folder: Path) -> Iterator[tuple[int, float]]:
             continue
         for line in lines:
             try:
-                record = json.loads(json.loads(line)["r"])
-                yield int(record["t"]), float(record["at"])
+                yield call_tenant_and_time(json.loads(line)["r"])
             except (ValueError, KeyError, TypeError):  # a line being appended right now
                 continue
 
@@ -152,7 +139,7 @@ def still_delivering(redis: Redis, spool_folder: Path | None = None) -> dict[int
     while True:
         entries = redis.xrange(STREAM, min=start, max="+", count=1000)
         for _, fields in entries:
-            note(_entry_times(fields))
+            note(entry_times(fields))
         if len(entries) < 1000:
             break
         start = "(" + entries[-1][0].decode()

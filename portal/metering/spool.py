@@ -24,7 +24,7 @@ from pathlib import Path
 from redis import Redis
 
 from ..kernel.redis_keys import quota_key
-from .admission import STREAM
+from .stream import STREAM, call_entry, call_tenant_and_time
 
 log = logging.getLogger("tollgate.spool")
 
@@ -40,7 +40,7 @@ class Spool:
     def append(self, record: str, status: int, duration_ms: int, admitted: bool = True) -> None:
         """Keep one finished call (``record`` as packed for the stream); ``admitted`` says whether
         it counts against the monthly quota (a refused key's call does not)."""
-        line = json.dumps({"r": record, "s": status, "d": duration_ms, "q": int(admitted)}, separators=(",", ":"))
+        line = json.dumps(call_entry(record, status, duration_ms, admitted), separators=(",", ":"))
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(self._own_file(), "a", encoding="utf-8") as spool:
@@ -101,8 +101,7 @@ def _replay_file(redis: Redis, path: Path) -> int:
             pipe.xadd(STREAM, fields)
             admitted = int(entry["q"]) == 1 if "q" in entry else int(entry["s"]) != 429
             if admitted:
-                record = json.loads(entry["r"])
-                counters.add(quota_key(record["t"], record["at"]))
+                counters.add(quota_key(*call_tenant_and_time(entry["r"])))
         pipe.execute()
         if counters:  # rebuilt, replayed calls included, before each tenant's next call
             redis.delete(*counters)

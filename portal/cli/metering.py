@@ -8,9 +8,9 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..kernel.times import iso
+from ..metering.dead_letters import waiting_count
 from ..models import UsageDeadLetter
 from ..redis_store import get_redis
-from .dead_letters import waiting_count
 
 usage_group = AppGroup("usage", help="The usage pipeline.")
 dead_letters_group = AppGroup("dead-letters", help="Usage records the worker could not store.")
@@ -39,7 +39,7 @@ def list_command(everything: bool) -> None:
 def retry_command(ids: tuple[int, ...]) -> None:
     """Store the records set aside again (all those waiting, or the IDS given), after the cause
     is fixed; one that fails again keeps waiting with its new reason. Exits 1 if one did."""
-    from .ingest import retry_dead_letters
+    from ..ingest import retry_dead_letters
 
     result = retry_dead_letters(get_redis(), list(ids) if ids else None)
     click.echo(f"{result.stored} stored, {result.waiting} still waiting")

@@ -7,8 +7,8 @@ from flask.cli import with_appcontext
 
 from ..extensions import db
 from ..models.alerts import CHANNEL_KINDS, SEVERITIES
+from ..notify.channels import ChannelError, create_channel, shown_target
 from ..tenancy.accounts import AccountError, get_tenant
-from .channels import ChannelError, create_channel, shown_target
 
 
 @click.command("add-channel")

@@ -25,16 +25,15 @@ from flask import current_app
 from redis import Redis, ResponseError
 from sqlalchemy import select
 
-from ..costs.budgets import evaluate_budgets
-from ..costs.events import EVENTS_FIELD, unpack_events
-from ..costs.prices import current_price_book
-from ..extensions import db
-from ..models import UsageDeadLetter, utcnow
-from .admission import STREAM, flush_abandoned, unpack_record
-from .dead_letters import STORE_ERRORS, DeadLetter, is_passing, reason_of, set_aside, store_isolating
-from .store import store_usage
+from .costs.budgets import evaluate_budgets
+from .costs.prices import current_price_book
+from .extensions import db
+from .metering.admission import flush_abandoned
+from .metering.dead_letters import STORE_ERRORS, DeadLetter, is_passing, reason_of, set_aside, store_isolating
+from .metering.store import store_usage
+from .metering.stream import EVENTS_FIELD, GROUP, STREAM, is_events, unpack_call, unpack_events
+from .models import UsageDeadLetter, utcnow
 
-GROUP = "tollgate-ingest"
 log = logging.getLogger("tollgate.ingest")
 
 
@@ -83,12 +82,12 @@ def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> _Batch:
     for entry_id, fields in entries:
         origin = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         try:
-            if EVENTS_FIELD in fields:
+            if is_events(fields):
                 unpacked = unpack_events(fields)
                 events.extend(unpacked)
                 event_origins.extend([origin] * len(unpacked))
             else:
-                batch.records.append(unpack_record(fields))
+                batch.records.append(unpack_call(fields))
                 batch.origins.append(origin)
         except STORE_ERRORS as error:
             reason = f"unreadable stream entry: {reason_of(error)}"

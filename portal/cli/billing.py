@@ -8,9 +8,9 @@ import click
 from flask.cli import AppGroup
 from redis import RedisError
 
+from ..billing.reconcile import check_counters, reconcile
 from ..models import utcnow
 from ..redis_store import get_redis
-from .reconcile import check_counters, reconcile
 
 billing_group = AppGroup("billing", help="Statements and their reconciliation.")
 

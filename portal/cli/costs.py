@@ -8,12 +8,12 @@ import click
 import redis as redis_lib
 from flask.cli import AppGroup
 
+from ..costs.catalog import PriceError, import_genai_prices, parse_when, prices_in_force, set_price
+from ..costs.prices import Price, bump_prices_version
 from ..extensions import db
 from ..models import utcnow
 from ..redis_store import get_redis
 from ..tenancy.accounts import AccountError, get_tenant
-from .catalog import PriceError, import_genai_prices, parse_when, prices_in_force, set_price
-from .prices import Price, bump_prices_version
 
 prices_group = AppGroup("prices", help="Prices of outside services' models.")
 

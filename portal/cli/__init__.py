@@ -8,16 +8,16 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from .billing.cli import billing_group
-from .billing.plans import UnknownPlan, update_plan_limits
-from .costs.cli import prices_group
-from .extensions import db
-from .metering.cli import usage_group
-from .models import utcnow
-from .notify.cli import add_channel_command
-from .onboarding import create_tenant
-from .tenancy.accounts import AccountError, get_tenant
-from .tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
+from ..billing.plans import UnknownPlan, update_plan_limits
+from ..extensions import db
+from ..models import utcnow
+from ..onboarding import create_tenant
+from ..tenancy.accounts import AccountError, get_tenant
+from ..tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
+from .billing import billing_group
+from .costs import prices_group
+from .metering import usage_group
+from .notify import add_channel_command
 
 
 def _fail(error: Exception) -> click.ClickException:
@@ -114,7 +114,7 @@ def set_plan_command(code, monthly_quota, unlimited, per_minute, per_hour, per_d
 @click.option("--password", default=None, help="the demo admin's password (default: a random one)")
 def seed_demo_command(days: int, password: str | None) -> None:
     """Create the demo tenant with realistic history and print how to sign in."""
-    from .demo import seed_demo
+    from ..demo import seed_demo
 
     with click.progressbar(length=days * 950, label="Generating usage", show_pos=True) as bar:
         result = seed_demo(days=days, password=password, progress=bar.update)
@@ -145,8 +145,8 @@ def generate_usage_command(tenant_slug, tenants, records, days, seed, writers) -
     """Add synthetic usage records (and their rollups), for benchmarks."""
     from sqlalchemy import select
 
-    from .demo import bench_tenants, store_synthetic
-    from .models import ApiKey
+    from ..demo import bench_tenants, store_synthetic
+    from ..models import ApiKey
 
     if (tenant_slug is None) == (tenants is None):
         raise click.UsageError("give exactly one of --tenant SLUG or --tenants M")
@@ -196,8 +196,8 @@ def jobs_list() -> None:
     from worker import history, queues
     from worker.schedule import PERIODIC_JOBS
 
-    from .metering.dead_letters import waiting_count
-    from .redis_store import get_redis
+    from ..metering.dead_letters import waiting_count
+    from ..redis_store import get_redis
 
     redis = get_redis()
     runs = history.last_runs(redis, [job.name for job in PERIODIC_JOBS])
@@ -230,7 +230,7 @@ def jobs_run(name: str) -> None:
     from worker.history import run_recorded
     from worker.schedule import find
 
-    from .redis_store import get_redis
+    from ..redis_store import get_redis
 
     try:
         job = find(name)

@@ -1,0 +1,155 @@
+"""The usage stream: metered usage on its way to the database, and both kinds of entry it holds.
+
+Every metered call reaches the database through one Redis stream (:data:`STREAM`), read by the
+worker's consumer group (:data:`GROUP`). An admitted API call waits in the in-flight hash
+(:data:`INFLIGHT`) until its response is known. The stream holds two kinds of entry:
+
+* **an API call**, appended by the admission scripts, by the failed-authentication path and by the
+  spool's replay: ``r`` the call (JSON: ``id``, ``t`` tenant, ``k`` key, ``e`` endpoint, ``m``
+  method, ``c`` category, ``at`` epoch seconds), ``s`` its final status (``0``: unknown, the
+  process stopped before responding), ``d`` its duration in ms, ``q`` ``1`` when it was counted
+  against the monthly quota, else ``0``. The spool keeps the same four fields per line.
+* **a batch of outside-service events**, appended by the events script: ``x`` a JSON array of
+  usage records (their fields at the store's default left out, ``occurred_at`` in epoch seconds),
+  ``t`` the tenant, ``k`` the reporting key (``0``: none).
+
+The Lua scripts append through :data:`LUA_APPEND`, so the format is written here only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_json
+
+from .store import DEFAULTS as STORED_DEFAULTS
+from .store import RECORD_FIELDS as STORED_FIELDS
+
+STREAM = "tollgate:usage"
+INFLIGHT = "tollgate:inflight"
+GROUP = "tollgate-ingest"
+
+# Lua functions the scripts that append to the stream start with.
+LUA_APPEND = """
+local function append_call(stream, record, status, duration, counted)
+  redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration, 'q', counted)
+end
+local function append_events(stream, records, tenant, key)
+  redis.call('XADD', stream, '*', 'x', records, 't', tenant, 'k', key)
+end
+"""
+
+# -- API calls ---------------------------------------------------------------------------------
+
+UNKNOWN_STATUS = 0  # the status of a call whose process stopped before the response
+
+
+def pack_call(record_id: str, tenant_id: int, key_id: int, endpoint: str, method: str, category: str, at: float) -> str:
+    """The stream's form of a call's admission; status and duration travel beside it."""
+    return json.dumps(
+        {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at},
+        separators=(",", ":"),
+    )
+
+
+def call_entry(record: str, status: int, duration_ms: int, counted: bool) -> dict[str, Any]:
+    """The fields of an API call's entry (also one line of the spool)."""
+    return {"r": record, "s": status, "d": duration_ms, "q": int(counted)}
+
+
+def counted_against_quota(fields: dict[bytes, bytes]) -> bool:
+    """Whether a stream entry's call was admitted (counted against the monthly quota). Entries
+    appended before entries said so count unless refused with 429, as statements counted them."""
+    counted = fields.get(b"q")
+    if counted is not None:
+        return counted == b"1"
+    return fields.get(b"s") != b"429"
+
+
+def unpack_call(fields: dict[bytes, bytes]) -> dict:
+    """An API call's entry as a usage record for :func:`portal.metering.store.store_usage`; an
+    admitted call carries 1 quota unit (the quota counter is rebuilt from them)."""
+    data = json.loads(fields[b"r"])
+    status = int(fields[b"s"])
+    return {
+        "tenant_id": data["t"],
+        "api_key_id": data["k"],
+        "source": "api",
+        "service": "tollgate",
+        "endpoint": data["e"],
+        "method": data["m"],
+        "category": data["c"],
+        "status_code": status,
+        "duration_ms": int(fields[b"d"]),
+        "quota_units": 1 if counted_against_quota(fields) else 0,
+        "error_message": "final status unknown: the server stopped before responding"
+        if status == UNKNOWN_STATUS
+        else None,
+        "occurred_at": datetime.fromtimestamp(data["at"], UTC),
+        "idempotency_key": data["id"],
+    }
+
+
+def call_tenant_and_time(record: str | bytes) -> tuple[int, float]:
+    """(tenant id, epoch seconds) of a packed call."""
+    data = json.loads(record)
+    return int(data["t"]), float(data["at"])
+
+
+# -- outside-service events --------------------------------------------------------------------
+
+EVENTS_FIELD = b"x"
+# Stored idempotency keys of reported events: "e:" and the event's id (API calls' ids differ).
+EVENT_ID_PREFIX = "e:"
+# A record's fields in an events entry (the store's, less those the entry or the worker supplies);
+# those at the store's default are left out. Every event states its method.
+PER_ENTRY = ("tenant_id", "api_key_id", "source", "cost", "price_id", "occurred_at", "idempotency_key")
+EVENT_FIELDS = tuple(name for name in STORED_FIELDS if name not in PER_ENTRY)
+EVENT_DEFAULTS = {name: value for name, value in STORED_DEFAULTS.items() if name in EVENT_FIELDS and name != "method"}
+_EVENT_DEFAULTS = tuple((name, EVENT_DEFAULTS.get(name, ...)) for name in EVENT_FIELDS)
+
+
+def is_events(fields: dict[bytes, bytes]) -> bool:
+    return EVENTS_FIELD in fields
+
+
+def pack_event(event: dict[str, Any], event_id: str) -> bytes | str:
+    """The stream's form of one event: a usage record, its time as epoch seconds."""
+    record = {name: value for name, default in _EVENT_DEFAULTS if (value := event[name]) != default}
+    record["occurred_at"] = event["occurred_at"]
+    record["idempotency_key"] = EVENT_ID_PREFIX + event_id
+    if "meta" not in record:
+        # pydantic's encoder is several times faster; metadata (NaN, say) and a lone surrogate
+        # keep the standard library's form.
+        try:
+            return to_json(record)
+        except PydanticSerializationError:
+            pass
+    return json.dumps(record, separators=(",", ":"))
+
+
+def unpack_events(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """An events entry as usage records (not yet priced) for the store."""
+    tenant_id, key_id = int(fields[b"t"]), int(fields[b"k"]) or None
+    records = []
+    for record in json.loads(fields[EVENTS_FIELD]):
+        record = {**EVENT_DEFAULTS, **record, "tenant_id": tenant_id, "api_key_id": key_id, "source": "external"}
+        record["occurred_at"] = datetime.fromtimestamp(record["occurred_at"], UTC)
+        records.append(record)
+    return records
+
+
+# -- either kind -------------------------------------------------------------------------------
+
+
+def entry_times(fields: dict[bytes, bytes]) -> Iterator[tuple[int, float]]:
+    """(tenant id, occurred_at as epoch seconds) of each record of a stream entry."""
+    if is_events(fields):
+        tenant_id = int(fields[b"t"])
+        for event in json.loads(fields[EVENTS_FIELD]):
+            yield tenant_id, float(event["occurred_at"])
+    elif b"r" in fields:
+        yield call_tenant_and_time(fields[b"r"])
