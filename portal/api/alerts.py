@@ -10,12 +10,13 @@ from flask import current_app, request
 
 from ..alerts import rules as rule_domain
 from ..alerts import service
+from ..alerts.bodies import AlertSettingsBody, RuleBody, RuleChange
 from ..alerts.serialize import alert_json, number
 from ..extensions import db
 from ..kernel.times import iso
 from ..models import AlertRule
 from . import bp
-from .alert_params import AlertSettingsBody, AlertsQuery, HistoryQuery, RuleBody, RuleChange, StatsQuery
+from .alert_params import AlertsQuery, HistoryQuery, StatsQuery
 from .guard import api_error
 from .operations import operation
 from .views import caller, tenant_id, utcnow

@@ -13,10 +13,10 @@ from ..billing.export import statement_csv, statement_json, statement_summary, s
 from ..billing.plans import UnknownPlan
 from ..billing.statements import get_statement, tenant_statements
 from ..extensions import db
+from ..kernel.bodies import Body
 from ..models import Tenant
 from ..tenancy.members import key_may_change_plan
 from . import bp
-from .bodies import Body
 from .guard import api_error
 from .operations import operation
 from .schemas import Query

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..kernel.bodies import Body
+
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ID = r"^[A-Za-z0-9._:-]+$"
 MAX_EVENTS = 1000
@@ -57,25 +59,6 @@ def check_json_value(value: Any, depth: int = 0) -> None:
             check_json_value(item, depth + 1)
 
 
-def without_nul(value: Any) -> Any:
-    """``value`` with each NUL character of its strings read as U+FFFD (PostgreSQL stores no NUL;
-    the length stays what was checked)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nul(v) for v in value]
-    return value
-
-
-def plain(value: Any) -> Any:
-    """A top-level value as Tollgate reads it: no NUL in its strings, 3.0 as 3."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return without_nul(value)
-
-
 def whole_number(value: Any) -> Any:
     """JSON Schema's integer: 3 and 3.0, never true or "3"."""
     if isinstance(value, float) and value.is_integer():
@@ -88,16 +71,6 @@ def text_time(value: Any) -> Any:
     if value is not None and not isinstance(value, str):
         raise ValueError("expected an ISO 8601 date-time with a time zone, e.g. 2026-11-18T12:30:00Z")
     return value
-
-
-class Body(BaseModel):
-    # Strings are taken as sent: the lengths checked are the lengths the document states.
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _plain(cls, data: Any) -> Any:
-        return {key: plain(value) for key, value in data.items()} if isinstance(data, dict) else data
 
 
 class UsageEventFields(BaseModel):

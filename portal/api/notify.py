@@ -11,10 +11,11 @@ from ..extensions import db
 from ..kernel.times import iso
 from ..models import NotificationDelivery
 from ..notify import channels as channel_domain
+from ..notify.bodies import ChannelBody
 from ..notify.deliver import send_test
 from . import bp
 from .guard import api_error
-from .notify_bodies import ChannelBody, DeliveriesQuery
+from .notify_bodies import DeliveriesQuery
 from .operations import operation
 from .views import caller, tenant_id, utcnow
 

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ValidationError
 from wtforms import BooleanField, HiddenField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 
+from ..alerts.bodies import AlertSettingsBody, AlertType, CustomMetric, RuleBody, RuleChange
 from ..alerts.rules import COMPARATORS, DEFAULT_RULES, METRICS, RULE_FIELDS
-from ..api.alert_params import AlertSettingsBody, AlertType, CustomMetric, RuleBody, RuleChange
-from ..api.notify_bodies import ChannelBody
 from ..models.alerts import CHANNEL_KINDS, DELIVERY_STATUSES
+from ..notify.bodies import ChannelBody
 from .once import new_submission_token
 
 KIND_NAMES = {rule.kind: rule.name for rule in DEFAULT_RULES}
