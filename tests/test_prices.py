@@ -323,7 +323,7 @@ def test_a_price_set_without_a_date_starts_now_and_workers_reload(cli, db, redis
 
 def test_the_prices_version_never_goes_back_after_redis_lost_it(app, redis):
     first = int(prices_module.bump_prices_version(redis))
-    redis.delete(prices_module.PRICES_VERSION_KEY)  # a failover that lost the last bump
+    redis.delete(prices_module.PRICES_VERSION)  # a failover that lost the last bump
     assert int(prices_module.bump_prices_version(redis)) > first
 
 

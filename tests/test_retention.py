@@ -22,8 +22,9 @@ from portal.costs.prices import PriceBook
 from portal.demo import demo_records, store_in_batches
 from portal.extensions import db
 from portal.ingest import ingest_usage
+from portal.kernel.redis_keys import RETENTION_LOCK
 from portal.metering import retention
-from portal.metering.retention import LOCK_KEY, apply_retention
+from portal.metering.retention import apply_retention
 from portal.metering.store import store_usage
 from portal.metering.stream import EVENTS_FIELD, STREAM
 from portal.models import UsageRecord, UsageRollup, utcnow
@@ -529,12 +530,12 @@ def test_a_backlog_in_the_stream_keeps_raw_records_but_not_hourly_rollups(app, f
 def test_one_run_at_a_time(app, free, redis):
     _, tenant_id = free
     store(app, [call(tenant_id, CUTOFF - timedelta(days=4), "old")])
-    redis.set(LOCK_KEY, "another run", ex=60)
+    redis.set(RETENTION_LOCK, "another run", ex=60)
     result = run(app)
     assert (result.records, result.finished) == (0, False)
-    redis.delete(LOCK_KEY)
+    redis.delete(RETENTION_LOCK)
     assert run(app).records == 1
-    assert redis.get(LOCK_KEY) is None
+    assert redis.get(RETENTION_LOCK) is None
 
 
 def test_the_cleanup_job_exports_where_retention_export_dir_says(app, free, tmp_path, monkeypatch):

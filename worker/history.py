@@ -21,14 +21,11 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from portal.kernel.redis_keys import last_run_key
 from portal.kernel.times import iso
 
 log = logging.getLogger("tollgate.worker")
 SUMMARY_CHARS = 300
-
-
-def last_run_key(name: str) -> str:
-    return f"tollgate:jobs:last:{name}"
 
 
 def _short(text: str) -> str:

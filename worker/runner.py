@@ -21,6 +21,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from portal.kernel.redis_keys import periodic_key
 from portal.redis_store import get_redis
 
 from . import history, jobs, queues, schedule
@@ -63,7 +64,7 @@ class AppWorker(SimpleWorker):
 
 def enqueue_periodic(connection: Redis, job: PeriodicJob) -> bool:
     """Enqueue ``job`` unless it was enqueued less than its interval ago; True if enqueued."""
-    if not connection.set(f"tollgate:periodic:{job.name}", int(time.time()), nx=True, ex=job.every_seconds):
+    if not connection.set(periodic_key(job.name), int(time.time()), nx=True, ex=job.every_seconds):
         return False
     Queue(queues.PERIODIC, connection=connection).enqueue(
         job.func,

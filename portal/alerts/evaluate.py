@@ -33,13 +33,13 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..kernel.periods import billing_period
+from ..kernel.redis_keys import ALERTS_LOCK
 from ..models import Alert, AlertRule, AlertSettings, Budget, BudgetCrossing, Tenant
 from . import metrics
 from .announce import enqueue_alert_changes
 from .rules import COMPARATORS, FILTERABLE, METRICS, RULE_FIELDS
 
 log = logging.getLogger("tollgate.alerts")
-LOCK_KEY = "tollgate:alerts:evaluating"
 LOCK_SECONDS = 300
 IN_CHUNK = 5000
 SHORT_WINDOW_MINUTES = int(metrics.SHORT_WINDOW.total_seconds() // 60)
@@ -385,7 +385,7 @@ def _notify(result: PassResult, now: datetime) -> None:
 
 def evaluate_alerts(redis: Redis, now: datetime, tenant_ids: list[int] | None = None) -> PassResult:
     """Run one evaluation pass (for ``tenant_ids``, or every tenant) and commit it."""
-    lock = f"{LOCK_KEY}:{','.join(map(str, tenant_ids))}" if tenant_ids is not None else LOCK_KEY
+    lock = f"{ALERTS_LOCK}:{','.join(map(str, tenant_ids))}" if tenant_ids is not None else ALERTS_LOCK
     if not redis.set(lock, now.isoformat(), nx=True, ex=LOCK_SECONDS):
         return PassResult(skipped=True)
     try:

@@ -25,13 +25,13 @@ import redis as redis_lib
 from sqlalchemy import select
 
 from ..extensions import db
+from ..kernel.redis_keys import PRICES_VERSION
 from ..models import ModelPrice
 
 MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.00000001")
 # Catalog sources, strongest first (a tenant's own price beats them all).
 SOURCE_PRIORITY = ("operator", "genai-prices", "tollgate")
-PRICES_VERSION_KEY = "tollgate:prices-version"
 # Other spellings of a service the catalog knows under its provider id.
 SERVICE_ALIASES = {"xai": "x-ai"}
 # Suffixes that date a model name or point at its newest version.
@@ -330,13 +330,13 @@ return text
 def bump_prices_version(redis: redis_lib.Redis) -> str:
     """Mark the prices as changed (call after the commit); returns the new version."""
     seconds, microseconds = redis.time()
-    version = redis.eval(_BUMP_SCRIPT, 1, PRICES_VERSION_KEY, int(seconds) * 1_000_000 + int(microseconds))
+    version = redis.eval(_BUMP_SCRIPT, 1, PRICES_VERSION, int(seconds) * 1_000_000 + int(microseconds))
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def prices_version(redis: redis_lib.Redis) -> str:
     """The current prices version ("0" before any change)."""
-    value = redis.get(PRICES_VERSION_KEY)
+    value = redis.get(PRICES_VERSION)
     if value is None:
         return "0"
     return value.decode() if isinstance(value, bytes) else str(value)

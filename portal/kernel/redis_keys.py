@@ -1,6 +1,8 @@
-"""Names of the Redis keys written per tenant.
+"""Names of Tollgate's Redis keys: every one but the usage stream's and the in-flight hash's
+(:mod:`portal.metering.stream`, with the stream's entries), and those Flask-Limiter names itself
+(:mod:`portal.limits`).
 
-Every key carries the tenant's shard as a hash tag (``{u:N}``, N = tenant id mod the number of
+Most keys carry the tenant's shard as a hash tag (``{u:N}``, N = tenant id mod the number of
 shards, 1 on one server), so that all the keys one script touches for a tenant live in one slot
 of a Redis Cluster: moving to a cluster is a setting, not a rewrite.
 """
@@ -15,6 +17,11 @@ SHARDS = 1
 
 # Bumped after every commit that changes keys, plans or subscriptions (see ``changes``).
 CONFIG_VERSION = "tollgate:config-version"
+# Bumped when the price catalog changes, so every process reloads it.
+PRICES_VERSION = "tollgate:prices-version"
+# Held by the retention run and by an alert evaluation while they work.
+RETENTION_LOCK = "tollgate:retention:running"
+ALERTS_LOCK = "tollgate:alerts:evaluating"
 
 
 def shard_tag(tenant_id: int) -> str:
@@ -61,3 +68,23 @@ def auth_failure_keys(hour_bucket: int, ip: str | None, tenant_id: int | None = 
 def auth_failure_key(tenant_id: int, hour_bucket: int) -> str:
     """Failed API authentications of a tenant's keys in one hour."""
     return f"tollgate:authfail:tenant:{tenant_id}:{hour_bucket}"
+
+
+def window_key(tenant_id: int, window: str, bucket: int) -> str:
+    """Calls admitted in one bucket of a tenant's minute, hour or day window."""
+    return f"tollgate:w:{tenant_id}:{window[0]}:{bucket}"
+
+
+def once_key(user_id: int, token: str) -> str:
+    """Marks a portal form's submission token as used (a reloaded form acts once)."""
+    return f"tollgate:once:{user_id}:{token}"
+
+
+def last_run_key(job: str) -> str:
+    """The last finished run of a worker job."""
+    return f"tollgate:jobs:last:{job}"
+
+
+def periodic_key(job: str) -> str:
+    """Held while a periodic job's run is due, so one scheduler enqueues it once."""
+    return f"tollgate:periodic:{job}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from ..kernel.periods import period_bounds
-from ..kernel.redis_keys import CONFIG_VERSION, budget_stops_key, quota_key
+from ..kernel.redis_keys import CONFIG_VERSION, budget_stops_key, quota_key, window_key
 from ..redis_store import ThreadScript
 from .directory import PlanLimits
 from .stream import INFLIGHT, LUA_APPEND, STREAM
@@ -38,7 +38,7 @@ WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 
 def window_keys(tenant_id: int, second: int) -> list[str]:
     """The tenant's minute, hour and day window counters at ``second`` (seconds since the epoch)."""
-    return [f"tollgate:w:{tenant_id}:{name[0]}:{second // span}" for name, span in WINDOWS]
+    return [window_key(tenant_id, name, second // span) for name, span in WINDOWS]
 
 
 QUOTA_KEPT_AFTER_PERIOD = 35 * 86400  # seconds a period's quota counter outlives the period

@@ -62,6 +62,7 @@ from redis import Redis
 from sqlalchemy import delete, func, select, tuple_
 
 from ..extensions import db
+from ..kernel.redis_keys import RETENTION_LOCK
 from ..models import Plan, Subscription, Tenant, UsageRecord, UsageRollup
 from .stream import STREAM, call_tenant_and_time, entry_times
 
@@ -73,7 +74,6 @@ TIME_BUDGET_SECONDS = 300.0
 # Entries of the usage stream read to find the oldest record it holds; a longer stream is a
 # backlog, and raw records then wait for the worker to catch up.
 STREAM_SCAN_LIMIT = 50_000
-LOCK_KEY = "tollgate:retention:running"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 log = logging.getLogger("tollgate.retention")
@@ -389,7 +389,7 @@ def apply_retention(
     counts. Safe to run at any time and again after a crash: what is left goes next run."""
     result = RetentionResult()
     token = secrets.token_hex(8)
-    if not redis.set(LOCK_KEY, token, nx=True, ex=int(time_budget_seconds) + 300):
+    if not redis.set(RETENTION_LOCK, token, nx=True, ex=int(time_budget_seconds) + 300):
         log.info("retention: another run is under way")
         result.finished = False
         return result
@@ -400,7 +400,7 @@ def apply_retention(
         db.session.rollback()
         result.finished = False
     finally:
-        redis.register_script(_RELEASE)(keys=[LOCK_KEY], args=[token])
+        redis.register_script(_RELEASE)(keys=[RETENTION_LOCK], args=[token])
     log.info(
         "retention: deleted %d records, %d hourly and %d daily rollups in %d batches (longest %.0f ms); "
         "%d files exported, %d days held%s",

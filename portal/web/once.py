@@ -16,6 +16,7 @@ from flask import Flask, request
 from flask_login import current_user
 from redis import RedisError
 
+from ..kernel.redis_keys import once_key
 from ..redis_store import get_redis
 
 FIELD = "submission"
@@ -35,7 +36,7 @@ def first_submission() -> bool | None:
     if not _TOKEN.fullmatch(token):
         return None
     try:
-        return bool(get_redis().set(f"tollgate:once:{current_user.id}:{token}", 1, nx=True, ex=CLAIM_SECONDS))
+        return bool(get_redis().set(once_key(current_user.id, token), 1, nx=True, ex=CLAIM_SECONDS))
     except RedisError:
         # Without Redis a repeat cannot be told apart; acting is better than refusing the admin.
         log.warning("Redis unreachable: a form submission is not checked for repeats", exc_info=True)
