@@ -229,12 +229,12 @@ def _budget_json(status: budget_domain.BudgetStatus) -> dict:
 
 
 def _saved(budget) -> dict:
-    """Commit a budget change, re-evaluate the tenant's budgets (a stop lifts or applies now)."""
-    db.session.flush()
-    budget_domain.evaluate_budgets(get_redis(), {tenant_id()}, utcnow())
-    db.session.commit()
     [status] = budget_domain.budget_statuses([budget], utcnow())
     return _budget_json(status)
+
+
+def _actor() -> budget_domain.Actor:
+    return budget_domain.Actor(**caller())
 
 
 @bp.get("/budgets")
@@ -256,10 +256,13 @@ def list_budgets():
 )
 def create_budget(payload: BudgetBody):
     try:
-        budget = budget_domain.create_budget(
+        budget = budget_domain.add_budget(
             tenant_id(),
             payload.name,
             payload.amount,
+            _actor(),
+            get_redis(),
+            utcnow(),
             service=payload.service,
             api_key_id=payload.api_key_id,
             end_user=payload.user_id,
@@ -267,10 +270,7 @@ def create_budget(payload: BudgetBody):
             hard_stop=payload.hard_stop,
         )
     except budget_domain.BudgetError as error:
-        db.session.rollback()
         return api_error(422, str(error))
-    db.session.flush()
-    budget_domain.record_budget_change("budget.created", budget, **caller())
     return {"success": True, "budget": _saved(budget)}, 201
 
 
@@ -288,19 +288,14 @@ def update_budget(budget_id: str, payload: BudgetChange):
     if missing:
         return missing
     changes = payload.model_dump(exclude_unset=True)
-    # null leaves a field as it is; for a scope (service, key, end user) it removes the scope.
-    scopes = ("service", "api_key_id", "user_id")
-    changes = {k: v for k, v in changes.items() if v is not None or k in scopes}
-    if any(changes.get(scope) for scope in scopes):  # one scope at most: a new one replaces the old
-        changes = {**dict.fromkeys(scopes), **changes}
     if "user_id" in changes:
         changes["end_user"] = changes.pop("user_id")
+    # null leaves a field as it is; for a scope (service, key, end user) it removes the scope.
+    changes = {k: v for k, v in changes.items() if v is not None or k in budget_domain.SCOPES}
     try:
-        budget_domain.update_budget(budget, changes)
+        budget_domain.change_budget(budget, changes, _actor(), get_redis(), utcnow())
     except budget_domain.BudgetError as error:
-        db.session.rollback()
         return api_error(422, str(error))
-    budget_domain.record_budget_change("budget.updated", budget, **caller())
     return {"success": True, "budget": _saved(budget)}
 
 
@@ -310,11 +305,7 @@ def delete_budget(budget_id: str):
     budget, missing = _owned_budget(budget_id)
     if missing:
         return missing
-    budget_domain.record_budget_change("budget.deleted", budget, **caller())
-    db.session.delete(budget)
-    db.session.flush()
-    budget_domain.evaluate_budgets(get_redis(), {tenant_id()}, utcnow())
-    db.session.commit()
+    budget_domain.delete_budget(budget, _actor(), get_redis(), utcnow())
     return {"success": True}
 
 

@@ -161,11 +161,17 @@ def record_budget_change(
 UPDATABLE = ("name", "amount", "service", "api_key_id", "end_user", "warning_percentages", "hard_stop")
 
 
+SCOPES = ("service", "api_key_id", "end_user")
+
+
 def update_budget(budget: Budget, changes: dict) -> Budget:
-    """Apply the given fields (only those present); everything is checked before anything changes."""
+    """Apply the given fields (only those present); everything is checked before anything changes.
+    A budget has one scope at most: a new one replaces the old."""
     unknown = set(changes) - set(UPDATABLE)
     if unknown:
         raise BudgetError(f"unknown fields: {', '.join(sorted(unknown))}")
+    if any(changes.get(scope) for scope in SCOPES):
+        changes = {**dict.fromkeys(SCOPES), **changes}
     name = changes.get("name", budget.name)
     if not name:
         raise BudgetError("name: the budget needs a name")
@@ -183,6 +189,55 @@ def update_budget(budget: Budget, changes: dict) -> Budget:
     budget.warning_percentages = percentages
     budget.hard_stop = bool(changes.get("hard_stop", budget.hard_stop))
     return budget
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changes a budget, for its audit event: a signed-in user, or an API key (no user)."""
+
+    user_id: int | None = None
+    ip_address: str | None = None
+    api_key_id: int | None = None
+
+
+def _settle(action: str, budget: Budget, actor: Actor, redis: Redis, now: datetime, deleting: bool = False) -> None:
+    """Audit the change, apply or lift the tenant's stops at once, and commit."""
+    db.session.flush()
+    record_budget_change(action, budget, actor.user_id, actor.ip_address, actor.api_key_id)
+    if deleting:
+        db.session.delete(budget)
+        db.session.flush()
+    evaluate_budgets(redis, {budget.tenant_id}, now)
+    db.session.commit()
+
+
+def add_budget(tenant_id: int, name: str, amount, actor: Actor, redis: Redis, now: datetime, **fields) -> Budget:
+    """Create a budget (fields as :func:`create_budget` takes them), audited, its stop in force
+    at once; committed. Raises BudgetError, nothing kept, when refused."""
+    try:
+        budget = create_budget(tenant_id, name, amount, **fields)
+    except BudgetError:
+        db.session.rollback()
+        raise
+    _settle("budget.created", budget, actor, redis, now)
+    return budget
+
+
+def change_budget(budget: Budget, changes: dict, actor: Actor, redis: Redis, now: datetime) -> Budget:
+    """:func:`update_budget`, audited, a stop applied or lifted at once; committed. Raises
+    BudgetError, nothing changed, when refused."""
+    try:
+        update_budget(budget, changes)
+    except BudgetError:
+        db.session.rollback()
+        raise
+    _settle("budget.updated", budget, actor, redis, now)
+    return budget
+
+
+def delete_budget(budget: Budget, actor: Actor, redis: Redis, now: datetime) -> None:
+    """Delete a budget, audited; any stop it held lifts at once. Committed."""
+    _settle("budget.deleted", budget, actor, redis, now, deleting=True)
 
 
 def tenant_budgets(tenant_id: int) -> list[Budget]:

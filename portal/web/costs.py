@@ -12,7 +12,6 @@ from flask_login import current_user, login_required
 from ..costs import budgets as budget_domain
 from ..costs.overview import GROUPS, DayCost, budget_rows, cost_overview, tenant_keys
 from ..costs.prices import current_price_book
-from ..extensions import db
 from ..kernel.clock import now
 from ..models import Budget
 from ..redis_store import get_redis
@@ -108,15 +107,8 @@ def _owned_budget(budget_id: int) -> Budget:
     return get_owned_or_404(Budget, budget_id)
 
 
-def _audit(action: str, budget: Budget) -> None:
-    budget_domain.record_budget_change(action, budget, current_user.id, request.remote_addr)
-
-
-def _evaluate_and_commit() -> None:
-    """A stop applies or lifts now, as after a change through the API."""
-    db.session.flush()
-    budget_domain.evaluate_budgets(get_redis(), {current_user.tenant_id}, now())
-    db.session.commit()
+def _actor() -> budget_domain.Actor:
+    return budget_domain.Actor(user_id=current_user.id, ip_address=request.remote_addr)
 
 
 @bp.post("/costs/budgets")
@@ -127,15 +119,12 @@ def costs_create_budget():
     if not form.validate_on_submit():
         return _render_costs(form, 400)
     fields = form.budget_fields()
+    name, amount = fields.pop("name"), fields.pop("amount")
     try:
-        budget = budget_domain.create_budget(tenant_id, fields.pop("name"), fields.pop("amount"), **fields)
+        budget = budget_domain.add_budget(tenant_id, name, amount, _actor(), get_redis(), now(), **fields)
     except budget_domain.BudgetError as error:
-        db.session.rollback()
         form.form_errors.append(f"The budget could not be saved: {error}.")
         return _render_costs(form, 400)
-    db.session.flush()
-    _audit("budget.created", budget)
-    _evaluate_and_commit()
     flash(f"Budget “{budget.name}” created: ${budget.monthly_amount:,.2f} a month.", "success")
     return _back_to_costs()
 
@@ -163,15 +152,11 @@ def costs_update_budget(budget_id: int):
     form = BudgetForm(keys=tenant_keys(current_user.tenant_id))
     if not form.validate_on_submit():
         return _render_budget(budget, form, 400)
-    fields = form.budget_fields()
     try:
-        budget_domain.update_budget(budget, fields)
+        budget_domain.change_budget(budget, form.budget_fields(), _actor(), get_redis(), now())
     except budget_domain.BudgetError as error:
-        db.session.rollback()
         form.form_errors.append(f"The budget could not be saved: {error}.")
         return _render_budget(budget, form, 400)
-    _audit("budget.updated", budget)
-    _evaluate_and_commit()
     flash(f"Budget “{budget.name}” saved: ${budget.monthly_amount:,.2f} a month.", "success")
     return redirect(url_for("web.costs_budget", budget_id=budget.id))
 
@@ -181,8 +166,6 @@ def costs_update_budget(budget_id: int):
 def costs_delete_budget(budget_id: int):
     budget = _owned_budget(budget_id)
     name = budget.name
-    _audit("budget.deleted", budget)
-    db.session.delete(budget)
-    _evaluate_and_commit()
+    budget_domain.delete_budget(budget, _actor(), get_redis(), now())
     flash(f"Budget “{name}” deleted. Any hard stop it held is lifted.", "success")
     return _back_to_costs()
