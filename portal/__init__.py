@@ -59,8 +59,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import errors, redis_store
     from .extensions import csrf, db, limiter, login_manager, migrate
     from .kernel import clock
+    from .limits import compat as limits_compat
 
     clock.init_app(app)
+    limits_compat.install()
     db.init_app(app)
     migrate.init_app(
         app,

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import flask_limiter._limits
 from flask import Blueprint, Flask, g
-from limits import parse_many
 from werkzeug.routing import BaseConverter
 
 from ..extensions import csrf, limiter
@@ -22,11 +18,6 @@ def _tenant_bucket() -> str:
 
 def _plan_windows() -> str:
     return g.api_call.limit_string
-
-
-# Flask-Limiter parses a callable limit's string on every request; a tenant's plan string is
-# one of a handful, so remember the parsed (immutable) limit items.
-flask_limiter._limits.parse_many = lru_cache(maxsize=256)(parse_many)
 
 
 class ServiceName(BaseConverter):

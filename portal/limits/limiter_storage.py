@@ -2,7 +2,7 @@
 
 Flask-Limiter declares and enforces both kinds of limit in Tollgate: the plan windows on the API
 blueprint and the sign-in throttle. For an API call this storage answers from the call's
-admission decision (:mod:`portal.metering.store.admission`): the admission script has already checked and
+admission decision (:mod:`portal.metering.admission`): the admission script has already checked and
 counted every window and the quota atomically in one Redis round trip, so the storage hands
 Flask-Limiter each window's new count for an admitted call, and the refusing window's count past
 its limit for a refused one — Flask-Limiter refuses exactly the calls the script refused, and a
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from flask import g
 from limits.storage import Storage, storage_from_string
+
+from .compat import window_of
 
 SCHEME = "tollgate"
 
@@ -47,17 +49,16 @@ class AdmissionStorage(Storage):
         decision = call.decision
         if decision is None:
             return amount  # served without Redis (the guard's policy): nothing to count against
-        # limits keys end with ".../<amount>/<multiples>/<granularity>".
-        limit, _, window = key.rsplit("/", 3)[-3:]
+        limit, window = window_of(key)
         if decision.refused_by == window:
-            return int(limit) + 1
+            return limit + 1
         return decision.count(window)
 
     def get(self, key: str) -> int:
         call = self._call()
         if call is None:
             return self.redis_storage.get(key)
-        return 0 if call.decision is None else call.decision.count(key.rsplit("/", 1)[-1])
+        return 0 if call.decision is None else call.decision.count(window_of(key)[1])
 
     def get_expiry(self, key: str) -> float:
         call = self._call()
@@ -65,7 +66,7 @@ class AdmissionStorage(Storage):
             return self.redis_storage.get_expiry(key)
         if call.decision is None:
             return 0.0
-        return call.decision.now + call.decision.reset_in(key.rsplit("/", 1)[-1])
+        return call.decision.now + call.decision.reset_in(window_of(key)[1])
 
     def check(self) -> bool:
         return self.redis_storage.check()
