@@ -11,6 +11,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import load_config
 
+MAX_BODY_BYTES = 16 * 2**20
+
 # Keys of ``config`` that are settings read from the environment (they go through the same
 # checks as the environment does); anything else is set on ``app.config`` as given.
 ENVIRONMENT_SETTINGS = (
@@ -46,14 +48,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     env = dict(os.environ)
     env.update({k: str(overrides.pop(k)) for k in ENVIRONMENT_SETTINGS if k in overrides})
     app.config.update(load_config(app.instance_path, env))
+    # The largest body any request needs (1,000 events with their full metadata) is under 10 MiB:
+    # a larger one is refused (413) before it is read into memory.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.update(overrides)
     if app.config["TRUSTED_PROXY_HOPS"]:
         # The client's address and scheme as the trusted proxies saw them; the Host header stays.
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
+    from .request import TollgateRequest
     from .sessions import PortalSessionInterface
 
+    app.request_class = TollgateRequest
     app.session_interface = PortalSessionInterface()
 
     from . import errors, redis_store

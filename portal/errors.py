@@ -6,6 +6,8 @@ from flask import Flask, Response, current_app, jsonify, make_response, render_t
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from .extensions import db
+
 MESSAGES = {
     400: "Bad request",
     401: "Not signed in",
@@ -36,6 +38,9 @@ def handle_http_error(error: HTTPException) -> Response:
     # A 400/422 raised with a description says what was wrong: pass it on.
     if status in (400, 422) and error.description != type(error).description:
         detail = error.description
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if status == 413 and limit:
+        detail = f"Request too large: a body may be at most {limit // 2**20} MiB"
     headers = {k: v for k, v in error.get_headers() if k == "Allow"}
     return error_response(status, detail, headers)
 
@@ -47,6 +52,8 @@ def handle_csrf_error(error: CSRFError) -> Response:
 def handle_unexpected(error: Exception) -> Response:
     # The operator's log gets the traceback; the user gets a plain message.
     current_app.logger.exception("Unhandled error on %s %s", request.method, request.path)
+    # A failed statement leaves the session unusable; the error page may read the signed-in user.
+    db.session.rollback()
     return error_response(500, MESSAGES[500])
 
 

@@ -103,7 +103,7 @@ def test_rotation_stops_the_old_secret(app, client, acme):
     from portal.tenancy.keys import rotate_api_key
 
     with app.app_context():
-        new_secret = rotate_api_key(db.session.get(ApiKey, acme.key_id))
+        new_secret = rotate_api_key(db.session.get(ApiKey, acme.key_id), None)
         db.session.commit()
     assert ping(client, acme.headers).json == {"detail": "Invalid API key"}
     assert ping(client, {"X-API-Key": new_secret}).status_code == 200

@@ -401,6 +401,10 @@ def test_a_budget_on_one_service_stops_acquires_of_that_service_only(app, client
     [
         ({"name": "x", "amount": "0"}, "amount"),
         ({"name": "x", "amount": "1.234"}, "amount"),
+        ({"name": "x", "amount": "\u0665"}, 'amount: expected a number written like "12.50"'),
+        ({"name": "x", "amount": "\uff15"}, 'amount: expected a number written like "12.50"'),
+        ({"name": "x", "amount": " 5"}, 'amount: expected a number written like "12.50"'),
+        ({"name": "x", "amount": "1_0"}, 'amount: expected a number written like "12.50"'),
         ({"name": "x", "amount": "5", "service": "groq", "user_id": "u"}, "not several"),
         ({"name": "x", "amount": "5", "api_key_id": 999_999}, "api_key_id: no API key"),
         ({"name": "x", "amount": "5", "warning_percentages": [0]}, "warning_percentages"),

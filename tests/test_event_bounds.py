@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import Tenant, UsageRecord
-from tests.api_helpers import add_key, drain, make_api_tenant
+from tests.api_helpers import add_key, drain, external_records, make_api_tenant
 
 EVENTS = "/api/v1/usage/events"
 NOW = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC)  # the clock fixture's time
@@ -151,6 +151,29 @@ def test_metadata_nested_past_its_limit_is_422(client, acme):
     assert response.json["detail"] == "metadata: nests deeper than 20 levels"
 
 
+@pytest.mark.parametrize(
+    "raw_metadata",
+    ['{"a": "\\ud800"}', '{"\\udfff": 1}', '{"model": "m\\ud800", "list": ["ok"]}', '{"x": ["\\ud83d"]}'],
+    ids=["a-value", "a-key", "a-model-name", "in-a-list"],
+)
+def test_metadata_holding_a_lone_surrogate_is_422_and_nothing_is_stored(app, client, acme, raw_metadata):
+    body = '{"service": "openai", "metadata": ' + raw_metadata + "}"
+    response = post_raw(client, EVENTS, body, acme.headers)
+    assert response.status_code == 422, response.text
+    assert response.json == {
+        "detail": "metadata: holds a lone surrogate (an escape like \\ud800 alone), which is not text"
+    }
+    assert external_count(app, acme.tenant_id) == 0
+
+
+def test_metadata_with_a_whole_surrogate_pair_is_stored(app, client, acme):
+    body = '{"service": "openai", "metadata": {"mood": "\\ud83d\\ude00"}}'
+    assert post_raw(client, EVENTS, body, acme.headers).status_code == 202
+    drain(app)
+    [record] = external_records(app, acme.tenant_id)
+    assert record.meta == {"mood": "\U0001f600"}
+
+
 # -- the late-arrival window ------------------------------------------------------------------
 
 
@@ -236,3 +259,22 @@ def test_a_call_that_would_cost_more_than_a_million_dollars_is_stored_unpriced(
         db.session.remove()
     assert costs == [Decimal("1000000.00000000"), None]
     assert any("more than $1000000: left unpriced" in r.getMessage() for r in caplog.records)
+
+
+# -- the size of a body ------------------------------------------------------------------------
+
+
+def test_a_body_past_16_mib_is_413_before_it_is_read(client, acme):
+    body = '{"events": [' + ",".join(['{"service": "openai"}'] * 800_000) + "]}"
+    assert len(body) > 16 * 2**20
+    response = post_raw(client, "/api/v1/usage/events", body, acme.headers)
+    assert response.status_code == 413
+    assert response.json == {"detail": "Request too large: a body may be at most 16 MiB"}
+
+
+def test_the_largest_batch_the_api_takes_fits_in_a_body(app, client, acme):
+    metadata = {"k": "x" * (8192 - 12)}  # as large as metadata may be
+    events = [event(metadata=metadata, id=f"big-{n}") for n in range(1000)]
+    response = client.post("/api/v1/usage/events", json={"events": events}, headers=acme.headers)
+    assert response.status_code == 202, response.text[:300]
+    assert response.json["accepted"] == 1000

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sqlalchemy import func, select
 
 from portal.extensions import db as _db
@@ -81,6 +82,26 @@ def test_a_failed_delivery_does_not_repeat_the_webhook_url(app, client, portal_t
     assert error.startswith("could not connect") and TOKEN not in error and "/hooks/tollgate" not in error
     logged = client.get("/api/v1/notification-deliveries", headers={"X-API-Key": usage}).json["deliveries"]
     assert logged and all(TOKEN not in (d["last_error"] or "") for d in logged)
+
+
+@pytest.mark.parametrize(
+    ("path", "secrets"),
+    [
+        ("/hook/SECRET{x}?t=SECRET^2", ["SECRET", "%7Bx", "%5E2"]),
+        ("/s\u00e9cretpath?token=ab|cd", ["cretpath", "ab|cd", "ab%7Ccd"]),
+        ("/SECRETPATH?token=SECRET%41TOKEN", ["SECRETPATH", "SECRETATOKEN", "SECRET%41TOKEN"]),
+    ],
+    ids=["braces-and-caret", "non-ascii-and-bar", "encoded-unreserved"],
+)
+def test_an_error_never_repeats_the_url_as_the_http_client_re_encoded_it(app, client, portal_tenant, path, secrets):
+    _, admin = add_key(app, portal_tenant.tenant_id, "ops", scope="admin")
+    url = f"http://127.0.0.1:{free_port()}{path}"
+    made = client.post(CHANNELS, json={"kind": "webhook", "target": url}, headers={"X-API-Key": admin})
+    assert made.status_code == 201, made.json
+    tested = client.post(f"{CHANNELS}/{made.json['channel']['id']}/test", headers={"X-API-Key": admin})
+    error = tested.json["delivery"]["last_error"]
+    assert error.startswith("could not connect"), error
+    assert not [secret for secret in secrets if secret in error], error
 
 
 # -- the keys of a removed user --------------------------------------------------------------------
@@ -167,7 +188,7 @@ def test_the_remover_may_keep_the_keys_which_then_name_a_removed_user(app, clien
         key_id = _db.session.scalar(select(ApiKey.id).where(ApiKey.tenant_id == tid, ApiKey.name == "ci"))
         _db.session.remove()
     detail = page_text(client.get(f"/keys/{key_id}").text)
-    assert f"Made by removed user {portal_tenant.admin}" in detail
+    assert f"Made or last rotated by removed user {portal_tenant.admin}" in detail
 
 
 def test_the_removal_page_is_for_those_who_may_remove(app, client, portal_tenant, other_tenant):

@@ -155,3 +155,39 @@ def test_an_owners_key_stops_changing_the_plan_when_they_are_no_longer_owner(app
     assert plan_of(app, tid) == "starter"
     # Reading the subscription still works with the same key.
     assert client.get("/api/v1/billing/subscription", headers=headers).status_code == 200
+
+
+def key_id_of(app, tenant_id: int, name: str) -> int:
+    with app.app_context():
+        from portal.models import ApiKey
+
+        found = _db.session.scalar(select(ApiKey.id).where(ApiKey.tenant_id == tenant_id, ApiKey.name == name))
+        _db.session.remove()
+    return found
+
+
+@pytest.mark.parametrize("maker", ["owner", None], ids=["an-owners-key", "the-operators-key"])
+def test_an_admin_who_rotates_a_plan_changing_key_gets_a_key_that_cannot_change_it(
+    app, client, portal_tenant, clock, maker
+):
+    from .test_web_keys import act, shown_secret
+
+    tid = portal_tenant.tenant_id
+    made_by = portal_tenant.user_ids[maker] if maker else None
+    admin_key(app, tid, made_by)
+    key_id = key_id_of(app, tid, f"ops-{made_by}")
+    sign_in(client, portal_tenant.admin)
+    rotated = act(client, key_id, "rotate")
+    assert rotated.status_code == 200
+    headers = {"X-API-Key": shown_secret(rotated.text)}
+    refused = change(client, headers)
+    assert refused.status_code == 403 and refused.get_json()["detail"].startswith("Only an owner changes the plan")
+    assert plan_of(app, tid) == "starter"
+    assert f"Made or last rotated by {portal_tenant.admin}" in page_text(client.get(f"/keys/{key_id}").text)
+    # Removing the admin revokes the key whose secret they hold.
+    client.get("/logout")
+    sign_in(client, portal_tenant.owner)
+    page = client.get(f"/team/members/{portal_tenant.user_ids['admin']}/remove")
+    assert client.post(page.request.path, data={"csrf_token": csrf_token(page.text)}).status_code == 302
+    gone = client.get("/api/v1/ping", headers=headers)
+    assert (gone.status_code, gone.get_json()) == (403, {"detail": "API key is inactive"})

@@ -384,3 +384,49 @@ def test_every_api_get_answers_edge_input_with_a_detail(app, client, owner):
                 check(huge, {}, f"{path} with the id <{label}>", expect_404=True)
     assert not failures, "\n".join(failures)
     assert swept >= 30 * len(HOSTILE)
+
+
+# -- a NUL typed into a form -------------------------------------------------------------------------
+
+
+def test_a_nul_in_a_form_field_is_stored_as_a_replacement_character(app, client, portal_tenant, signed_in):
+    from .portal_helpers import post_form
+    from .test_web_keys import create_key
+
+    made = create_key(client, name="back\x00end", description="nul\x00here")
+    assert made.status_code == 201, made.text[:500]
+    fields = {
+        "name": "LLM\x00spend",
+        "amount": "10",
+        "warning_percentages": "50",
+        "scope": "end_user",
+        "end_user": "u\x00",
+    }
+    assert post_form(client, "/costs/budgets", fields, page="/costs").status_code == 302
+    with app.app_context():
+        key = db.session.scalar(
+            select(ApiKey).where(ApiKey.tenant_id == portal_tenant.tenant_id, ApiKey.name.like("back%"))
+        )
+        budget = db.session.scalar(select(Budget).where(Budget.tenant_id == portal_tenant.tenant_id))
+        assert (key.name, key.description) == ("back\ufffdend", "nul\ufffdhere")
+        assert (budget.name, budget.end_user) == ("LLM\ufffdspend", "u\ufffd")
+        db.session.remove()
+
+
+def test_a_failed_statement_still_gets_the_portals_error_page(test_settings):
+    from sqlalchemy import text
+
+    from portal import create_app
+
+    app = create_app(dict(test_settings))
+
+    @app.get("/boom")
+    def boom():
+        db.session.execute(text("SELECT * FROM no_such_table"))
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    assert "Something went wrong" in response.text or "<title>" in response.text
+    assert "Internal Server Error" not in response.text  # the portal's page, not the bare one
+    with app.app_context():
+        db.engine.dispose()

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..kernel.bodies import Body
+from ..kernel.bodies import Body, decimal_text
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ID = r"^[A-Za-z0-9._:-]+$"
@@ -45,16 +45,26 @@ MAX_METADATA_DEPTH = 20
 
 def check_json_value(value: Any, depth: int = 0) -> None:
     """Refuse what no column can store: NaN and infinities (not JSON numbers), integers past 64
-    bits, and nesting deeper than :data:`MAX_METADATA_DEPTH`."""
+    bits, strings that are not text (a lone surrogate), and nesting deeper than
+    :data:`MAX_METADATA_DEPTH`."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("NaN and Infinity are not JSON numbers")
     elif isinstance(value, int) and not isinstance(value, bool):
         if not -(2**63) <= value < 2**63:
             raise ValueError(f"{value} lies outside the 64-bit integers")
+    elif isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("holds a lone surrogate (an escape like \\ud800 alone), which is not text") from None
     elif isinstance(value, dict | list):
         if depth >= MAX_METADATA_DEPTH:
             raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(value, dict):
+            for key in value:
+                check_json_value(key, depth + 1)
         for item in value.values() if isinstance(value, dict) else value:
             check_json_value(item, depth + 1)
 
@@ -241,8 +251,10 @@ class ServiceLimitBody(Body):
 
 
 # Dollars and cents, as a JSON number or a string ("12.50").
+MONEY_TEXT = "^(0\\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,9}(\\.[0-9]{1,2})?)$"
 Money = Annotated[
     Decimal,
+    decimal_text(MONEY_TEXT, '"12.50"'),
     Field(
         gt=0,
         le=Decimal("9999999999.99"),
@@ -250,7 +262,7 @@ Money = Annotated[
         json_schema_extra={
             "anyOf": [
                 {"type": "number", "exclusiveMinimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
-                {"type": "string", "pattern": "^(0\\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,9}(\\.[0-9]{1,2})?)$"},
+                {"type": "string", "pattern": MONEY_TEXT},
             ]
         },
     ),

@@ -3,9 +3,10 @@ refused, each NUL character is read as U+FFFD (PostgreSQL stores no NUL), and 3.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 
 def without_nul(value: Any) -> Any:
@@ -35,3 +36,16 @@ class Body(BaseModel):
     @classmethod
     def _plain(cls, data: Any) -> Any:
         return {key: plain(value) for key, value in data.items()} if isinstance(data, dict) else data
+
+
+def decimal_text(pattern: str, example: str) -> BeforeValidator:
+    """A number sent as a string must be written as ``pattern`` says (the document's pattern):
+    Python's Decimal would also read " 5", "1_0" or other scripts' digits."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not compiled.fullmatch(value):
+            raise ValueError(f"expected a number written like {example}")
+        return value
+
+    return BeforeValidator(check)

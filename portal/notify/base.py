@@ -7,6 +7,7 @@ disabling channels are the deliver job's (:mod:`portal.notify.deliver`).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -14,7 +15,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import requests
-from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema, RequestException
+from requests.models import PreparedRequest
 
 from ..models import NotificationChannel, NotificationDelivery
 from .addresses import AddressRefused, InvalidIPAddress, check_address, refusal, tenant_session
@@ -128,15 +130,28 @@ def masked_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…{url[-4:]}"
 
 
+_REQUEST_TARGET = re.compile(r"url: /\S*")
+
+
 def _brief(error: Exception, url: str = "", limit: int = 300) -> str:
     """The error in a line, without the URL's path and query: the delivery log is read by
     members, and a hook's path (Slack) or query (a webhook's token) is a credential."""
     text = str(error) or error.__class__.__name__
     if url:
-        parts = urlsplit(url)
-        for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.query, parts.path):
-            if len(secret) > 1:
-                text = text.replace(secret, "/…" if secret != url else masked_url(url))
+        # The URL as given and as the HTTP client re-encoded it for the request line.
+        prepared = PreparedRequest()
+        try:
+            prepared.prepare_url(url, None)
+            forms = dict.fromkeys((url, prepared.url or url))
+        except RequestException:
+            forms = dict.fromkeys((url,))
+        for form in forms:
+            parts = urlsplit(form)
+            for secret in (form, parts.path + ("?" + parts.query if parts.query else ""), parts.query, parts.path):
+                if len(secret) > 1:
+                    text = text.replace(secret, "/…" if secret != form else masked_url(url))
+        # urllib3 names the request target after "url:"; whatever form it took, it goes.
+        text = _REQUEST_TARGET.sub("url: /…", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -101,10 +101,13 @@ def set_key_active(key: ApiKey, active: bool) -> ApiKey:
     return key
 
 
-def rotate_api_key(key: ApiKey) -> str:
-    """Give ``key`` a new secret; the old secret stops working. Returns the new secret."""
+def rotate_api_key(key: ApiKey, by_user_id: int | None) -> str:
+    """Give ``key`` a new secret; the old secret stops working. Returns the new secret. Whoever
+    rotates it holds the secret from now on, so the key is theirs: it does no more than they may,
+    and it is revoked with them when they leave the team."""
     if key.revoked_at is not None:
         raise ValueError("a revoked key cannot be rotated; create a new one")
+    key.created_by_id = by_user_id
     secret = new_secret()
     key.prefix = secret[:PREFIX_LENGTH]
     key.key_hash = hash_secret(secret)

@@ -128,7 +128,8 @@ def remove_member(
 
 
 def key_maker(key: ApiKey) -> str:
-    """Who made ``key``, as the portal shows it: an e-mail, a removed user, or the operator."""
+    """Who made ``key`` or last rotated it (who holds its secret), as the portal shows it: an
+    e-mail, a removed user, or the operator."""
     if key.created_by_id is None:
         return "the operator (command line)"
     maker = db.session.get(User, key.created_by_id)

@@ -186,7 +186,7 @@ def rotate_key(key_id: int):
         return _back_to(key)
     old_prefix = key.prefix
     try:
-        secret = rotate_api_key(key)
+        secret = rotate_api_key(key, current_user.id)
     except ValueError as exc:
         db.session.rollback()
         flash(f"Could not rotate key “{key.name}”: {exc}.", "error")
