@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,29 +20,15 @@ from portal.billing.plans import update_plan_limits
 from portal.extensions import db
 from portal.ingest import ingest_usage
 from portal.kernel.clock import app_clock, set_clock
-from portal.onboarding import create_tenant
 from portal.redis_store import get_redis
 from portal.tenancy.keys import create_api_key
+
+from .factories import new_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Mid-month, mid-day, second 10 of a minute: far from every window's edge.
 T0 = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC).timestamp()
-# Tenants made by the fixtures date from then, before every test's clock (no usage is older
-# than its tenant).
-TENANTS_SINCE = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class ApiTenant:
-    tenant_id: int
-    slug: str
-    key_id: int
-    secret: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.secret}
 
 
 class Clock:
@@ -57,19 +42,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def make_api_tenant(app: Flask, name: str, plan: str = "starter", email: str | None = None) -> ApiTenant:
-    with app.app_context():
-        tenant = create_tenant(
-            name, plan, email or f"owner@{name.lower().replace(' ', '-')}.example", "a long password"
-        )
-        tenant.created_at = TENANTS_SINCE
-        key, secret = create_api_key(tenant, "default")
-        db.session.commit()
-        result = ApiTenant(tenant.id, tenant.slug, key.id, secret)
-        db.session.remove()
-    return result
 
 
 def add_key(app: Flask, tenant_id: int, name: str, **kwargs) -> tuple[int, str]:
@@ -133,7 +105,7 @@ def clock(app):
 @pytest.fixture
 def acme(app, clock):
     """A starter-plan tenant with one key; what its calls left in the stream is stored after."""
-    tenant = make_api_tenant(app, "Acme")
+    tenant = new_tenant(app, "Acme", key=True)
     yield tenant
     drain(app)
 

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from portal.extensions import db
 from portal.metering.store import store_usage
 
-from .conftest import PASSWORD
+from .factories import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -26,6 +26,8 @@ from portal.embedded_redis import stop_embedded_redis
 from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
+from .factories import new_tenant
+
 # Fixtures shared by the API tests (clock, acme).
 pytest_plugins = ["tests.api_helpers", "tests.portal_helpers"]
 
@@ -166,25 +168,14 @@ def auth(client: FlaskClient) -> Auth:
     return Auth(client)
 
 
-PASSWORD = "correct horse battery staple"
-
-
 @pytest.fixture
 def make_tenant(app: Flask):
-    """Create a tenant with an owner (password ``PASSWORD``); returns (slug, email, tenant id)."""
-    from portal.onboarding import create_tenant
-    from tests.api_helpers import TENANTS_SINCE
-
+    """Make tenants with their owner (password ``PASSWORD``), each (slug, owner e-mail, tenant id)."""
     counter = iter(range(1, 10_000))
 
     def make(name: str | None = None, plan: str = "starter", email: str | None = None):
         n = next(counter)
-        with app.app_context():
-            tenant = create_tenant(name or f"Tenant {n}", plan, email or f"owner{n}@tenant{n}.example", PASSWORD)
-            tenant.created_at = TENANTS_SINCE
-            _db.session.commit()
-            result = (tenant.slug, tenant.users[0].email, tenant.id)
-            _db.session.remove()
-        return result
+        made = new_tenant(app, name or f"Tenant {n}", plan, email=email or f"owner{n}@tenant{n}.example")
+        return made.slug, made.owner, made.tenant_id
 
     return make

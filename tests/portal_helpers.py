@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 from flask import Flask
@@ -14,57 +13,23 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
 from portal.extensions import db
-from portal.onboarding import create_tenant
-from portal.tenancy.accounts import create_user
 
-from .api_helpers import TENANTS_SINCE
-from .conftest import PASSWORD, csrf_token
+from .conftest import csrf_token
+from .factories import PASSWORD, MadeTenant, new_tenant
 
-__all__ = ["PASSWORD", "PortalTenant", "audit_events", "count_statements", "page_text", "post_form", "sign_in"]
-
-
-@dataclass
-class PortalTenant:
-    tenant_id: int
-    slug: str
-    owner: str
-    admin: str
-    member: str
-    user_ids: dict[str, int]
-
-
-def make_portal_tenant(app: Flask, name: str, plan: str = "starter") -> PortalTenant:
-    """A tenant with an owner, an admin and a member (all with ``PASSWORD``)."""
-    slug_part = re.sub(r"[^a-z0-9]+", "", name.lower()) or "tenant"
-    with app.app_context():
-        tenant = create_tenant(name, plan, f"owner@{slug_part}.example", PASSWORD)
-        tenant.created_at = TENANTS_SINCE
-        create_user(tenant, f"admin@{slug_part}.example", PASSWORD, role="admin")
-        create_user(tenant, f"member@{slug_part}.example", PASSWORD, role="member")
-        db.session.commit()
-        ids = {user.role: user.id for user in tenant.users}
-        result = PortalTenant(
-            tenant.id,
-            tenant.slug,
-            f"owner@{slug_part}.example",
-            f"admin@{slug_part}.example",
-            f"member@{slug_part}.example",
-            ids,
-        )
-        db.session.remove()
-    return result
+__all__ = ["PASSWORD", "audit_events", "count_statements", "page_text", "post_form", "sign_in"]
 
 
 @pytest.fixture
-def portal_tenant(app: Flask) -> PortalTenant:
+def portal_tenant(app: Flask) -> MadeTenant:
     """Initech: an owner, an admin and a member, on the starter plan."""
-    return make_portal_tenant(app, "Initech")
+    return new_tenant(app, "Initech", team=True)
 
 
 @pytest.fixture
-def other_tenant(app: Flask) -> PortalTenant:
+def other_tenant(app: Flask) -> MadeTenant:
     """Globex: a second tenant, for isolation tests."""
-    return make_portal_tenant(app, "Globex")
+    return new_tenant(app, "Globex", team=True)
 
 
 def sign_in(client: FlaskClient, email: str, password: str = PASSWORD) -> None:

@@ -23,7 +23,8 @@ from portal.kernel.redis_keys import quota_key
 from portal.metering.store import store_usage
 from portal.models import Alert, AlertRule, AlertSettings, Notification, NotificationChannel, NotificationDelivery
 from portal.redis_store import get_redis
-from tests.api_helpers import add_key, make_api_tenant, set_limits
+from tests.api_helpers import add_key, set_limits
+from tests.factories import new_tenant
 
 NOW = datetime(2026, 11, 18, 12, 40, tzinfo=UTC)
 _ids = itertools.count()
@@ -31,7 +32,7 @@ _ids = itertools.count()
 
 @pytest.fixture
 def tenant(app):
-    return make_api_tenant(app, "Alerting Co")
+    return new_tenant(app, "Alerting Co", key=True)
 
 
 def store(tenant_id: int, at: datetime, count: int = 1, **fields) -> None:
@@ -295,7 +296,7 @@ def test_usage_spike_against_the_median_of_the_same_hour_of_the_last_four_weeks(
 def test_no_spike_without_history_or_below_the_minimum_volume(app, db, tenant):
     store(tenant.tenant_id, NOW - timedelta(minutes=20), 500)  # no earlier weeks at all
     run(app, NOW)
-    other = make_api_tenant(app, "Small Co")
+    other = new_tenant(app, "Small Co", key=True)
     for weeks in (1, 2, 3, 4):
         store(other.tenant_id, NOW - timedelta(weeks=weeks, minutes=20), 5)
     store(other.tenant_id, NOW - timedelta(minutes=20), 50)  # 10× the normal, but only 50 calls
@@ -569,7 +570,7 @@ def test_each_transition_is_logged_at_warning_or_critical(app, db, tenant, caplo
 
 
 def test_one_pass_at_a_time_and_tenants_are_evaluated_apart(app, db, tenant):
-    other = make_api_tenant(app, "Other Co")
+    other = new_tenant(app, "Other Co", key=True)
     store(tenant.tenant_id, NOW - timedelta(minutes=5), 2, status_code=429)
     store(other.tenant_id, NOW - timedelta(minutes=5), 2, status_code=429)
     redis = get_redis(app)

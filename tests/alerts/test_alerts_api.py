@@ -11,14 +11,15 @@ from sqlalchemy import select
 from portal.alerts.rules import rule_of_kind
 from portal.extensions import db as _db
 from portal.models import Alert, AuditEvent, Notification, NotificationChannel, NotificationDelivery
-from tests.api_helpers import add_key, make_api_tenant
+from tests.api_helpers import add_key
+from tests.factories import new_tenant
 
 T = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def tenant(app, clock):
-    return make_api_tenant(app, "Alert Api Co")
+    return new_tenant(app, "Alert Api Co", key=True)
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_acknowledge_then_resolve(client, db, tenant, admin, clock):
 
 
 def test_another_tenants_alert_is_a_404(app, client, db, tenant, admin):
-    other = make_api_tenant(app, "Other Alert Co")
+    other = new_tenant(app, "Other Alert Co", key=True)
     theirs = make_alert(other.tenant_id)
     for action in ("acknowledge", "resolve"):
         response = client.post(f"/api/v1/alerts/{theirs}/{action}", headers=admin)
@@ -299,7 +300,7 @@ def test_a_default_rule_changes_its_thresholds_but_is_not_deleted(client, tenant
 
 
 def test_another_tenants_rule_is_a_404(app, client, admin):
-    other = make_api_tenant(app, "Rule Owner Co")
+    other = new_tenant(app, "Rule Owner Co", key=True)
     with app.app_context():
         theirs = rule_of_kind(other.tenant_id, "error_rate").id
         _db.session.remove()

@@ -15,7 +15,7 @@ from portal.metering.store import store_usage
 from portal.models import NotificationDelivery
 from portal.notify.deliver import deliver_due
 from portal.redis_store import get_redis
-from tests.api_helpers import make_api_tenant
+from tests.factories import new_tenant
 from tests.notify_helpers import add_channel, app_config
 from tests.receivers import SmtpSink, WebhookReceiver
 
@@ -40,7 +40,7 @@ def refused_calls(tenant_id: int, at: datetime, count: int) -> None:
 
 
 def test_an_alert_reaches_email_and_a_signed_webhook_and_so_does_its_resolution(app, db):
-    tenant = make_api_tenant(app, "Inbox Co")
+    tenant = new_tenant(app, "Inbox Co", key=True)
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     with SmtpSink() as sink, WebhookReceiver(secret) as hook, app_config(app, SMTP_URL=sink.url):
         add_channel(tenant.tenant_id, "email", "ops@inbox.example")

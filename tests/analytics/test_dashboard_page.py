@@ -25,7 +25,7 @@ from portal.metering.store import store_usage
 from portal.models import Alert, Tenant
 from portal.tenancy.keys import create_api_key
 from tests.api_helpers import T0, add_key, drain, set_limits
-from tests.conftest import PASSWORD
+from tests.factories import PASSWORD
 from tests.portal_helpers import count_statements, page_text, sign_in
 
 NOW = datetime.fromtimestamp(T0, UTC)

@@ -9,8 +9,8 @@ import pytest
 from portal.extensions import db
 from portal.kernel.clock import set_clock
 from portal.models import ApiKey, Subscription, Tenant, utcnow
-from tests.api_helpers import add_key, drain, make_api_tenant, set_limits
-from tests.conftest import PASSWORD
+from tests.api_helpers import add_key, drain, set_limits
+from tests.factories import PASSWORD, new_tenant
 
 WINDOW_HEADERS = [f"X-RateLimit-{w}-{f}" for w in ("Minute", "Hour", "Day") for f in ("Limit", "Remaining", "Reset")]
 QUOTA_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
@@ -184,7 +184,7 @@ def test_monthly_quota_refuses_with_when_it_resets(app, client, acme, clock):
 
 
 def test_enterprise_quota_is_unlimited(app, client, clock):
-    big = make_api_tenant(app, "Big Co", plan="enterprise")
+    big = new_tenant(app, "Big Co", plan="enterprise", key=True)
     response = ping(client, big.headers)
     assert response.status_code == 200
     assert response.headers["X-RateLimit-Limit"] == "unlimited"
@@ -240,7 +240,7 @@ def test_plan_change_applies_to_the_next_call(app, client, acme, clock):
 def test_one_bucket_per_tenant_shared_by_keys_and_endpoints(app, client, acme, clock):
     set_limits(app, "starter", per_minute=4)
     _, second_secret = add_key(app, acme.tenant_id, "second")
-    other = make_api_tenant(app, "Other Co")
+    other = new_tenant(app, "Other Co", key=True)
     assert ping(client, acme.headers).status_code == 200
     assert client.get("/api/v1/billing/usage", headers={"X-API-Key": second_secret}).status_code == 200
     assert client.get("/api/v1/usage/summary", headers=acme.headers).status_code == 200

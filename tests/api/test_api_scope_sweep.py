@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Alert, Budget, NotificationChannel
-from tests.api_helpers import add_key, make_api_tenant
+from tests.api_helpers import add_key
+from tests.factories import new_tenant
 
 STATE_CHANGING = {"post", "put", "patch", "delete"}
 
@@ -91,7 +92,7 @@ def _valid_body(app, operation_id: str):
 
 
 def test_a_usage_key_changes_nothing_but_what_it_is_for(app, client, db, clock):
-    tenant = make_api_tenant(app, "Scope Sweep Co")
+    tenant = new_tenant(app, "Scope Sweep Co", key=True)
     _, admin_secret = add_key(app, tenant.tenant_id, "admin", scope="admin")
     ids = _tenant_records(client, tenant.tenant_id, {"X-API-Key": admin_secret})
     document = client.get("/api/v1/openapi.json").get_json()

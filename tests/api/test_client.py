@@ -23,7 +23,8 @@ from portal.extensions import db
 from portal.metering.store import store_usage
 from portal.models import ApiKey
 from portal.tenancy.keys import set_key_active
-from tests.api_helpers import ROOT, ApiTenant, Servers, free_port, make_api_tenant, set_limits
+from tests.api_helpers import ROOT, Servers, free_port, set_limits
+from tests.factories import MadeTenant, new_tenant
 from tollgate_client import (
     AuthenticationError,
     ConnectionFailed,
@@ -129,8 +130,8 @@ def rec() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def tenant(app) -> ApiTenant:
-    return make_api_tenant(app, "Client Co")
+def tenant(app) -> MadeTenant:
+    return new_tenant(app, "Client Co", key=True)
 
 
 def client_for(url: str, secret: str, rec: Recorder, **options) -> TollgateClient:
@@ -179,7 +180,7 @@ def test_ping_and_the_rate_limit_headers(server, tenant, rec):
 
 @live
 def test_an_unlimited_monthly_quota_reads_as_none(app, server, rec):
-    big = make_api_tenant(app, "Big Co", plan="enterprise")
+    big = new_tenant(app, "Big Co", plan="enterprise", key=True)
     client = client_for(server, big.secret, rec)
     client.ping()
     info = client.last_rate_limit
@@ -440,7 +441,7 @@ def test_without_pacing_the_call_goes_out_at_once(app, server, tenant, rec):
 
 @live
 def test_server_errors_are_retried_then_raised(app, redis_down_server, rec):
-    acme = make_api_tenant(app, "Outage Co")
+    acme = new_tenant(app, "Outage Co", key=True)
     client = client_for(redis_down_server, acme.secret, rec, max_retries=3, jitter=lambda: 1.0)
     with pytest.raises(ServerError) as raised:
         client.ping()

@@ -15,7 +15,8 @@ from portal.extensions import db
 from portal.metering.stream import STREAM
 from portal.models import UsageRecord
 from portal.redis_store import get_redis
-from tests.api_helpers import ROOT, Servers, add_key, drain, make_api_tenant
+from tests.api_helpers import ROOT, Servers, add_key, drain
+from tests.factories import new_tenant
 
 pytestmark = pytest.mark.slow
 # Examples per operation (and phase); TOLLGATE_FUZZ_EXAMPLES=100 for a longer run.
@@ -34,7 +35,7 @@ def server(server_env):
 def test_the_api_survives_a_bounded_schemathesis_run(app, server, tmp_path):
     servers, server = server, server.urls[0]
     # Enterprise: windows wide enough that the run is about the API, not about 429s.
-    tenant = make_api_tenant(app, "Fuzz Co", plan="enterprise")
+    tenant = new_tenant(app, "Fuzz Co", plan="enterprise", key=True)
     _, secret = add_key(app, tenant.tenant_id, "fuzz-admin", scope="admin")
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks", "PYTHONPATH": str(ROOT)}
     command = [

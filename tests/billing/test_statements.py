@@ -21,7 +21,8 @@ from portal.billing.usage import current_subscription
 from portal.extensions import db as _db
 from portal.metering.store import store_usage
 from portal.models import Statement, Subscription, Tenant, UsageRecord, UsageRollup
-from tests.api_helpers import add_key, make_api_tenant
+from tests.api_helpers import add_key
+from tests.factories import new_tenant
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
@@ -31,7 +32,7 @@ _ids = itertools.count()
 
 def since_november(app, name: str, plan: str = "starter"):
     """A tenant on ``plan`` since November 1st, its period November."""
-    tenant = make_api_tenant(app, name, plan)
+    tenant = new_tenant(app, name, plan, key=True)
     with app.app_context():
         _db.session.execute(
             update(Subscription)
@@ -287,7 +288,7 @@ def test_statements_api_lists_and_shows_them_as_json_and_csv(client, billed):
 
 
 def test_another_tenants_statement_is_a_404(app, client, billed):
-    other = make_api_tenant(app, "Nosy Co")
+    other = new_tenant(app, "Nosy Co", key=True)
     with app.app_context():
         theirs = _db.session.scalar(select(Statement.id).where(Statement.tenant_id == billed.tenant_id))
         _db.session.remove()
@@ -320,7 +321,7 @@ def test_upcoming_shows_the_period_so_far_and_a_forecast_after_a_tenth_of_it(app
 
 
 def test_plan_changes_through_the_api_need_an_admin_key_and_say_when_they_apply(app, client, clock):
-    tenant = make_api_tenant(app, "Plan Api Co", "starter")
+    tenant = new_tenant(app, "Plan Api Co", "starter", key=True)
     _, secret = add_key(app, tenant.tenant_id, "admin", scope="admin")
     admin = {"X-API-Key": secret}
     refused = client.put("/api/v1/billing/subscription", json={"plan": "professional"}, headers=tenant.headers)
@@ -356,7 +357,7 @@ def test_plan_changes_through_the_api_need_an_admin_key_and_say_when_they_apply(
 def test_retention_keeps_the_raw_records_of_a_period_without_its_statement(app, db):
     from portal.metering.retention import delete_expired_usage
 
-    tenant = make_api_tenant(app, "Unbilled Co", "free")  # keeps raw records 90 days
+    tenant = new_tenant(app, "Unbilled Co", "free", key=True)  # keeps raw records 90 days
     june, july = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC)
     _db.session.execute(
         update(Subscription)

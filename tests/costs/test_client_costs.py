@@ -21,8 +21,9 @@ import requests
 
 from portal.models import UsageRecord
 from tests.api.test_client import Recorder, client_for, live_env
-from tests.api_helpers import ApiTenant, Servers, drain, free_port, make_api_tenant
+from tests.api_helpers import Servers, drain, free_port
 from tests.api_helpers import external_records as stored_external_records
+from tests.factories import MadeTenant, new_tenant
 from tollgate_client import (
     BudgetExceeded,
     ConnectionFailed,
@@ -56,8 +57,8 @@ def rec() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def tenant(app) -> Iterator[ApiTenant]:
-    made = make_api_tenant(app, "Client Costs Co")
+def tenant(app) -> Iterator[MadeTenant]:
+    made = new_tenant(app, "Client Costs Co", key=True)
     yield made
     drain(app)
 

@@ -14,14 +14,15 @@ from portal.costs.prices import bump_prices_version
 from portal.extensions import db
 from portal.models import BudgetCrossing, ModelPrice, UsageRollup
 from portal.redis_store import get_redis
-from tests.api_helpers import add_key, drain, external_records, make_api_tenant
+from tests.api_helpers import add_key, drain, external_records
+from tests.factories import PASSWORD, new_tenant
 
 GROQ_70B = {"service": "groq", "endpoint": "/v1/chat/completions", "model": "llama-3.1-70b-versatile"}
 
 
 @pytest.fixture
 def tenant(app, clock):
-    made = make_api_tenant(app, "Costs Co")
+    made = new_tenant(app, "Costs Co", key=True)
     yield made
     drain(app)
 
@@ -416,7 +417,7 @@ def test_invalid_budgets_are_refused(client, admin, body, message):
 
 
 def test_another_tenants_budget_is_a_404(app, client, tenant, admin):
-    other = make_api_tenant(app, "Other Co")
+    other = new_tenant(app, "Other Co", key=True)
     _, other_admin = add_key(app, other.tenant_id, "admin", scope="admin")
     theirs = client.post("/api/v1/budgets", json={"name": "b", "amount": "5"}, headers={"X-API-Key": other_admin})
     budget_id = theirs.json["budget"]["id"]
@@ -503,7 +504,7 @@ def test_the_portal_report_stats_and_summary_agree_to_the_cent(app, auth, client
     from portal.metering.store import store_usage
     from portal.models import utcnow
 
-    tenant = make_api_tenant(app, "Agree Co")
+    tenant = new_tenant(app, "Agree Co", key=True)
     now = utcnow()
     start, _ = billing_period(now)
     costs = [Decimal("0.12345678"), Decimal("1.00000001"), Decimal("0.00500000"), None]
@@ -528,7 +529,7 @@ def test_the_portal_report_stats_and_summary_agree_to_the_cent(app, auth, client
     summary = client.get("/api/v1/usage/summary", headers=tenant.headers).json["summary"]
     assert report["total_cost"] == summary["this_month"]["cost"] == float(exact.quantize(Decimal("0.000001")))
     assert report["unpriced_calls"] == 1
-    auth.login("owner@agree-co.example", "a long password")
+    auth.login("owner@agree-co.example", PASSWORD)
     page = client.get("/dashboard").text
     assert f"${exact:.2f}" in page  # $1.13, the same to the cent
 

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.api_helpers import Servers, add_key, free_port, make_api_tenant
+from tests.api_helpers import Servers, add_key, free_port
+from tests.factories import new_tenant
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def redis_down_server(server_env):
 
 
 def test_acquires_of_units_are_exact_across_two_processes(app, two_servers):
-    tenant = make_api_tenant(app, "Concurrent Units Co", plan="enterprise")
+    tenant = new_tenant(app, "Concurrent Units Co", plan="enterprise", key=True)
     if 86400 - time.time() % 86400 < 30:  # keep clear of the day window's end
         time.sleep(86400 - time.time() % 86400 + 1)
     # YouTube: 10,000 quota units a day; 40 acquires of 700 units, 20 through each process.
@@ -49,7 +50,7 @@ def test_acquires_of_units_are_exact_across_two_processes(app, two_servers):
 
 
 def test_with_redis_unreachable_acquires_fail_open_or_closed_as_the_tenant_chose(app, redis_down_server):
-    tenant = make_api_tenant(app, "Best Effort Co")
+    tenant = new_tenant(app, "Best Effort Co", key=True)
     _, admin = add_key(app, tenant.tenant_id, "admin", scope="admin")
     acquire = f"{redis_down_server}/api/v1/usage/rate-limits/groq/acquire"
     opened = requests.post(acquire, json={}, headers=tenant.headers, timeout=10)

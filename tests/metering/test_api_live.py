@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.metering.stream import STREAM, pack_call
 from portal.models import ApiKey, UsageRecord, UsageRollup
-from tests.api_helpers import Servers, drain, make_api_tenant, set_limits
+from tests.api_helpers import Servers, drain, set_limits
+from tests.factories import new_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def seconds_to_next_hour() -> float:
 
 def test_exactly_the_limit_is_admitted_across_two_processes(app, two_servers):
     limit = 25
-    acme = make_api_tenant(app, "Concurrent Co")
+    acme = new_tenant(app, "Concurrent Co", key=True)
     # The hour window binds (minute and day are far above it); keep clear of the hour's end.
     set_limits(app, "starter", per_minute=10_000, per_hour=limit, per_day=1_000_000)
     if seconds_to_next_hour() < 20:
@@ -66,7 +67,7 @@ def test_exactly_the_limit_is_admitted_across_two_processes(app, two_servers):
 def test_revocation_reaches_every_process_at_once(app, two_servers):
     from portal.tenancy.keys import revoke_api_key
 
-    acme = make_api_tenant(app, "Revoked Co")
+    acme = new_tenant(app, "Revoked Co", key=True)
     for url in two_servers.urls:
         assert requests.get(f"{url}/api/v1/ping", headers=acme.headers, timeout=10).status_code == 200
     with app.app_context():
@@ -78,7 +79,7 @@ def test_revocation_reaches_every_process_at_once(app, two_servers):
 
 
 def test_records_reach_the_api_queries_within_seconds(app, server_env):
-    acme = make_api_tenant(app, "Prompt Co")
+    acme = new_tenant(app, "Prompt Co", key=True)
     servers = Servers(server_env, 1)
     worker = start_worker(server_env)
     try:
@@ -163,7 +164,7 @@ def stored_counts(app, tenant_id: int) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("dies", ["before-commit", "after-commit"])
 def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(app, redis, server_env, dies):
-    acme = make_api_tenant(app, f"Crash {dies}")
+    acme = new_tenant(app, f"Crash {dies}", key=True)
     fill_stream(redis, acme.tenant_id, acme.key_id, 700)
     victim = subprocess.run(
         [sys.executable, "-c", VICTIM, "400", dies],
@@ -183,7 +184,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(app, redis, s
 
 
 def test_worker_killed_at_any_moment_loses_nothing(app, redis, server_env):
-    acme = make_api_tenant(app, "Crash Anytime")
+    acme = new_tenant(app, "Crash Anytime", key=True)
     fill_stream(redis, acme.tenant_id, acme.key_id, 6000)
     worker = start_worker(server_env)
     # Kill it once it has started storing, wherever in a batch it is.
@@ -197,7 +198,7 @@ def test_worker_killed_at_any_moment_loses_nothing(app, redis, server_env):
 
 
 def test_burst_worker_drains_the_stream_and_exits(app, client, server_env):
-    acme = make_api_tenant(app, "Burst Co")
+    acme = new_tenant(app, "Burst Co", key=True)
     for _ in range(3):
         client.get("/api/v1/ping", headers=acme.headers)
     from portal.api.guard import gate

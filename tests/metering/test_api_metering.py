@@ -13,7 +13,8 @@ from portal.metering.admission import flush_abandoned
 from portal.metering.stream import GROUP, INFLIGHT, STREAM
 from portal.models import ApiKey, UsageRecord, UsageRollup
 from portal.tenancy.keys import set_key_active
-from tests.api_helpers import drain, make_api_tenant, set_limits
+from tests.api_helpers import drain, set_limits
+from tests.factories import new_tenant
 
 
 def records(app, tenant_id):
@@ -160,7 +161,7 @@ def test_usage_reaches_the_api_queries(app, client, acme):
 
 
 def test_records_of_a_deleted_tenant_do_not_block_the_batch(app, client, redis, acme):
-    other = make_api_tenant(app, "Gone Co")
+    other = new_tenant(app, "Gone Co", key=True)
     client.get("/api/v1/ping", headers=acme.headers)
     client.get("/api/v1/ping", headers=other.headers)
     gate(app).admission.flush_if_idle(0)

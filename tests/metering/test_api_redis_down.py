@@ -16,7 +16,7 @@ from portal.extensions import db, limiter
 from portal.ingest import ingest_usage
 from portal.models import ApiKey, UsageRecord
 from portal.redis_store import get_redis
-from tests.api_helpers import make_api_tenant
+from tests.factories import new_tenant
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def own_redis_app(app):
 
 def test_keeps_serving_and_spools_while_redis_is_down(app, own_redis_app):
     build, folder = own_redis_app
-    tenant = make_api_tenant(app, "Resilient Co")
+    tenant = new_tenant(app, "Resilient Co", key=True)
     degraded = build("serve")
     client = degraded.test_client()
     assert client.get("/api/v1/ping", headers=tenant.headers).status_code == 200
@@ -79,7 +79,7 @@ def test_keeps_serving_and_spools_while_redis_is_down(app, own_redis_app):
 
 def test_replaying_twice_stores_each_call_once(app, own_redis_app):
     build, folder = own_redis_app
-    tenant = make_api_tenant(app, "Twice Co")
+    tenant = new_tenant(app, "Twice Co", key=True)
     degraded = build("serve")
     client = degraded.test_client()
     stop_embedded_redis(folder)
@@ -101,7 +101,7 @@ def test_replaying_twice_stores_each_call_once(app, own_redis_app):
 
 def test_refuses_while_redis_is_down_when_so_configured(app, own_redis_app):
     build, folder = own_redis_app
-    tenant = make_api_tenant(app, "Strict Co")
+    tenant = new_tenant(app, "Strict Co", key=True)
     strict = build("refuse")
     client = strict.test_client()
     assert client.get("/api/v1/ping", headers=tenant.headers).status_code == 200

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.metering.stream import EVENTS_FIELD, GROUP, STREAM
 from portal.models import UsageDeadLetter, UsageRecord, utcnow
-from tests.api_helpers import drain, make_api_tenant
+from tests.api_helpers import drain
+from tests.factories import new_tenant
 
 PING = "/api/v1/ping"
 
@@ -58,8 +59,8 @@ def letters(app) -> list[UsageDeadLetter]:
 
 
 def test_a_poisoned_batch_stores_every_other_tenants_calls_and_sets_the_poison_aside(app, client, clock, redis):
-    victim = make_api_tenant(app, "Victim")
-    poisoner = make_api_tenant(app, "Poisoner")
+    victim = new_tenant(app, "Victim", key=True)
+    poisoner = new_tenant(app, "Poisoner", key=True)
     for _ in range(3):
         assert client.get(PING, headers=victim.headers).status_code == 200
     with app.app_context():
@@ -93,7 +94,7 @@ def test_a_batch_delivered_again_sets_nothing_aside_twice(app, clock, redis):
     the same entries again: they are set aside once."""
     from portal.ingest import _records, _store_batch, ensure_group
 
-    tenant = make_api_tenant(app, "Poisoner")
+    tenant = new_tenant(app, "Poisoner", key=True)
     poison_entries(redis, tenant.tenant_id, tenant.key_id, clock.now)
     ensure_group(redis)
     entries = redis.xrange(STREAM)
@@ -107,7 +108,7 @@ def test_a_batch_delivered_again_sets_nothing_aside_twice(app, clock, redis):
 
 
 def test_jobs_list_and_the_log_count_what_was_set_aside(app, clock, redis, caplog):
-    tenant = make_api_tenant(app, "Poisoner")
+    tenant = new_tenant(app, "Poisoner", key=True)
     poison_entries(redis, tenant.tenant_id, tenant.key_id, clock.now)
     with caplog.at_level("ERROR", logger="tollgate.metering"):
         drain(app)
@@ -121,7 +122,7 @@ def test_jobs_list_and_the_log_count_what_was_set_aside(app, clock, redis, caplo
 
 
 def test_dead_letters_can_be_listed_and_retried_once_their_cause_is_fixed(app, clock, redis):
-    tenant = make_api_tenant(app, "Poisoner")
+    tenant = new_tenant(app, "Poisoner", key=True)
     poison_entries(redis, tenant.tenant_id, tenant.key_id, clock.now)
     drain(app)
     cli = app.test_cli_runner()

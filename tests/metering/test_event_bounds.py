@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import Tenant, UsageRecord
-from tests.api_helpers import add_key, drain, external_records, make_api_tenant
+from tests.api_helpers import add_key, drain, external_records
+from tests.factories import new_tenant
 
 EVENTS = "/api/v1/usage/events"
 NOW = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC)  # the clock fixture's time
@@ -188,7 +189,7 @@ def test_an_event_from_2019_is_refused_naming_the_earliest_time_accepted(app, cl
 
 
 def test_an_event_from_before_the_tenant_was_made_is_refused(app, client, clock):
-    tenant = make_api_tenant(app, "Newcomer")
+    tenant = new_tenant(app, "Newcomer", key=True)
     made = NOW - timedelta(days=3)
     with app.app_context():
         db.session.get(Tenant, tenant.tenant_id).created_at = made

@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.metering.stream import STREAM
 from portal.models import UsageDeadLetter, UsageRecord
-from tests.api_helpers import drain, make_api_tenant
+from tests.api_helpers import drain
+from tests.factories import new_tenant
 
 EVENTS = "/api/v1/usage/events"
 NOW = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC)  # the clock fixture's time
@@ -76,7 +77,7 @@ def stored_count(app, tenant_id: int) -> tuple[int, int]:
 
 
 def test_every_event_body_the_api_accepts_is_stored(app, clock, redis):
-    tenant = make_api_tenant(app, "Property Co", plan="enterprise")
+    tenant = new_tenant(app, "Property Co", plan="enterprise", key=True)
     client = app.test_client()
     expected = {"stored": 0}
 

@@ -131,7 +131,7 @@ def test_the_dashboard_shows_the_rebuilt_count(app, client, acme, redis, quota_o
     drain(app)
     redis.delete(quota_key(acme.tenant_id, NOW))
     portal = app.test_client()
-    sign_in(portal, "owner@acme.example", "a long password")
+    sign_in(portal, "owner@acme.example")
     page = portal.get("/dashboard").text
     assert "4 of 20" in " ".join(page.split())
     assert counter(redis, acme.tenant_id) == 4

@@ -28,7 +28,8 @@ from portal.metering.retention import apply_retention
 from portal.metering.store import store_usage
 from portal.metering.stream import EVENTS_FIELD, STREAM
 from portal.models import UsageRecord, UsageRollup, utcnow
-from tests.api_helpers import add_key, make_api_tenant
+from tests.api_helpers import add_key
+from tests.factories import PASSWORD, new_tenant
 
 # The free plan keeps raw records 90 days: records of days before this one go.
 NOW = datetime(2026, 11, 18, 12, 30, 10, tzinfo=UTC)
@@ -164,7 +165,7 @@ def test_retention_changes_no_total_the_api_or_the_portal_shows(app, client, aut
     # users), stored through the real writer; "now" is a fixed time the API's clock shows too.
     now = utcnow().replace(microsecond=0)
     clock.now = now.timestamp()
-    tenant = make_api_tenant(app, "Keeps Totals", plan="free", email="owner@keeps.example")
+    tenant = new_tenant(app, "Keeps Totals", plan="free", email="owner@keeps.example", key=True)
     second_key, _ = add_key(app, tenant.tenant_id, "reporting")
     with app.app_context():
         records = demo_records(
@@ -196,7 +197,7 @@ def test_retention_changes_no_total_the_api_or_the_portal_shows(app, client, aut
             at.date() for at in db.session.scalars(select(UsageRecord.occurred_at).where(UsageRecord.id.in_(expired)))
         }
         db.session.remove()
-    auth.login("owner@keeps.example", "a long password")
+    auth.login("owner@keeps.example", PASSWORD)
     totals_before = api_totals(client, tenant.headers, now)
     portal_before = dashboard(client)
     logs_before = client.get("/api/v1/usage/logs?limit=1", headers=tenant.headers).get_json()

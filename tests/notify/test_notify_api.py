@@ -11,7 +11,8 @@ from sqlalchemy import select
 from portal.extensions import db as _db
 from portal.models import AuditEvent
 from portal.notify.channels import SECRET, generate_secret
-from tests.api_helpers import add_key, drain, make_api_tenant
+from tests.api_helpers import add_key, drain
+from tests.factories import new_tenant
 from tests.notify_helpers import app_config
 from tests.receivers import SlackReceiver, WebhookReceiver
 
@@ -156,7 +157,7 @@ def test_a_turned_off_channel_answers_409_to_a_test(client, admin, slack):
 
 
 def test_another_tenants_channels_and_deliveries_are_out_of_reach(app, client, admin):
-    other = make_api_tenant(app, "Other Co")
+    other = new_tenant(app, "Other Co", key=True)
     _, other_admin = add_key(app, other.tenant_id, "admin", scope="admin")
     theirs = {"X-API-Key": other_admin}
     secret = generate_secret()

@@ -31,7 +31,7 @@ from tests.browser_helpers import (
     seed_demo_tenant,
     sign_in_through_form,
 )
-from tests.conftest import PASSWORD
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.browser
 # The fixtures: a live server, one Chromium for the module, a page whose browser errors fail the test.

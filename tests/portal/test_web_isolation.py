@@ -33,7 +33,8 @@ from portal.models import (
 from portal.models.team import Invite
 from portal.tenancy.keys import create_api_key
 from tests.conftest import csrf_token
-from tests.portal_helpers import make_portal_tenant, sign_in
+from tests.factories import new_tenant
+from tests.portal_helpers import sign_in
 
 PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 # Tables whose rows a stray POST could change; counted before and after the sweep.
@@ -139,8 +140,8 @@ def _id_routes(app):
 
 @pytest.fixture
 def tenants(app):
-    a = make_portal_tenant(app, "Alpha Industries")
-    b = make_portal_tenant(app, "Beta Logistics")
+    a = new_tenant(app, "Alpha Industries", team=True)
+    b = new_tenant(app, "Beta Logistics", team=True)
     return a, b, _objects_of(app, a.tenant_id, a.user_ids["owner"])
 
 

@@ -19,7 +19,7 @@ from portal.models import ApiKey, Plan, Subscription, Tenant, UsageRecord, Usage
 from portal.redis_store import get_redis
 from portal.tenancy.keys import hash_secret
 from portal.tenancy.passwords import verify_password
-from tests.conftest import PASSWORD
+from tests.factories import PASSWORD
 
 PLAN_CODES = "free, starter, professional, enterprise"
 

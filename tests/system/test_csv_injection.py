@@ -19,7 +19,8 @@ from portal.extensions import db as _db
 from portal.kernel.csv_export import cell, csv_document, csv_line, neutralise
 from portal.metering.store import store_usage
 from portal.models import AuditEvent, Statement, Subscription, UsageRollup
-from tests.api_helpers import add_key, drain, make_api_tenant
+from tests.api_helpers import add_key, drain
+from tests.factories import new_tenant
 from tests.portal_helpers import sign_in
 
 PAYLOADS = [
@@ -167,7 +168,7 @@ def payloaded(app, client, clock):
     export: reported through the API as models, end users and endpoints by keys named after them;
     stored with costs; in November's statement (closed) and December's, whose adjustment for
     November is negative (a correction lowered November's cost); and in the audit trail."""
-    tenant = make_api_tenant(app, "Payload Co")
+    tenant = new_tenant(app, "Payload Co", key=True)
     tid = tenant.tenant_id
     with app.app_context():
         _db.session.execute(
@@ -221,7 +222,7 @@ def payloaded(app, client, clock):
         )
         _db.session.remove()
     assert len(tenant.statements) == 2
-    sign_in(client, "owner@payload-co.example", "a long password")
+    sign_in(client, "owner@payload-co.example")
     return tenant
 
 

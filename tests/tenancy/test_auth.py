@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from portal.auth.session import is_safe_next
 from portal.models import AuditEvent, User
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import csrf_token
+from tests.factories import PASSWORD
 
 
 def audit_actions(db, tenant_id=None):

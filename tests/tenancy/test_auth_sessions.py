@@ -13,7 +13,8 @@ from sqlalchemy import func, select, update
 
 from portal.extensions import db
 from portal.models import User, UserSession
-from tests.conftest import PASSWORD, Auth, csrf_token
+from tests.conftest import Auth, csrf_token
+from tests.factories import PASSWORD
 
 REMEMBER = "remember_token"
 

@@ -14,7 +14,8 @@ from portal import create_app
 from portal.config import ConfigError, load_config
 from portal.extensions import db, limiter
 from portal.models import AuditEvent
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import csrf_token
+from tests.factories import PASSWORD
 
 WRONG = "wrong password!"
 

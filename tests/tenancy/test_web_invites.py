@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from portal.extensions import db as _db
 from portal.models import AuditEvent, Invite, User
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import csrf_token
+from tests.factories import PASSWORD
 from tests.notify_helpers import app_config
 from tests.portal_helpers import page_text, sign_in
 from tests.receivers import SmtpSink

@@ -14,7 +14,8 @@ from portal.models import ApiKey, AuditEvent, Tenant
 from portal.tenancy.accounts import create_user
 from portal.tenancy.keys import hash_secret
 from tests.api_helpers import drain
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import csrf_token
+from tests.factories import PASSWORD
 
 ACTIONS = ("deactivate", "reactivate", "revoke", "rotate")
 ONCE_NOTE = "Copy it now, it will not be shown again."

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from portal.extensions import db as _db
 from portal.models import AuditEvent, Invite, Tenant, User
 from portal.tenancy.accounts import create_user
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import csrf_token
+from tests.factories import PASSWORD
 from tests.portal_helpers import count_statements, page_text, sign_in
 
 # The checks read the database in their own short application context: a context held open for
