@@ -1,7 +1,7 @@
 """The monthly quota counter: a cache of the records, rebuilt from them when Redis lost it.
 
 The admission script counts each admitted call in the tenant's counter for the period
-(:func:`portal.billing.usage.quota_key`). That counter is never the only copy: every admitted
+(:func:`portal.kernel.redis_keys.quota_key`). That counter is never the only copy: every admitted
 call is also a usage record with ``quota_units`` 1 (a refused one has 0), stored by the worker,
 and until then it waits in the usage stream or the in-flight hash. When the period's counter is
 missing (a new period, a flush, a failover to a replica that lacked it, an eviction), the

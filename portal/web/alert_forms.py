@@ -1,7 +1,7 @@
 """The alert pages' forms: filters, rules, alert settings and notification channels.
 
-A form's text is checked by the API's own models (``portal.api.alert_params``,
-``portal.api.notify_bodies``) and then by the domain (``portal.alerts.rules``,
+A form's text is checked by the bodies the API checks too (``portal.alerts.bodies``,
+``portal.notify.bodies``) and then by the domain (``portal.alerts.rules``,
 ``portal.notify.channels``), so the page refuses exactly what the API refuses, with the same
 reasons; a reason is shown beside the field it names.
 """
