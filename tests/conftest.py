@@ -26,10 +26,8 @@ from portal.embedded_redis import stop_embedded_redis
 from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
-from .factories import new_tenant
-
-# Fixtures shared by the API tests (clock, acme).
-pytest_plugins = ["tests.api_helpers", "tests.portal_helpers"]
+# Shared fixtures: tenants (factories), the API's (clock, acme) and the portal's.
+pytest_plugins = ["tests.factories", "tests.api_helpers", "tests.portal_helpers"]
 
 # Tables whose rows come from migrations and stay between tests.
 REFERENCE_TABLES = {"plans", "model_prices", "alembic_version"}
@@ -171,6 +169,8 @@ def auth(client: FlaskClient) -> Auth:
 @pytest.fixture
 def make_tenant(app: Flask):
     """Make tenants with their owner (password ``PASSWORD``), each (slug, owner e-mail, tenant id)."""
+    from .factories import new_tenant
+
     counter = iter(range(1, 10_000))
 
     def make(name: str | None = None, plan: str = "starter", email: str | None = None):

@@ -4,9 +4,11 @@ limits and rules), optionally with an admin and a member and an API key."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pytest
 from flask import Flask
 
 from portal.extensions import db
@@ -70,3 +72,22 @@ def new_tenant(
         )
         db.session.remove()
     return made
+
+
+# -- the shared fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant(app: Flask) -> Iterator[MadeTenant]:
+    """Acme Co: a starter-plan tenant with its owner and a usage key; what its calls left in the
+    usage stream is stored after the test."""
+    made = new_tenant(app, "Acme Co", key=True)
+    yield made
+    from .api_helpers import drain
+
+    drain(app)
+
+
+@pytest.fixture
+def tenant_id(tenant: MadeTenant) -> int:
+    return tenant.tenant_id

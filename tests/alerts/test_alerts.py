@@ -30,11 +30,6 @@ NOW = datetime(2026, 11, 18, 12, 40, tzinfo=UTC)
 _ids = itertools.count()
 
 
-@pytest.fixture
-def tenant(app):
-    return new_tenant(app, "Alerting Co", key=True)
-
-
 def store(tenant_id: int, at: datetime, count: int = 1, **fields) -> None:
     """``count`` calls at ``at`` through the real writer (rows and rollups)."""
     records = []

@@ -18,11 +18,6 @@ T = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def tenant(app, clock):
-    return new_tenant(app, "Alert Api Co", key=True)
-
-
-@pytest.fixture
 def admin(app, tenant):
     _, secret = add_key(app, tenant.tenant_id, "admin", scope="admin")
     return {"X-API-Key": secret}
@@ -47,7 +42,7 @@ def make_alert(tenant_id: int, **fields) -> int:
     return alert.id
 
 
-def test_alerts_lists_the_open_ones_and_filters_by_type_severity_and_status(client, db, tenant):
+def test_alerts_lists_the_open_ones_and_filters_by_type_severity_and_status(clock, client, db, tenant):
     make_alert(tenant.tenant_id, dedup_key="a")
     make_alert(tenant.tenant_id, dedup_key="b", alert_type="response_time", severity="critical")
     make_alert(tenant.tenant_id, dedup_key="c", status="resolved", resolved_at=T + timedelta(minutes=5))
@@ -81,7 +76,7 @@ def test_alerts_lists_the_open_ones_and_filters_by_type_severity_and_status(clie
     assert alert["url"].startswith("http://localhost/alerts/")
 
 
-def test_a_bad_filter_is_a_422_naming_it(client, tenant):
+def test_a_bad_filter_is_a_422_naming_it(clock, client, tenant):
     response = client.get("/api/v1/alerts?severity=loud", headers=tenant.headers)
     assert response.status_code == 422
     assert "severity" in response.get_json()["detail"]
@@ -135,7 +130,7 @@ def test_acknowledge_then_resolve(client, db, tenant, admin, clock):
     assert "alert.acknowledged" in actions and "alert.resolved" in actions
 
 
-def test_another_tenants_alert_is_a_404(app, client, db, tenant, admin):
+def test_another_tenants_alert_is_a_404(clock, app, client, db, tenant, admin):
     other = new_tenant(app, "Other Alert Co", key=True)
     theirs = make_alert(other.tenant_id)
     for action in ("acknowledge", "resolve"):
@@ -147,7 +142,7 @@ def test_another_tenants_alert_is_a_404(app, client, db, tenant, admin):
 
 
 @pytest.mark.parametrize("action", ["acknowledge", "resolve"])
-def test_a_usage_key_may_not_acknowledge_or_resolve_an_alert(client, db, tenant, admin, action):
+def test_a_usage_key_may_not_acknowledge_or_resolve_an_alert(clock, client, db, tenant, admin, action):
     """A leaked application key cannot silence an alert (in the portal, too, only admins can)."""
     alert_id = make_alert(tenant.tenant_id, alert_type="unauthorized_access", severity="critical")
     response = client.post(f"/api/v1/alerts/{alert_id}/{action}", headers=tenant.headers)
@@ -195,7 +190,7 @@ def test_stats_count_by_type_and_severity_and_time_to_acknowledge_and_resolve(cl
     assert stats["time_to_resolve"] == {"count": 2, "mean_seconds": 7200.0, "median_seconds": 7200.0}
 
 
-def test_settings_show_the_seeds_thresholds_in_the_seeds_units(client, tenant):
+def test_settings_show_the_seeds_thresholds_in_the_seeds_units(clock, client, tenant):
     body = client.get("/api/v1/alerts/settings", headers=tenant.headers).get_json()
     thresholds = body["settings"]["alert_thresholds"]
     assert thresholds["response_time"] == {"warning": 1, "critical": 2, "enabled": True}
@@ -207,13 +202,13 @@ def test_settings_show_the_seeds_thresholds_in_the_seeds_units(client, tenant):
     assert len(body["rules"]) == 9
 
 
-def test_changing_settings_needs_an_admin_key(client, tenant):
+def test_changing_settings_needs_an_admin_key(clock, client, tenant):
     response = client.put("/api/v1/alerts/settings", json={"resolve_after_evaluations": 5}, headers=tenant.headers)
     assert response.status_code == 403
     assert "admin" in response.get_json()["detail"]
 
 
-def test_an_admin_changes_thresholds_in_seed_units(client, db, tenant, admin):
+def test_an_admin_changes_thresholds_in_seed_units(clock, client, db, tenant, admin):
     response = client.put(
         "/api/v1/alerts/settings",
         json={
@@ -242,7 +237,7 @@ def test_an_admin_changes_thresholds_in_seed_units(client, db, tenant, admin):
         ({"alert_thresholds": {"response_time": {"warning": -1}}}, "warning"),
     ],
 )
-def test_bad_settings_are_refused_with_what_was_wrong(client, tenant, admin, body, message):
+def test_bad_settings_are_refused_with_what_was_wrong(clock, client, tenant, admin, body, message):
     response = client.put("/api/v1/alerts/settings", json=body, headers=admin)
     assert response.status_code == 422
     assert message in response.get_json()["detail"]
@@ -250,7 +245,7 @@ def test_bad_settings_are_refused_with_what_was_wrong(client, tenant, admin, bod
     assert thresholds["alert_thresholds"]["error_rate"]["warning"] == 0.05  # nothing changed
 
 
-def test_custom_rules_are_added_changed_and_deleted(client, db, tenant, admin):
+def test_custom_rules_are_added_changed_and_deleted(clock, client, db, tenant, admin):
     body = {
         "name": "Slow search",
         "metric": "p95_latency",
@@ -281,13 +276,13 @@ def test_custom_rules_are_added_changed_and_deleted(client, db, tenant, admin):
         ({"name": "x", "metric": "budget", "warning_threshold": 1}, "metric"),
     ],
 )
-def test_bad_custom_rules_are_refused(client, admin, body, message):
+def test_bad_custom_rules_are_refused(clock, client, admin, body, message):
     response = client.post("/api/v1/alerts/rules", json=body, headers=admin)
     assert response.status_code == 422
     assert message in response.get_json()["detail"]
 
 
-def test_a_default_rule_changes_its_thresholds_but_is_not_deleted(client, tenant, admin):
+def test_a_default_rule_changes_its_thresholds_but_is_not_deleted(clock, client, tenant, admin):
     rules = client.get("/api/v1/alerts/rules", headers=tenant.headers).get_json()["rules"]
     error_rate = next(r for r in rules if r["kind"] == "error_rate")
     response = client.put(f"/api/v1/alerts/rules/{error_rate['id']}", json={"min_volume": 100}, headers=admin)
@@ -299,7 +294,7 @@ def test_a_default_rule_changes_its_thresholds_but_is_not_deleted(client, tenant
     assert deleted.status_code == 409
 
 
-def test_another_tenants_rule_is_a_404(app, client, admin):
+def test_another_tenants_rule_is_a_404(clock, app, client, admin):
     other = new_tenant(app, "Rule Owner Co", key=True)
     with app.app_context():
         theirs = rule_of_kind(other.tenant_id, "error_rate").id
@@ -313,7 +308,7 @@ def rule_events(db, tenant_id: int) -> list[AuditEvent]:
     return list(db.session.scalars(query.order_by(AuditEvent.id)))
 
 
-def test_each_rule_change_through_the_api_writes_one_audit_event_naming_the_key(app, client, db, tenant):
+def test_each_rule_change_through_the_api_writes_one_audit_event_naming_the_key(clock, app, client, db, tenant):
     key_id, secret = add_key(app, tenant.tenant_id, "automation", scope="admin")
     admin = {"X-API-Key": secret}
     body = {"name": "Busy", "metric": "calls", "warning_threshold": 100}
@@ -337,7 +332,7 @@ def test_each_rule_change_through_the_api_writes_one_audit_event_naming_the_key(
     assert events[1].details["changes"] == {"warning_threshold": "150.000000"}
 
 
-def test_a_refused_rule_change_through_the_api_writes_no_audit_event(client, db, tenant, admin):
+def test_a_refused_rule_change_through_the_api_writes_no_audit_event(clock, client, db, tenant, admin):
     rules = client.get("/api/v1/alerts/rules", headers=tenant.headers).get_json()["rules"]
     error_rate = next(r for r in rules if r["kind"] == "error_rate")
     assert (
@@ -349,7 +344,9 @@ def test_a_refused_rule_change_through_the_api_writes_no_audit_event(client, db,
     assert rule_events(db, tenant.tenant_id) == []
 
 
-def test_acknowledging_resolving_and_settings_through_the_api_record_the_callers_address(client, db, tenant, admin):
+def test_acknowledging_resolving_and_settings_through_the_api_record_the_callers_address(
+    clock, client, db, tenant, admin
+):
     alert_id = make_alert(tenant.tenant_id)
     assert client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=admin).status_code == 200
     assert client.post(f"/api/v1/alerts/{alert_id}/resolve", headers=admin).status_code == 200

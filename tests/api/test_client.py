@@ -24,7 +24,7 @@ from portal.metering.store import store_usage
 from portal.models import ApiKey
 from portal.tenancy.keys import set_key_active
 from tests.api_helpers import ROOT, Servers, free_port, set_limits
-from tests.factories import MadeTenant, new_tenant
+from tests.factories import new_tenant
 from tollgate_client import (
     AuthenticationError,
     ConnectionFailed,
@@ -127,11 +127,6 @@ def rec() -> Iterator[Recorder]:
     yield recorder
     for session in recorder.sessions:
         session.close()
-
-
-@pytest.fixture
-def tenant(app) -> MadeTenant:
-    return new_tenant(app, "Client Co", key=True)
 
 
 def client_for(url: str, secret: str, rec: Recorder, **options) -> TollgateClient:

@@ -23,7 +23,6 @@ from portal.models import UsageRecord
 from tests.api.test_client import Recorder, client_for, live_env
 from tests.api_helpers import Servers, drain, free_port
 from tests.api_helpers import external_records as stored_external_records
-from tests.factories import MadeTenant, new_tenant
 from tollgate_client import (
     BudgetExceeded,
     ConnectionFailed,
@@ -54,13 +53,6 @@ def rec() -> Iterator[Recorder]:
     yield recorder
     for session in recorder.sessions:
         session.close()
-
-
-@pytest.fixture
-def tenant(app) -> Iterator[MadeTenant]:
-    made = new_tenant(app, "Client Costs Co", key=True)
-    yield made
-    drain(app)
 
 
 def external_records(app, tenant_id: int) -> list[UsageRecord]:

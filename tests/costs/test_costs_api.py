@@ -21,13 +21,6 @@ GROQ_70B = {"service": "groq", "endpoint": "/v1/chat/completions", "model": "lla
 
 
 @pytest.fixture
-def tenant(app, clock):
-    made = new_tenant(app, "Costs Co", key=True)
-    yield made
-    drain(app)
-
-
-@pytest.fixture
 def admin(app, tenant):
     _, secret = add_key(app, tenant.tenant_id, "admin", scope="admin")
     return {"X-API-Key": secret}
@@ -71,7 +64,7 @@ def rollup_sums(app, tenant_id, granularity="day"):
 
 
 # -- reporting events -----------------------------------------------------------------------------
-def test_seed_002_groq_call_costs_0_236(app, client, tenant):
+def test_seed_002_groq_call_costs_0_236(clock, app, client, tenant):
     response = post_events(client, tenant.headers, {**GROQ_70B, "tokens_used": 400_000, "user_id": "u-7"})
     assert response.status_code == 202
     assert response.json["success"] is True and response.json["accepted"] == 1
@@ -85,7 +78,7 @@ def test_seed_002_groq_call_costs_0_236(app, client, tenant):
     assert stats["by_service"]["groq"] == {"calls": 1, "tokens": 400_000, "cost": 0.236}
 
 
-def test_seed_002_fields_are_accepted(app, client, tenant):
+def test_seed_002_fields_are_accepted(clock, app, client, tenant):
     # The seed's log_api_call shape: service_name, model and quota cost in metadata.
     youtube = {"service_name": "youtube", "endpoint": "/youtube/v3/search", "metadata": {"quota_cost": 100}}
     twitter = {"service_name": "twitter", "endpoint": "/2/users/:id/tweets", "metadata": {"count": 20}}
@@ -99,7 +92,7 @@ def test_seed_002_fields_are_accepted(app, client, tenant):
     assert rows["groq"].cost == Decimal("0.00026550")
 
 
-def test_a_bad_event_stores_none_of_the_batch_and_names_each_position(app, client, tenant):
+def test_a_bad_event_stores_none_of_the_batch_and_names_each_position(clock, app, client, tenant):
     events = [
         {**GROQ_70B, "tokens_used": 10},
         {**GROQ_70B, "tokens_in": -1},
@@ -131,19 +124,19 @@ def test_a_bad_event_stores_none_of_the_batch_and_names_each_position(app, clien
         ({**GROQ_70B, "occurred_at": "2026-11-18T13:30:10Z"}, "occurred_at: lies in the future"),
     ],
 )
-def test_invalid_events_are_refused_with_what_is_wrong(client, tenant, body, message):
+def test_invalid_events_are_refused_with_what_is_wrong(clock, client, tenant, body, message):
     response = client.post("/api/v1/usage/events", json=body, headers=tenant.headers)
     assert response.status_code == 422
     assert message in response.json["detail"]
 
 
-def test_a_body_that_is_not_json_is_refused(client, tenant):
+def test_a_body_that_is_not_json_is_refused(clock, client, tenant):
     response = client.post("/api/v1/usage/events", data="tokens=5", headers=tenant.headers)
     assert response.status_code == 422
     assert "JSON" in response.json["detail"]
 
 
-def test_the_same_event_id_counts_once_under_concurrent_retries(app, tenant):
+def test_the_same_event_id_counts_once_under_concurrent_retries(clock, app, tenant):
     batch = {"events": [{**GROQ_70B, "id": f"call-{n}", "tokens_used": 1000} for n in range(50)]}
 
     def send(_):
@@ -163,7 +156,7 @@ def test_the_same_event_id_counts_once_under_concurrent_retries(app, tenant):
     assert [(w["limit_type"], w["current_count"]) for w in groq] == [("minute", 50), ("day", 50)]
 
 
-def test_a_model_without_a_price_is_unpriced_until_a_price_exists(app, client, tenant):
+def test_a_model_without_a_price_is_unpriced_until_a_price_exists(clock, app, client, tenant):
     event = {"service": "acme-llm", "model": "acme-1", "tokens_in": 2_000_000, "tokens_out": 1_000_000}
     reported = post_events(client, tenant.headers, event)
     assert reported.status_code == 202
@@ -189,7 +182,7 @@ def test_a_model_without_a_price_is_unpriced_until_a_price_exists(app, client, t
     assert rollup_sums(app, tenant.tenant_id) == (1, Decimal("5"), 0)
 
 
-def test_cached_tokens_are_priced_at_the_cached_price_and_not_as_input(app, client, tenant):
+def test_cached_tokens_are_priced_at_the_cached_price_and_not_as_input(clock, app, client, tenant):
     prices = {"input_per_million": "2.50", "cached_input_per_million": "1.25", "output_per_million": "10.00"}
     add_tenant_price(app, tenant.tenant_id, "openai", "gpt-4o", **prices)
     event = {"service": "openai", "model": "gpt-4o-2024-08-06", "tokens_in": 1000, "cached_tokens": 400}
@@ -224,7 +217,7 @@ def test_acquire_grants_up_to_the_limit_then_429_with_retry_after(client, tenant
     assert acquire(client, tenant.headers, "groq").status_code == 200
 
 
-def test_a_refused_acquire_of_units_consumes_nothing(client, tenant):
+def test_a_refused_acquire_of_units_consumes_nothing(clock, client, tenant):
     assert acquire(client, tenant.headers, "youtube", units=9_000).status_code == 200
     assert acquire(client, tenant.headers, "youtube", units=2_000).status_code == 429
     assert acquire(client, tenant.headers, "youtube", units=1_000).status_code == 200
@@ -235,7 +228,7 @@ def test_a_refused_acquire_of_units_consumes_nothing(client, tenant):
     assert too_many.status_code == 422 and "exceed" in too_many.json["detail"]
 
 
-def test_nul_characters_and_whole_floats_are_read_alike_in_a_batch_and_alone(app, client, tenant):
+def test_nul_characters_and_whole_floats_are_read_alike_in_a_batch_and_alone(clock, app, client, tenant):
     # A batch valid as sent is validated straight from its bytes; one with a NUL or a 3.0 in it
     # goes the general way. Both store the same records.
     plain = {**GROQ_70B, "id": "as-sent", "tokens_in": 3, "endpoint": "/v1/a\ufffdb", "metadata": {"k\ufffd": "v"}}
@@ -255,7 +248,7 @@ def test_nul_characters_and_whole_floats_are_read_alike_in_a_batch_and_alone(app
     assert bad.status_code == 422 and bad.json["detail"].startswith("events[1].tokens_in:")
 
 
-def test_a_batch_counts_each_new_event_once_in_each_window(app, client, tenant):
+def test_a_batch_counts_each_new_event_once_in_each_window(clock, app, client, tenant):
     permit = acquire(client, tenant.headers, "youtube", units=100).json["permit_id"]
     events = [
         {**GROQ_70B, "id": "g-1"},
@@ -279,13 +272,13 @@ def test_a_batch_counts_each_new_event_once_in_each_window(app, client, tenant):
     assert len(external_records(app, tenant.tenant_id)) == 5
 
 
-def test_a_service_without_limits_is_always_granted(client, tenant):
+def test_a_service_without_limits_is_always_granted(clock, client, tenant):
     response = acquire(client, tenant.headers, "openai", units=5)
     assert response.status_code == 200
     assert response.json["can_call"] is True and response.json["limits"] == []
 
 
-def test_an_event_with_its_permit_is_not_counted_twice(app, client, tenant):
+def test_an_event_with_its_permit_is_not_counted_twice(clock, app, client, tenant):
     permit = acquire(client, tenant.headers, "groq").json["permit_id"]
     assert post_events(client, tenant.headers, {**GROQ_70B, "tokens_used": 10, "permit_id": permit}).status_code == 202
     minute = client.get("/api/v1/usage/rate-limits/groq", headers=tenant.headers).json
@@ -298,14 +291,14 @@ def test_an_event_with_its_permit_is_not_counted_twice(app, client, tenant):
     assert len(external_records(app, tenant.tenant_id)) == 3
 
 
-def test_units_beyond_a_permit_count_when_reported(client, tenant):
+def test_units_beyond_a_permit_count_when_reported(clock, client, tenant):
     permit = acquire(client, tenant.headers, "youtube", units=100).json["permit_id"]
     post_events(client, tenant.headers, {"service": "youtube", "units": 150, "permit_id": permit})
     day = client.get("/api/v1/usage/rate-limits/youtube?limit_type=day", headers=tenant.headers).json
     assert day["current_count"] == 150
 
 
-def test_limits_are_the_seed_defaults_and_an_admin_key_changes_them(client, tenant, admin):
+def test_limits_are_the_seed_defaults_and_an_admin_key_changes_them(clock, client, tenant, admin):
     limits = client.get("/api/v1/usage/rate-limits", headers=tenant.headers).json["rate_limits"]
     assert [(w["service_name"], w["limit_type"], w["limit_value"], w["unit"]) for w in limits] == [
         ("groq", "minute", 30, "requests"),
@@ -386,7 +379,7 @@ def test_budget_thresholds_are_recorded_once_each_and_the_hard_stop_answers_402(
     assert client.get("/api/v1/ping", headers=tenant.headers).status_code == 200
 
 
-def test_a_budget_on_one_service_stops_acquires_of_that_service_only(app, client, tenant, admin):
+def test_a_budget_on_one_service_stops_acquires_of_that_service_only(clock, app, client, tenant, admin):
     body = {"name": "Groq", "amount": "0.30", "service": "groq", "hard_stop": True}
     assert client.post("/api/v1/budgets", json=body, headers=admin).status_code == 201
     spend(client, tenant.headers, 2)
@@ -410,13 +403,13 @@ def test_a_budget_on_one_service_stops_acquires_of_that_service_only(app, client
         ({"name": "x", "amount": "5", "warning_percentages": [0]}, "warning_percentages"),
     ],
 )
-def test_invalid_budgets_are_refused(client, admin, body, message):
+def test_invalid_budgets_are_refused(clock, client, admin, body, message):
     response = client.post("/api/v1/budgets", json=body, headers=admin)
     assert response.status_code == 422
     assert message in response.json["detail"]
 
 
-def test_another_tenants_budget_is_a_404(app, client, tenant, admin):
+def test_another_tenants_budget_is_a_404(clock, app, client, tenant, admin):
     other = new_tenant(app, "Other Co", key=True)
     _, other_admin = add_key(app, other.tenant_id, "admin", scope="admin")
     theirs = client.post("/api/v1/budgets", json={"name": "b", "amount": "5"}, headers={"X-API-Key": other_admin})
@@ -428,7 +421,7 @@ def test_another_tenants_budget_is_a_404(app, client, tenant, admin):
 
 
 # -- cost reports -----------------------------------------------------------------------------------
-def test_cost_report_groups_and_agrees_with_stats_and_summary(app, client, tenant):
+def test_cost_report_groups_and_agrees_with_stats_and_summary(clock, app, client, tenant):
     _, second = add_key(app, tenant.tenant_id, "second")
     post_events(
         client,
@@ -460,7 +453,7 @@ def test_cost_report_groups_and_agrees_with_stats_and_summary(app, client, tenan
     assert lines[-1].endswith(",0.885116")
 
 
-def test_cost_report_dates_are_checked(client, tenant):
+def test_cost_report_dates_are_checked(clock, client, tenant):
     response = client.get("/api/v1/costs/report?startDate=2026-11-20&endDate=2026-11-01", headers=tenant.headers)
     assert response.status_code == 422 and "startDate" in response.json["detail"]
     old = client.get("/api/v1/costs/report?startDate=2000-01-01", headers=tenant.headers)
@@ -468,7 +461,7 @@ def test_cost_report_dates_are_checked(client, tenant):
 
 
 # -- scopes ----------------------------------------------------------------------------------------
-def test_a_usage_key_reads_reports_and_acquires_but_changes_nothing(client, tenant):
+def test_a_usage_key_reads_reports_and_acquires_but_changes_nothing(clock, client, tenant):
     assert client.get("/api/v1/budgets", headers=tenant.headers).status_code == 200
     assert acquire(client, tenant.headers, "groq").status_code == 200
     assert post_events(client, tenant.headers, {**GROQ_70B, "tokens_used": 1}).status_code == 202
@@ -485,7 +478,7 @@ def test_a_usage_key_reads_reports_and_acquires_but_changes_nothing(client, tena
         assert response.json["detail"].startswith("This API key's scope is usage")
 
 
-def test_create_api_key_with_the_admin_scope(app, tenant):
+def test_create_api_key_with_the_admin_scope(clock, app, tenant):
     runner = app.test_cli_runner()
     result = runner.invoke(args=["create-api-key", tenant.slug, "--name", "ops", "--scope", "admin"])
     assert result.exit_code == 0, result.output

@@ -31,21 +31,21 @@ ROLLUP_FIGURES = (
 
 
 @pytest.fixture
-def tenant(db, make_tenant):
-    _, _, tenant_id = make_tenant()
-    return db.session.get(Tenant, tenant_id)
+def row(db, tenant):
+    """The shared tenant's row, in the test's session."""
+    return db.session.get(Tenant, tenant.tenant_id)
 
 
 @pytest.fixture
-def key(db, tenant):
-    key, _ = create_api_key(tenant, "Production")
+def key(db, row):
+    key, _ = create_api_key(row, "Production")
     db.session.commit()
     return key
 
 
-def call(tenant, key=None, idem="call-1", at=T0, **fields):
+def call(row, key=None, idem="call-1", at=T0, **fields):
     record = {
-        "tenant_id": tenant.id,
+        "tenant_id": row.id,
         "api_key_id": key.id if key is not None else None,
         "service": "tollgate",
         "endpoint": "/api/v1/ping",
@@ -58,11 +58,11 @@ def call(tenant, key=None, idem="call-1", at=T0, **fields):
     return record
 
 
-def rollups(db, tenant, granularity: str) -> list[UsageRollup]:
+def rollups(db, row, granularity: str) -> list[UsageRollup]:
     return list(
         db.session.scalars(
             select(UsageRollup)
-            .where(UsageRollup.tenant_id == tenant.id, UsageRollup.granularity == granularity)
+            .where(UsageRollup.tenant_id == row.id, UsageRollup.granularity == granularity)
             .order_by(UsageRollup.bucket_start, UsageRollup.endpoint)
         )
     )
@@ -72,28 +72,28 @@ def figures(rollup: UsageRollup) -> dict:
     return {name: getattr(rollup, name) for name in ROLLUP_FIGURES}
 
 
-def snapshot(db, tenant) -> dict:
+def snapshot(db, row) -> dict:
     """Everything store_usage writes, for comparing before and after."""
     db.session.expire_all()
     return {
         "records": db.session.scalar(
-            select(func.count()).select_from(UsageRecord).where(UsageRecord.tenant_id == tenant.id)
+            select(func.count()).select_from(UsageRecord).where(UsageRecord.tenant_id == row.id)
         ),
         "rollups": {
             (r.granularity, r.bucket_start, r.endpoint, r.api_key_id): figures(r)
             for granularity in ("hour", "day")
-            for r in rollups(db, tenant, granularity)
+            for r in rollups(db, row, granularity)
         },
         "keys": {k.id: (k.usage_count, k.last_used_at) for k in db.session.scalars(select(ApiKey))},
     }
 
 
-def test_store_usage_writes_rows_and_hourly_and_daily_rollups(db, tenant, key):
+def test_store_usage_writes_rows_and_hourly_and_daily_rollups(db, row, key):
     batch = [
-        call(tenant, key, "a", T0, status_code=200, duration_ms=40, tokens_in=100, tokens_out=50),
-        call(tenant, key, "b", T0 + timedelta(minutes=30), status_code=429, duration_ms=1),
-        call(tenant, key, "c", T0 + timedelta(hours=1), status_code=500, duration_ms=300, error_message="boom"),
-        call(tenant, key, "d", T0, endpoint="/api/v1/usage/stats", quota_units=3),
+        call(row, key, "a", T0, status_code=200, duration_ms=40, tokens_in=100, tokens_out=50),
+        call(row, key, "b", T0 + timedelta(minutes=30), status_code=429, duration_ms=1),
+        call(row, key, "c", T0 + timedelta(hours=1), status_code=500, duration_ms=300, error_message="boom"),
+        call(row, key, "d", T0, endpoint="/api/v1/usage/stats", quota_units=3),
     ]
     assert store_usage(batch) == 4
     db.session.commit()
@@ -108,13 +108,13 @@ def test_store_usage_writes_rows_and_hourly_and_daily_rollups(db, tenant, key):
     assert stored[2].error_message == "boom"
     assert stored[0].source == "api" and stored[0].method == "GET"  # the defaults
 
-    hourly = rollups(db, tenant, "hour")
+    hourly = rollups(db, row, "hour")
     assert [(r.bucket_start, r.endpoint, r.calls, r.errors, r.rate_limited) for r in hourly] == [
         (datetime(2026, 3, 10, 10, tzinfo=UTC), "/api/v1/ping", 2, 1, 1),
         (datetime(2026, 3, 10, 10, tzinfo=UTC), "/api/v1/usage/stats", 1, 0, 0),
         (datetime(2026, 3, 10, 11, tzinfo=UTC), "/api/v1/ping", 1, 1, 0),
     ]
-    daily = rollups(db, tenant, "day")
+    daily = rollups(db, row, "day")
     assert [(r.bucket_start, r.endpoint, r.calls, r.errors, r.rate_limited) for r in daily] == [
         (datetime(2026, 3, 10, tzinfo=UTC), "/api/v1/ping", 3, 2, 1),
         (datetime(2026, 3, 10, tzinfo=UTC), "/api/v1/usage/stats", 1, 0, 0),
@@ -134,43 +134,46 @@ def test_store_usage_writes_rows_and_hourly_and_daily_rollups(db, tenant, key):
     assert key.last_used_at == T0 + timedelta(hours=1)
 
 
-def test_store_usage_runs_in_the_callers_transaction(db, tenant, key):
-    batch = [call(tenant, key, f"k{n}", T0 + timedelta(minutes=n)) for n in range(3)]
+def test_store_usage_runs_in_the_callers_transaction(db, row, key):
+    batch = [call(row, key, f"k{n}", T0 + timedelta(minutes=n)) for n in range(3)]
     assert store_usage(batch) == 3
     db.session.rollback()
-    assert snapshot(db, tenant) == {"records": 0, "rollups": {}, "keys": {key.id: (0, None)}}
+    after = snapshot(db, row)
+    assert (after["records"], after["rollups"]) == (0, {})
+    assert after["keys"][key.id] == (0, None) and set(after["keys"].values()) == {(0, None)}
 
     # Nothing of the rolled-back attempt remains to block the same records later.
     assert store_usage(batch) == 3
     db.session.commit()
-    after = snapshot(db, tenant)
+    after = snapshot(db, row)
     assert after["records"] == 3
-    assert after["keys"] == {key.id: (3, T0 + timedelta(minutes=2))}
+    assert after["keys"][key.id] == (3, T0 + timedelta(minutes=2))
+    assert [counts for key_id, counts in after["keys"].items() if key_id != key.id] == [(0, None)]
 
 
-def test_the_same_batch_twice_counts_nothing_twice(db, tenant, key):
+def test_the_same_batch_twice_counts_nothing_twice(db, row, key):
     batch = [
-        call(tenant, key, "a", T0, tokens_in=1000, tokens_out=200, cost=Decimal("0.00123456"), duration_ms=80),
-        call(tenant, key, "b", T0, status_code=429, duration_ms=1),
-        call(tenant, key, "c", T0 + timedelta(hours=2), status_code=503, cost=Decimal("0.5")),
-        call(tenant, None, "d", T0, source="external", service="openai", tokens_in=10, cost=Decimal("0.01")),
+        call(row, key, "a", T0, tokens_in=1000, tokens_out=200, cost=Decimal("0.00123456"), duration_ms=80),
+        call(row, key, "b", T0, status_code=429, duration_ms=1),
+        call(row, key, "c", T0 + timedelta(hours=2), status_code=503, cost=Decimal("0.5")),
+        call(row, None, "d", T0, source="external", service="openai", tokens_in=10, cost=Decimal("0.01")),
     ]
     assert store_usage(batch) == 4
     db.session.commit()
-    first = snapshot(db, tenant)
+    first = snapshot(db, row)
 
     assert store_usage(batch) == 0
     db.session.commit()
-    assert snapshot(db, tenant) == first
+    assert snapshot(db, row) == first
     assert first["keys"][key.id] == (3, T0 + timedelta(hours=2))
 
     # A redelivery that overlaps a new record: only the new one counts.
-    assert store_usage([*batch[:2], call(tenant, key, "e", T0, cost=Decimal("0.00000001"))]) == 1
+    assert store_usage([*batch[:2], call(row, key, "e", T0, cost=Decimal("0.00000001"))]) == 1
     db.session.commit()
-    after = snapshot(db, tenant)
+    after = snapshot(db, row)
     assert after["records"] == 5
     assert after["keys"][key.id] == (4, T0 + timedelta(hours=2))
-    day = rollups(db, tenant, "day")
+    day = rollups(db, row, "day")
     assert sum(r.calls for r in day) == 5
     assert sum(r.errors for r in day) == 2
     assert sum(r.rate_limited for r in day) == 1
@@ -178,14 +181,14 @@ def test_the_same_batch_twice_counts_nothing_twice(db, tenant, key):
     assert sum((r.cost for r in day), Decimal(0)) == Decimal("0.51123457")
 
 
-def test_a_batch_carrying_the_same_record_twice_counts_it_once(db, tenant, key):
-    record = call(tenant, key, "dup", T0, tokens_in=500, cost=Decimal("0.25"), duration_ms=60)
-    batch = [record, call(tenant, key, "other", T0, cost=Decimal("0.10")), dict(record)]
+def test_a_batch_carrying_the_same_record_twice_counts_it_once(db, row, key):
+    record = call(row, key, "dup", T0, tokens_in=500, cost=Decimal("0.25"), duration_ms=60)
+    batch = [record, call(row, key, "other", T0, cost=Decimal("0.10")), dict(record)]
     assert store_usage(batch) == 2
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 2
     for granularity in ("hour", "day"):
-        [rollup] = rollups(db, tenant, granularity)
+        [rollup] = rollups(db, row, granularity)
         assert (rollup.calls, rollup.tokens_in, rollup.cost, rollup.duration_ms_sum) == (
             2,
             500,
@@ -196,35 +199,35 @@ def test_a_batch_carrying_the_same_record_twice_counts_it_once(db, tenant, key):
     assert key.usage_count == 2
 
 
-def test_the_same_idempotency_id_in_two_tenants_is_two_calls(db, make_tenant, tenant):
+def test_the_same_idempotency_id_in_two_tenants_is_two_calls(db, make_tenant, row):
     _, _, other_id = make_tenant()
     other = db.session.get(Tenant, other_id)
-    assert store_usage([call(tenant, idem="shared"), call(other, idem="shared")]) == 2
+    assert store_usage([call(row, idem="shared"), call(other, idem="shared")]) == 2
     db.session.commit()
-    for t in (tenant, other):
+    for t in (row, other):
         [day] = rollups(db, t, "day")
         assert day.calls == 1
         assert day.api_key_id == 0  # a call without a key
 
 
-def test_costs_add_up_exactly_to_eight_places(db, tenant, key):
-    batch = [call(tenant, key, f"c{n}", T0, cost=Decimal("0.00012345")) for n in range(3)]
+def test_costs_add_up_exactly_to_eight_places(db, row, key):
+    batch = [call(row, key, f"c{n}", T0, cost=Decimal("0.00012345")) for n in range(3)]
     store_usage(batch[:2])
     db.session.commit()
     store_usage(batch[2:])  # the third arrives later: added to the stored rollup
-    store_usage([call(tenant, key, "unpriced", T0, cost=None)])
+    store_usage([call(row, key, "unpriced", T0, cost=None)])
     db.session.commit()
     for granularity in ("hour", "day"):
-        [rollup] = rollups(db, tenant, granularity)
+        [rollup] = rollups(db, row, granularity)
         assert rollup.calls == 4
         assert isinstance(rollup.cost, Decimal)
         assert rollup.cost == Decimal("0.00037035")
 
     # Amounts that a float cannot hold exactly still add up exactly.
-    store_usage([call(tenant, key, f"f{n}", T0 + timedelta(days=1), cost=Decimal("0.1")) for n in range(3)])
-    store_usage([call(tenant, key, "f3", T0 + timedelta(days=1), cost=Decimal("1234567.89012345"))])
+    store_usage([call(row, key, f"f{n}", T0 + timedelta(days=1), cost=Decimal("0.1")) for n in range(3)])
+    store_usage([call(row, key, "f3", T0 + timedelta(days=1), cost=Decimal("1234567.89012345"))])
     db.session.commit()
-    day = rollups(db, tenant, "day")[1]
+    day = rollups(db, row, "day")[1]
     assert day.cost == Decimal("1234568.19012345")
     assert isinstance(day.cost, Decimal)
 
@@ -243,23 +246,23 @@ def test_costs_add_up_exactly_to_eight_places(db, tenant, key):
         (10001, "latency_over_10000"),
     ],
 )
-def test_latency_histogram_bucket_edges(db, tenant, duration_ms, column):
-    store_usage([call(tenant, idem="x", duration_ms=duration_ms)])
+def test_latency_histogram_bucket_edges(db, row, duration_ms, column):
+    store_usage([call(row, idem="x", duration_ms=duration_ms)])
     db.session.commit()
     for granularity in ("hour", "day"):
-        [rollup] = rollups(db, tenant, granularity)
+        [rollup] = rollups(db, row, granularity)
         histogram = {name: getattr(rollup, name) for name in LATENCY_COLUMNS}
         assert histogram == {name: int(name == column) for name in LATENCY_COLUMNS}
         assert rollup.duration_ms_sum == rollup.duration_ms_max == duration_ms
 
 
-def test_duration_max_is_kept_across_batches(db, tenant):
+def test_duration_max_is_kept_across_batches(db, row):
     def store(idem, duration_ms):
-        store_usage([call(tenant, idem=idem, duration_ms=duration_ms)])
+        store_usage([call(row, idem=idem, duration_ms=duration_ms)])
         db.session.commit()
         db.session.expire_all()
-        [hour] = rollups(db, tenant, "hour")
-        [day] = rollups(db, tenant, "day")
+        [hour] = rollups(db, row, "hour")
+        [day] = rollups(db, row, "day")
         assert (hour.duration_ms_max, hour.duration_ms_sum) == (day.duration_ms_max, day.duration_ms_sum)
         return hour.duration_ms_max, hour.duration_ms_sum
 
@@ -269,9 +272,9 @@ def test_duration_max_is_kept_across_batches(db, tenant):
     assert store("d", 7) == (2000, 2787)
 
 
-def test_last_used_at_keeps_the_latest_call_whatever_the_arrival_order(db, tenant, key):
+def test_last_used_at_keeps_the_latest_call_whatever_the_arrival_order(db, row, key):
     def store(idem, at, source="api"):
-        store_usage([call(tenant, key, idem, at, source=source)])
+        store_usage([call(row, key, idem, at, source=source)])
         db.session.commit()
         db.session.refresh(key)
         return key.usage_count, key.last_used_at
@@ -284,19 +287,19 @@ def test_last_used_at_keeps_the_latest_call_whatever_the_arrival_order(db, tenan
     assert store("newest", T0 + timedelta(seconds=1)) == (4, T0 + timedelta(seconds=1))
 
 
-def test_last_used_at_within_one_batch(db, tenant, key):
-    batch = [call(tenant, key, f"k{n}", T0 + timedelta(minutes=m)) for n, m in enumerate((5, 50, 20))]
+def test_last_used_at_within_one_batch(db, row, key):
+    batch = [call(row, key, f"k{n}", T0 + timedelta(minutes=m)) for n, m in enumerate((5, 50, 20))]
     store_usage(batch)
     db.session.commit()
     db.session.refresh(key)
     assert (key.usage_count, key.last_used_at) == (3, T0 + timedelta(minutes=50))
 
 
-def test_unknown_record_fields_are_refused(db, tenant):
+def test_unknown_record_fields_are_refused(db, row):
     with pytest.raises(ValueError, match="unknown usage record fields: colour"):
-        store_usage([call(tenant, idem="a"), call(tenant, idem="b", colour="red")])
+        store_usage([call(row, idem="a"), call(row, idem="b", colour="red")])
     with pytest.raises(ValueError, match="usage record lacks: idempotency_key"):
-        record = call(tenant)
+        record = call(row)
         del record["idempotency_key"]
         store_usage([record])
     db.session.commit()
@@ -415,19 +418,27 @@ def test_the_cost_is_rounded_to_eight_places(prices):
 # --- the bulk path (COPY on PostgreSQL) ------------------------------------------------------
 
 
-def recount(db, tenant) -> dict:
+def recount(db, row) -> dict:
     """The rollups and key counters as they should be, counted again from the stored rows."""
-    rows = db.session.scalars(select(UsageRecord).where(UsageRecord.tenant_id == tenant.id)).all()
+    rows = db.session.scalars(select(UsageRecord).where(UsageRecord.tenant_id == row.id)).all()
     expected: dict = {}
-    for row in rows:
-        dims = (row.source, row.service, row.endpoint, row.method, row.category, row.model, row.api_key_id or 0)
-        at = row.occurred_at
+    for record in rows:
+        dims = (
+            record.source,
+            record.service,
+            record.endpoint,
+            record.method,
+            record.category,
+            record.model,
+            record.api_key_id or 0,
+        )
+        at = record.occurred_at
         for granularity, bucket in (
             ("hour", at.replace(minute=0, second=0, microsecond=0)),
             ("day", at.replace(hour=0, minute=0, second=0, microsecond=0)),
         ):
             totals = expected.setdefault((granularity, bucket, *dims), _Totals())
-            totals.add({**{c: getattr(row, c) for c in ROW_FIELDS}, "cost": row.cost})
+            totals.add({**{c: getattr(record, c) for c in ROW_FIELDS}, "cost": record.cost})
     return {
         key: {**totals.counts, "cost": totals.cost, "duration_ms_max": totals.duration_ms_max}
         for key, totals in expected.items()
@@ -438,17 +449,17 @@ ROW_FIELDS = ("status_code", "duration_ms", "tokens_in", "tokens_out", "cached_t
 ALL_FIGURES = (*SUMS, *LATENCY_COLUMNS, "cost", "duration_ms_max")
 
 
-def stored_rollups(db, tenant) -> dict:
+def stored_rollups(db, row) -> dict:
     db.session.expire_all()
     return {
         (r.granularity, r.bucket_start, r.source, r.service, r.endpoint, r.method, r.category, r.model, r.api_key_id): {
             name: getattr(r, name) for name in ALL_FIGURES
         }
-        for r in db.session.scalars(select(UsageRollup).where(UsageRollup.tenant_id == tenant.id))
+        for r in db.session.scalars(select(UsageRollup).where(UsageRollup.tenant_id == row.id))
     }
 
 
-def mixed_calls(tenant, key, count: int, seed: int) -> list[dict]:
+def mixed_calls(row, key, count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     calls = []
     for n in range(count):
@@ -458,7 +469,7 @@ def mixed_calls(tenant, key, count: int, seed: int) -> list[dict]:
             at = at.astimezone(timezone(timedelta(hours=rng.choice((-8, 5, 9)), minutes=rng.choice((0, 30)))))
         calls.append(
             call(
-                tenant,
+                row,
                 key if rng.random() < 0.8 else None,
                 f"m{seed}-{n}",
                 at,
@@ -478,8 +489,8 @@ def mixed_calls(tenant, key, count: int, seed: int) -> list[dict]:
     return calls
 
 
-def test_rollups_and_key_counters_equal_a_recount_of_the_rows(db, tenant, key):
-    calls = mixed_calls(tenant, key, 1500, seed=1)
+def test_rollups_and_key_counters_equal_a_recount_of_the_rows(db, row, key):
+    calls = mixed_calls(row, key, 1500, seed=1)
     # Overlapping batches, and one that repeats records inside itself.
     assert store_usage(calls[:700]) == 700
     db.session.commit()
@@ -489,20 +500,20 @@ def test_rollups_and_key_counters_equal_a_recount_of_the_rows(db, tenant, key):
     db.session.commit()
 
     assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 1500
-    assert stored_rollups(db, tenant) == recount(db, tenant)
+    assert stored_rollups(db, row) == recount(db, row)
     db.session.refresh(key)
     used = [c for c in calls if c["api_key_id"] == key.id and c["source"] == "api"]
     assert key.usage_count == len(used)
     assert key.last_used_at == max(c["occurred_at"] for c in used)
 
 
-def test_the_bulk_path_and_the_portable_path_store_the_same(db, make_tenant, tenant, key):
+def test_the_bulk_path_and_the_portable_path_store_the_same(db, make_tenant, row, key):
     """On PostgreSQL store_usage copies; store_usage_portable is the executemany path."""
     _, _, other_id = make_tenant()
     other = db.session.get(Tenant, other_id)
     other_key, _ = create_api_key(other, "Production")
     db.session.commit()
-    calls = mixed_calls(tenant, key, 600, seed=2)
+    calls = mixed_calls(row, key, 600, seed=2)
     store_usage(calls[:400])
     store_usage(calls)  # two batches in one transaction
     db.session.commit()
@@ -514,7 +525,7 @@ def test_the_bulk_path_and_the_portable_path_store_the_same(db, make_tenant, ten
     def without_key(rollups: dict) -> dict:
         return {(*k[:-1], bool(k[-1])): v for k, v in rollups.items()}
 
-    assert without_key(stored_rollups(db, tenant)) == without_key(stored_rollups(db, other))
+    assert without_key(stored_rollups(db, row)) == without_key(stored_rollups(db, other))
     db.session.refresh(key)
     db.session.refresh(other_key)
     assert (key.usage_count, key.last_used_at) == (other_key.usage_count, other_key.last_used_at)
@@ -523,7 +534,7 @@ def test_the_bulk_path_and_the_portable_path_store_the_same(db, make_tenant, ten
 AWKWARD_TEXT = "tab\there, \"quotes\", 'single', back\\slash \\N \\. new\nline\r\n, ünïcødé ✓ 日本語 🚀, end\\"
 
 
-def test_metadata_and_text_survive_the_trip_unchanged(db, tenant):
+def test_metadata_and_text_survive_the_trip_unchanged(db, row):
     meta = {
         "text": AWKWARD_TEXT,
         "nested": {"list": [1, 2.5, None, True, "x\ty"], "empty": {}, 'quote"key': "v"},
@@ -531,9 +542,9 @@ def test_metadata_and_text_survive_the_trip_unchanged(db, tenant):
     }
     store_usage(
         [
-            call(tenant, idem="awkward", meta=meta, error_message=AWKWARD_TEXT, end_user="ü\tser\\1", model='m"1'),
-            call(tenant, idem="plain", meta=None, error_message=None),
-            call(tenant, idem="empty", meta={}, error_message=""),
+            call(row, idem="awkward", meta=meta, error_message=AWKWARD_TEXT, end_user="ü\tser\\1", model='m"1'),
+            call(row, idem="plain", meta=None, error_message=None),
+            call(row, idem="empty", meta={}, error_message=""),
         ]
     )
     db.session.commit()
@@ -546,13 +557,13 @@ def test_metadata_and_text_survive_the_trip_unchanged(db, tenant):
     assert rows["empty"].meta == {} and rows["empty"].error_message == ""
 
 
-def test_a_missing_cost_stays_missing_and_zero_stays_zero(db, tenant, key):
+def test_a_missing_cost_stays_missing_and_zero_stays_zero(db, row, key):
     store_usage(
         [
-            call(tenant, None, "ext-unpriced", source="external", service="openai", cost=None, cached_tokens=7),
-            call(tenant, None, "ext-free", source="external", service="openai", cost=Decimal(0)),
-            call(tenant, None, "ext-priced", source="external", service="openai", cost=Decimal("0.125")),
-            call(tenant, key, "api-no-cost", cost=None),
+            call(row, None, "ext-unpriced", source="external", service="openai", cost=None, cached_tokens=7),
+            call(row, None, "ext-free", source="external", service="openai", cost=Decimal(0)),
+            call(row, None, "ext-priced", source="external", service="openai", cost=Decimal("0.125")),
+            call(row, key, "api-no-cost", cost=None),
         ]
     )
     db.session.commit()
@@ -565,34 +576,34 @@ def test_a_missing_cost_stays_missing_and_zero_stays_zero(db, tenant, key):
     )
     assert unpriced == 1
     for granularity in ("hour", "day"):
-        by_source = {r.source: r for r in rollups(db, tenant, granularity)}
+        by_source = {r.source: r for r in rollups(db, row, granularity)}
         assert (by_source["external"].unpriced, by_source["external"].cost) == (1, Decimal("0.125"))
         assert by_source["external"].cached_tokens == 7
         assert (by_source["api"].unpriced, by_source["api"].cost) == (0, Decimal(0))
 
 
-def test_records_of_a_deleted_tenant_are_dropped_and_a_deleted_keys_keep_no_key(db, tenant, key):
+def test_records_of_a_deleted_tenant_are_dropped_and_a_deleted_keys_keep_no_key(db, row, key):
     gone_tenant = db.session.scalar(select(func.max(Tenant.id))) + 100
     gone_key = db.session.scalar(select(func.max(ApiKey.id))) + 100
     batch = [
-        call(tenant, key, "kept"),
-        {**call(tenant, None, "orphan"), "tenant_id": gone_tenant},
-        {**call(tenant, None, "keyless"), "api_key_id": gone_key},
+        call(row, key, "kept"),
+        {**call(row, None, "orphan"), "tenant_id": gone_tenant},
+        {**call(row, None, "keyless"), "api_key_id": gone_key},
     ]
     assert store_usage(batch) == 2
     db.session.commit()
     stored = dict(db.session.execute(select(UsageRecord.idempotency_key, UsageRecord.api_key_id)).all())
     assert stored == {"kept": key.id, "keyless": None}
-    [day] = [r for r in rollups(db, tenant, "day") if r.api_key_id == 0]
+    [day] = [r for r in rollups(db, row, "day") if r.api_key_id == 0]
     assert day.calls == 1
     db.session.refresh(key)
     assert key.usage_count == 1
 
 
-def test_the_price_version_is_kept_with_the_record(db, tenant):
+def test_the_price_version_is_kept_with_the_record(db, row):
     price = db.session.scalars(select(ModelPrice)).first()
     assert price is not None  # the migrations' seed prices
-    store_usage([call(tenant, idem="priced", source="external", price_id=price.id, cost=Decimal("0.5"))])
+    store_usage([call(row, idem="priced", source="external", price_id=price.id, cost=Decimal("0.5"))])
     db.session.commit()
     assert db.session.scalar(select(UsageRecord.price_id)) == price.id
 
@@ -615,8 +626,8 @@ def test_synthetic_usage_stores_exactly_n_records_with_their_rollups_whatever_th
     db.session.expire_all()
     assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 10_001
     for tenant_id in tenants:
-        tenant = db.session.get(Tenant, tenant_id)
-        assert stored_rollups(db, tenant) == recount(db, tenant)
+        row = db.session.get(Tenant, tenant_id)
+        assert stored_rollups(db, row) == recount(db, row)
         [key] = db.session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id))
         rows = select(func.count(), func.max(UsageRecord.occurred_at)).where(UsageRecord.tenant_id == tenant_id)
         assert (key.usage_count, key.last_used_at) == tuple(db.session.execute(rows).one())

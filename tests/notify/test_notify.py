@@ -23,11 +23,6 @@ NOTIFY_LOG = "tollgate.notify"
 
 
 @pytest.fixture
-def tenant(make_tenant) -> int:
-    return make_tenant("Notify Co")[2]
-
-
-@pytest.fixture
 def smtp(app):
     with SmtpSink() as sink, app_config(app, SMTP_URL=sink.url, MAIL_FROM="tollgate@localhost"):
         yield sink
@@ -51,9 +46,9 @@ def slack():
 
 
 # -- each channel end to end ----------------------------------------------------------------------
-def test_an_email_has_a_text_and_an_html_part_and_a_subject_led_by_the_severity(db, tenant, smtp):
-    add_channel(tenant, "email", "ops@example.com")
-    [delivery_id] = raise_alert(tenant, "critical", "Error rate 12.5% above 10%")
+def test_an_email_has_a_text_and_an_html_part_and_a_subject_led_by_the_severity(db, tenant_id, smtp):
+    add_channel(tenant_id, "email", "ops@example.com")
+    [delivery_id] = raise_alert(tenant_id, "critical", "Error rate 12.5% above 10%")
 
     assert deliver_due(NOW) == {"claimed": 1, "sent": 1, "retrying": 0, "failed": 0, "lost": 0}
 
@@ -73,11 +68,11 @@ def test_an_email_has_a_text_and_an_html_part_and_a_subject_led_by_the_severity(
     assert (sent.status, sent.attempts, sent.delivered_at, sent.last_error) == ("sent", 1, NOW, None)
 
 
-def test_resolved_warning_and_test_emails_say_so_first(db, tenant, smtp):
-    channel = add_channel(tenant, "email", "ops@example.com")
-    raise_alert(tenant, "warning", "Daily request limit 85% used")
-    raise_alert(tenant, "critical", "Monthly quota used up", event_type="alert.resolved")
-    raise_alert(tenant, "critical", "Error rate 30%", event_type="alert.escalated")
+def test_resolved_warning_and_test_emails_say_so_first(db, tenant_id, smtp):
+    channel = add_channel(tenant_id, "email", "ops@example.com")
+    raise_alert(tenant_id, "warning", "Daily request limit 85% used")
+    raise_alert(tenant_id, "critical", "Monthly quota used up", event_type="alert.resolved")
+    raise_alert(tenant_id, "critical", "Error rate 30%", event_type="alert.escalated")
     deliver_due(NOW)
     test = send_test(channel, NOW)
 
@@ -91,9 +86,9 @@ def test_resolved_warning_and_test_emails_say_so_first(db, tenant, smtp):
     assert (test.event_type, test.status, test.alert_id) == ("test", "sent", None)
 
 
-def test_an_email_the_server_defers_is_sent_again_with_the_same_message_id(db, tenant, smtp):
-    add_channel(tenant, "email", "ops@example.com")
-    [delivery_id] = raise_alert(tenant)
+def test_an_email_the_server_defers_is_sent_again_with_the_same_message_id(db, tenant_id, smtp):
+    add_channel(tenant_id, "email", "ops@example.com")
+    [delivery_id] = raise_alert(tenant_id)
     smtp.refuse(1, "451 4.3.0 Mailbox busy, try again later")
 
     assert deliver_due(NOW)["retrying"] == 1
@@ -107,9 +102,9 @@ def test_an_email_the_server_defers_is_sent_again_with_the_same_message_id(db, t
     assert len(smtp.messages) == 1
 
 
-def test_a_recipient_the_server_refuses_fails_at_once(db, tenant, app):
-    add_channel(tenant, "email", "nobody@example.com")
-    [delivery_id] = raise_alert(tenant)
+def test_a_recipient_the_server_refuses_fails_at_once(db, tenant_id, app):
+    add_channel(tenant_id, "email", "nobody@example.com")
+    [delivery_id] = raise_alert(tenant_id)
 
     class Refusing(SmtpSink):
         async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
@@ -122,17 +117,17 @@ def test_a_recipient_the_server_refuses_fails_at_once(db, tenant, app):
     assert "refused nobody@example.com: 550 5.1.1 No such user" in refused.last_error
 
 
-def test_without_smtp_url_an_email_waits_for_one(db, tenant, app):
-    add_channel(tenant, "email", "ops@example.com")
-    [delivery_id] = raise_alert(tenant)
+def test_without_smtp_url_an_email_waits_for_one(db, tenant_id, app):
+    add_channel(tenant_id, "email", "ops@example.com")
+    [delivery_id] = raise_alert(tenant_id)
     with app_config(app, SMTP_URL=None):
         assert deliver_due(NOW)["retrying"] == 1
     assert "SMTP_URL is not set" in delivery(delivery_id).last_error
 
 
-def test_slack_gets_text_and_blocks(db, tenant, slack):
-    add_channel(tenant, "slack", slack.url, name="#ops")
-    [delivery_id] = raise_alert(tenant, "warning", "p95 response time 1,250 ms above 1,000 ms")
+def test_slack_gets_text_and_blocks(db, tenant_id, slack):
+    add_channel(tenant_id, "slack", slack.url, name="#ops")
+    [delivery_id] = raise_alert(tenant_id, "warning", "p95 response time 1,250 ms above 1,000 ms")
 
     assert deliver_due(NOW)["sent"] == 1
 
@@ -148,16 +143,16 @@ def test_slack_gets_text_and_blocks(db, tenant, slack):
     assert delivery(delivery_id).last_status_code == 200
 
 
-def test_a_webhook_is_signed_and_a_replay_is_refused_by_the_receiver(db, tenant, webhook, secret):
-    add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant, "critical")
+def test_a_webhook_is_signed_and_a_replay_is_refused_by_the_receiver(db, tenant_id, webhook, secret):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id, "critical")
 
     assert deliver_due(NOW)["sent"] == 1
 
     [event] = webhook.accepted
     assert event["type"] == "alert.triggered"
     assert event["data"]["alert"]["severity"] == "critical" and event["data"]["alert"]["value"] == 12.5
-    assert event["data"]["tenant"]["name"] == "Notify Co"
+    assert event["data"]["tenant"]["name"] == "Acme Co"
     [request] = webhook.received
     sent = delivery(delivery_id)
     assert request.headers["webhook-id"] == sent.message_id
@@ -175,12 +170,12 @@ def test_a_webhook_is_signed_and_a_replay_is_refused_by_the_receiver(db, tenant,
 
 
 # -- which channels hear of what ------------------------------------------------------------------
-def test_a_channel_hears_only_of_alerts_at_least_as_severe_as_it_asks(db, tenant, webhook, secret, slack):
-    add_channel(tenant, "webhook", webhook.url, secret=secret, min_severity="warning")
-    add_channel(tenant, "slack", slack.url, min_severity="critical")
+def test_a_channel_hears_only_of_alerts_at_least_as_severe_as_it_asks(db, tenant_id, webhook, secret, slack):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret, min_severity="warning")
+    add_channel(tenant_id, "slack", slack.url, min_severity="critical")
 
-    assert len(raise_alert(tenant, "warning", "Usage spike")) == 1
-    assert len(raise_alert(tenant, "critical", "Monthly quota used up")) == 2
+    assert len(raise_alert(tenant_id, "warning", "Usage spike")) == 1
+    assert len(raise_alert(tenant_id, "critical", "Monthly quota used up")) == 2
     deliver_due(NOW)
 
     assert [e["data"]["alert"]["title"] for e in webhook.accepted] == ["Usage spike", "Monthly quota used up"]
@@ -188,9 +183,11 @@ def test_a_channel_hears_only_of_alerts_at_least_as_severe_as_it_asks(db, tenant
 
 
 # -- retries --------------------------------------------------------------------------------------
-def test_a_receiver_that_fails_and_recovers_gets_the_message_after_5_s_and_5_min(db, tenant, webhook, secret, caplog):
-    add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant)
+def test_a_receiver_that_fails_and_recovers_gets_the_message_after_5_s_and_5_min(
+    db, tenant_id, webhook, secret, caplog
+):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id)
     webhook.then(Answer(500, "database down"), Answer(503, "still down"))
     caplog.set_level(logging.WARNING, logger=NOTIFY_LOG)
 
@@ -218,9 +215,9 @@ def test_a_receiver_that_fails_and_recovers_gets_the_message_after_5_s_and_5_min
     assert "attempt 1 of 6 failed: The webhook answered 500 database down" in warnings[0].getMessage()
 
 
-def test_slack_429_waits_for_retry_after_when_it_is_longer_than_the_backoff(db, tenant, slack):
-    add_channel(tenant, "slack", slack.url)
-    [slow, quick] = [raise_alert(tenant)[0], raise_alert(tenant)[0]]
+def test_slack_429_waits_for_retry_after_when_it_is_longer_than_the_backoff(db, tenant_id, slack):
+    add_channel(tenant_id, "slack", slack.url)
+    [slow, quick] = [raise_alert(tenant_id)[0], raise_alert(tenant_id)[0]]
     slack.then(slack.rate_limited(600), slack.rate_limited(1))
 
     assert deliver_due(NOW)["retrying"] == 2
@@ -229,10 +226,10 @@ def test_slack_429_waits_for_retry_after_when_it_is_longer_than_the_backoff(db, 
     assert delivery(slow).last_error == "Slack answered 429 rate_limited" and delivery(slow).last_status_code == 429
 
 
-def test_a_receiver_that_never_answers_times_out_and_is_tried_again(db, app, tenant):
+def test_a_receiver_that_never_answers_times_out_and_is_tried_again(db, app, tenant_id):
     with SilentReceiver() as silent, app_config(app, NOTIFY_READ_TIMEOUT=1):
-        add_channel(tenant, "slack", silent.url)
-        [delivery_id] = raise_alert(tenant)
+        add_channel(tenant_id, "slack", silent.url)
+        [delivery_id] = raise_alert(tenant_id)
         assert deliver_due(NOW)["retrying"] == 1
     timed_out = delivery(delivery_id)
     assert timed_out.last_error.startswith("timed out: ReadTimeout")
@@ -240,16 +237,16 @@ def test_a_receiver_that_never_answers_times_out_and_is_tried_again(db, app, ten
     assert timed_out.next_attempt_at == NOW + timedelta(seconds=5)
 
 
-def test_a_receiver_that_is_down_is_tried_again(db, tenant):
-    add_channel(tenant, "webhook", f"http://127.0.0.1:{free_port()}/hook", secret=generate_secret())
-    [delivery_id] = raise_alert(tenant)
+def test_a_receiver_that_is_down_is_tried_again(db, tenant_id):
+    add_channel(tenant_id, "webhook", f"http://127.0.0.1:{free_port()}/hook", secret=generate_secret())
+    [delivery_id] = raise_alert(tenant_id)
     assert deliver_due(NOW)["retrying"] == 1
     assert delivery(delivery_id).last_error.startswith("could not connect")
 
 
-def test_after_the_last_backoff_the_delivery_has_failed_for_good(db, tenant, slack, caplog):
-    add_channel(tenant, "slack", slack.url)
-    [delivery_id] = raise_alert(tenant)
+def test_after_the_last_backoff_the_delivery_has_failed_for_good(db, tenant_id, slack, caplog):
+    add_channel(tenant_id, "slack", slack.url)
+    [delivery_id] = raise_alert(tenant_id)
     slack.default = SlackReceiver.ERROR
     caplog.set_level(logging.WARNING, logger=NOTIFY_LOG)
 
@@ -269,9 +266,9 @@ def test_after_the_last_backoff_the_delivery_has_failed_for_good(db, tenant, sla
     assert levels == [logging.WARNING] * 5 + [logging.ERROR]
 
 
-def test_other_4xx_answers_are_final_and_leave_the_channel_on(db, tenant, webhook, secret):
-    channel = add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant)
+def test_other_4xx_answers_are_final_and_leave_the_channel_on(db, tenant_id, webhook, secret):
+    channel = add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id)
     webhook.then(Answer(400, "unknown event type"))
 
     assert deliver_due(NOW)["failed"] == 1
@@ -281,9 +278,9 @@ def test_other_4xx_answers_are_final_and_leave_the_channel_on(db, tenant, webhoo
     assert channel_row(channel.id).is_active is True
 
 
-def test_a_redirect_is_not_followed(db, tenant, webhook, secret):
-    add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant)
+def test_a_redirect_is_not_followed(db, tenant_id, webhook, secret):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id)
     webhook.then(Answer(302, "", {"Location": "http://169.254.169.254/latest/meta-data/"}))
 
     assert deliver_due(NOW)["failed"] == 1
@@ -303,10 +300,10 @@ def test_a_redirect_is_not_followed(db, tenant, webhook, secret):
         (SlackReceiver.ARCHIVED, "Slack answered 410 channel_is_archived"),
     ],
 )
-def test_slack_channel_not_found_or_archived_turns_the_channel_off(db, tenant, slack, answer, reason):
-    channel = add_channel(tenant, "slack", slack.url)
-    [first] = raise_alert(tenant)
-    [waiting] = raise_alert(tenant, at=NOW + timedelta(minutes=1))
+def test_slack_channel_not_found_or_archived_turns_the_channel_off(db, tenant_id, slack, answer, reason):
+    channel = add_channel(tenant_id, "slack", slack.url)
+    [first] = raise_alert(tenant_id)
+    [waiting] = raise_alert(tenant_id, at=NOW + timedelta(minutes=1))
     slack.then(answer)
 
     assert deliver_due(NOW)["failed"] == 1
@@ -316,22 +313,22 @@ def test_slack_channel_not_found_or_archived_turns_the_channel_off(db, tenant, s
     assert delivery(first).last_error == reason and delivery(first).last_status_code == answer.status
     # What was still waiting for the channel fails with it, unsent; new alerts skip it.
     assert delivery(waiting).status == "failed" and reason in delivery(waiting).last_error
-    assert raise_alert(tenant) == []
+    assert raise_alert(tenant_id) == []
     assert deliver_due(NOW + timedelta(hours=1))["claimed"] == 0
     assert len(slack.received) == 1
 
 
-def test_a_webhook_that_is_gone_turns_the_channel_off(db, tenant, webhook, secret):
-    channel = add_channel(tenant, "webhook", webhook.url, secret=secret)
-    raise_alert(tenant)
+def test_a_webhook_that_is_gone_turns_the_channel_off(db, tenant_id, webhook, secret):
+    channel = add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    raise_alert(tenant_id)
     webhook.then(Answer(410, "endpoint deleted"))
     assert deliver_due(NOW)["failed"] == 1
     assert channel_row(channel.id).disabled_reason == "The webhook answered 410 endpoint deleted"
 
 
-def test_a_turned_off_channels_pending_deliveries_fail_unsent(db, tenant, slack):
-    channel = add_channel(tenant, "slack", slack.url)
-    [delivery_id] = raise_alert(tenant)
+def test_a_turned_off_channels_pending_deliveries_fail_unsent(db, tenant_id, slack):
+    channel = add_channel(tenant_id, "slack", slack.url)
+    [delivery_id] = raise_alert(tenant_id)
     row = channel_row(channel.id)
     row.is_active, row.disabled_reason, row.disabled_at = False, "turned off by the tenant", NOW
     db.session.commit()
@@ -345,10 +342,10 @@ def test_a_turned_off_channels_pending_deliveries_fail_unsent(db, tenant, slack)
 
 # -- at least once, never twice at a time ---------------------------------------------------------
 def test_a_worker_killed_mid_send_is_covered_by_the_lease_and_the_receiver_drops_the_repeat(
-    db, tenant, webhook, secret
+    db, tenant_id, webhook, secret
 ):
-    channel = add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant)
+    channel = add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id)
 
     # A worker claims the row and sends it, then dies before recording the attempt.
     claim = claim_due(NOW)
@@ -367,12 +364,12 @@ def test_a_worker_killed_mid_send_is_covered_by_the_lease_and_the_receiver_drops
     assert (done.status, done.attempts, done.locked_until) == ("sent", 1, None)
 
 
-def test_a_late_worker_does_not_overwrite_what_the_next_one_recorded(db, tenant, webhook, secret):
+def test_a_late_worker_does_not_overwrite_what_the_next_one_recorded(db, tenant_id, webhook, secret):
     from portal.notify.base import Outcome
     from portal.notify.deliver import record
 
-    channel = add_channel(tenant, "webhook", webhook.url, secret=secret)
-    [delivery_id] = raise_alert(tenant)
+    channel = add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    [delivery_id] = raise_alert(tenant_id)
     stale = claim_due(NOW)
     assert deliver_due(NOW + LEASE + timedelta(seconds=1))["sent"] == 1
     # The first worker wakes up after its lease and tries to record a failure.
@@ -381,9 +378,9 @@ def test_a_late_worker_does_not_overwrite_what_the_next_one_recorded(db, tenant,
     assert delivery(delivery_id).status == "sent"
 
 
-def test_two_workers_claiming_at_once_never_share_a_row(app, db, tenant, webhook, secret):
-    add_channel(tenant, "webhook", webhook.url, secret=secret)
-    ids = {raise_alert(tenant)[0] for _ in range(12)}
+def test_two_workers_claiming_at_once_never_share_a_row(app, db, tenant_id, webhook, secret):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    ids = {raise_alert(tenant_id)[0] for _ in range(12)}
     start = threading.Barrier(2)
     claimed: list[list[int]] = []
 
@@ -403,9 +400,9 @@ def test_two_workers_claiming_at_once_never_share_a_row(app, db, tenant, webhook
     assert set(first) | set(second) == ids
 
 
-def test_deliver_due_runs_on_the_wall_clock_with_no_arguments(db, tenant, webhook, secret):
-    add_channel(tenant, "webhook", webhook.url, secret=secret)
-    raise_alert(tenant, at=utcnow())
+def test_deliver_due_runs_on_the_wall_clock_with_no_arguments(db, tenant_id, webhook, secret):
+    add_channel(tenant_id, "webhook", webhook.url, secret=secret)
+    raise_alert(tenant_id, at=utcnow())
     result = deliver_due()
     assert result["sent"] == 1 and len(webhook.accepted) == 1
 
@@ -428,11 +425,11 @@ def public_only(app):
         ("localhost", "localhost resolves to 127.0.0.1, which is a private"),
     ],
 )
-def test_a_private_address_saved_earlier_is_refused_when_sent(db, tenant, public_only, webhook, kind, host, shown):
+def test_a_private_address_saved_earlier_is_refused_when_sent(db, tenant_id, public_only, webhook, kind, host, shown):
     # Saved directly, as a channel made before the check (or under other settings) would be.
     db.session.add(
         NotificationChannel(
-            tenant_id=tenant,
+            tenant_id=tenant_id,
             kind=kind,
             name="internal",
             target=f"http://{host}:{webhook.port}/hook",
@@ -440,7 +437,7 @@ def test_a_private_address_saved_earlier_is_refused_when_sent(db, tenant, public
         )
     )
     db.session.commit()
-    [delivery_id] = raise_alert(tenant)
+    [delivery_id] = raise_alert(tenant_id)
 
     assert deliver_due(NOW)["failed"] == 1
     refused = delivery(delivery_id)
@@ -450,8 +447,8 @@ def test_a_private_address_saved_earlier_is_refused_when_sent(db, tenant, public
     assert webhook.received == []  # the receiver on 127.0.0.1 was never reached
 
 
-def test_send_test_makes_one_attempt_and_answers_its_outcome(db, tenant, webhook, secret, slack):
-    hook = add_channel(tenant, "webhook", webhook.url, secret=secret, name="Ops hook")
+def test_send_test_makes_one_attempt_and_answers_its_outcome(db, tenant_id, webhook, secret, slack):
+    hook = add_channel(tenant_id, "webhook", webhook.url, secret=secret, name="Ops hook")
     test = send_test(hook, NOW)
     assert (test.status, test.attempts, test.event_type) == ("sent", 1, "test")
     [event] = webhook.accepted
@@ -461,7 +458,7 @@ def test_send_test_makes_one_attempt_and_answers_its_outcome(db, tenant, webhook
         "name": "Ops hook",
     }
 
-    broken = add_channel(tenant, "slack", slack.url)
+    broken = add_channel(tenant_id, "slack", slack.url)
     slack.then(SlackReceiver.ERROR)
     failed = send_test(broken, NOW)
     # A test is not retried later: the answer is now.

@@ -34,11 +34,6 @@ from tests.notify_helpers import add_channel, app_config
 
 
 @pytest.fixture
-def tenant(make_tenant) -> int:
-    return make_tenant("Channels Co")[2]
-
-
-@pytest.fixture
 def public_only(app):
     with app_config(app, ALLOW_PRIVATE_WEBHOOKS=False):
         yield
@@ -70,23 +65,23 @@ INTERNAL = [
 
 @pytest.mark.parametrize("kind", ["slack", "webhook"])
 @pytest.mark.parametrize("target", INTERNAL)
-def test_internal_addresses_are_refused_when_saved(db, tenant, public_only, kind, target):
-    problem = refused("target", tenant, kind, target)
+def test_internal_addresses_are_refused_when_saved(db, tenant_id, public_only, kind, target):
+    problem = refused("target", tenant_id, kind, target)
     assert "private, loopback, link-local or otherwise internal address" in problem
     assert problem.endswith("Tollgate sends notifications to public addresses only")
     if "localhost" in target:
         assert problem.startswith("localhost resolves to 127.0.0.1")
 
 
-def test_with_private_addresses_allowed_a_loopback_receiver_is_accepted(db, tenant):
+def test_with_private_addresses_allowed_a_loopback_receiver_is_accepted(db, tenant_id):
     # The test settings allow them (ALLOW_PRIVATE_WEBHOOKS=1), so receivers on 127.0.0.1 work.
-    channel = add_channel(tenant, "slack", "http://127.0.0.1:9999/anything")
+    channel = add_channel(tenant_id, "slack", "http://127.0.0.1:9999/anything")
     assert channel.target == "http://127.0.0.1:9999/anything" and channel.name == "Slack"
 
 
-def test_public_targets_are_accepted(db, tenant, public_only):
-    slack = add_channel(tenant, "slack", "https://hooks.slack.com/services/T0001/B0001/abcdefXYZ")
-    hook = add_channel(tenant, "webhook", "https://hooks.example.com/tollgate?source=alerts")
+def test_public_targets_are_accepted(db, tenant_id, public_only):
+    slack = add_channel(tenant_id, "slack", "https://hooks.slack.com/services/T0001/B0001/abcdefXYZ")
+    hook = add_channel(tenant_id, "webhook", "https://hooks.example.com/tollgate?source=alerts")
     assert (slack.kind, hook.kind, hook.name) == ("slack", "webhook", "hooks.example.com")
     assert channel_json(slack)["target"] == "https://hooks.slack.com/…fXYZ"  # the hook URL is a credential
     # A webhook's URL may carry a token too: whole only for admins.
@@ -108,8 +103,8 @@ def test_public_targets_are_accepted(db, tenant, public_only):
         ("webhook", "https://hooks.example.com/" + "x" * 500, "at most 500 characters"),
     ],
 )
-def test_malformed_targets_are_refused_naming_the_target(db, tenant, public_only, kind, target, message):
-    assert message in refused("target", tenant, kind, target)
+def test_malformed_targets_are_refused_naming_the_target(db, tenant_id, public_only, kind, target, message):
+    assert message in refused("target", tenant_id, kind, target)
 
 
 @pytest.mark.parametrize(
@@ -122,17 +117,17 @@ def test_malformed_targets_are_refused_naming_the_target(db, tenant, public_only
         ("", "required"),
     ],
 )
-def test_bad_email_addresses_are_refused(db, tenant, target, message):
-    assert message in refused("target", tenant, "email", target)
+def test_bad_email_addresses_are_refused(db, tenant_id, target, message):
+    assert message in refused("target", tenant_id, "email", target)
 
 
-def test_an_email_address_is_stored_normalised(db, tenant):
-    channel = add_channel(tenant, "email", "  Ops.Team@Example.COM ")
+def test_an_email_address_is_stored_normalised(db, tenant_id):
+    channel = add_channel(tenant_id, "email", "  Ops.Team@Example.COM ")
     assert channel.target == "Ops.Team@example.com" and channel.name == "Ops.Team@example.com"
 
 
-def test_a_webhook_gets_a_generated_standard_webhooks_secret(db, tenant):
-    channel, secret = create_channel(tenant, "webhook", "http://127.0.0.1:9/hook")
+def test_a_webhook_gets_a_generated_standard_webhooks_secret(db, tenant_id):
+    channel, secret = create_channel(tenant_id, "webhook", "http://127.0.0.1:9/hook")
     assert re.fullmatch(SECRET, secret) and channel.signing_secret == secret
     Webhook(secret).sign("msg_1", datetime.now(UTC), "{}")
     assert channel_json(channel)["secret_hint"] == f"whsec_…{secret[-4:]}"
@@ -150,22 +145,22 @@ def test_a_webhook_gets_a_generated_standard_webhooks_secret(db, tenant):
         ("sms", {}, "kind", "email, slack or webhook"),
     ],
 )
-def test_other_fields_are_checked_and_named(db, tenant, kind, options, field, message):
+def test_other_fields_are_checked_and_named(db, tenant_id, kind, options, field, message):
     target = "ops@example.com" if kind == "email" else "http://127.0.0.1:9/hook"
-    assert message in refused(field, tenant, kind, target, **options)
+    assert message in refused(field, tenant_id, kind, target, **options)
 
 
-def test_a_given_secret_is_kept(db, tenant):
+def test_a_given_secret_is_kept(db, tenant_id):
     secret = generate_secret()
-    channel, returned = create_channel(tenant, "webhook", "http://127.0.0.1:9/hook", secret=secret)
+    channel, returned = create_channel(tenant_id, "webhook", "http://127.0.0.1:9/hook", secret=secret)
     assert channel.signing_secret == returned == secret
 
 
-def test_a_tenant_has_a_bounded_number_of_channels(db, tenant):
+def test_a_tenant_has_a_bounded_number_of_channels(db, tenant_id):
     for n in range(MAX_CHANNELS):
-        create_channel(tenant, "email", f"ops{n}@example.com")
+        create_channel(tenant_id, "email", f"ops{n}@example.com")
     with pytest.raises(TooManyChannels):
-        create_channel(tenant, "email", "one-more@example.com")
+        create_channel(tenant_id, "email", "one-more@example.com")
 
 
 # The API's document states these patterns; everything they match must be accepted as it is
