@@ -254,7 +254,6 @@ class ServiceLimitBody(Body):
 MONEY_TEXT = "^(0\\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,9}(\\.[0-9]{1,2})?)$"
 Money = Annotated[
     Decimal,
-    decimal_text(MONEY_TEXT, '"12.50"'),
     Field(
         gt=0,
         le=Decimal("9999999999.99"),
@@ -266,6 +265,8 @@ Money = Annotated[
             ]
         },
     ),
+    # After the Field: it checks the text first, and the limits stay pydantic's own (and the schema's).
+    decimal_text(MONEY_TEXT, '"12.50"'),
 ]
 Percent = Annotated[int, Field(strict=True, ge=1, le=1000), BeforeValidator(whole_number)]
 

@@ -82,3 +82,13 @@ def test_error_responses_are_documented(client):
     assert {"200", "401", "403", "429", "500"} <= set(ping["responses"])
     assert "Retry-After" in ping["responses"]["429"]["headers"]
     assert "X-RateLimit-Minute-Remaining" in ping["responses"]["200"]["headers"]
+
+
+def test_a_budgets_amount_is_described_by_json_schema_keywords_only(client):
+    document = client.get("/api/v1/openapi.json").get_json()
+    body = document["paths"]["/api/v1/budgets"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in body:
+        body = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    amount = body["properties"]["amount"]
+    assert set(amount) == {"anyOf", "description", "title"}
+    assert [branch["type"] for branch in amount["anyOf"]] == ["number", "string"]
