@@ -279,3 +279,11 @@ def test_the_largest_batch_the_api_takes_fits_in_a_body(app, client, acme):
     response = client.post("/api/v1/usage/events", json={"events": events}, headers=acme.headers)
     assert response.status_code == 202, response.text[:300]
     assert response.json["accepted"] == 1000
+    # And the worker stores every one of them, metadata whole.
+    assert external_count(app, acme.tenant_id) == 1000
+    with app.app_context():
+        sizes = db.session.scalars(
+            select(UsageRecord.meta).where(UsageRecord.tenant_id == acme.tenant_id, UsageRecord.source == "external")
+        ).all()
+        db.session.remove()
+    assert {len(meta["k"]) for meta in sizes} == {8192 - 12}
