@@ -31,8 +31,9 @@ from .extensions import db
 from .metering.admission import flush_abandoned
 from .metering.dead_letters import STORE_ERRORS, DeadLetter, is_passing, reason_of, set_aside, store_isolating
 from .metering.store import store_usage
-from .metering.stream import EVENTS_FIELD, GROUP, STREAM, is_events, unpack_call, unpack_events
+from .metering.stream import EVENTS_FIELD, GROUP, STREAM, call_units, is_events, unpack_call, unpack_events
 from .models import UsageDeadLetter, utcnow
+from .models.usage import OWN_SERVICE
 
 log = logging.getLogger("tollgate.ingest")
 
@@ -92,9 +93,12 @@ def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> _Batch:
         except STORE_ERRORS as error:
             reason = f"unreadable stream entry: {reason_of(error)}"
             batch.unreadable.append(DeadLetter(origin, _raw_fields(fields), reason))
-    if events:
+    # Calls to gateway routes are priced under their route's service, as events are.
+    routed = [record for record in batch.records if record["service"] != OWN_SERVICE]
+    if events or routed:
         book = current_price_book(redis)
-        for event in events:
+        for event in [*events, *routed]:
+            units = event["quota_units"] if event["source"] == "external" else call_units(event)
             try:
                 quote = book.quote(
                     event["tenant_id"],
@@ -104,7 +108,7 @@ def _records(redis: Redis, entries: list[tuple[bytes, dict]]) -> _Batch:
                     tokens_in=event["tokens_in"],
                     tokens_out=event["tokens_out"],
                     cached_tokens=event["cached_tokens"],
-                    quota_units=event["quota_units"],
+                    quota_units=units,
                 )
             except (ArithmeticError, TypeError, ValueError):
                 # Stored unpriced, as a model without a price is; recompute-costs tries again.

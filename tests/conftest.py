@@ -26,8 +26,8 @@ from portal.embedded_redis import stop_embedded_redis
 from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
-# Shared fixtures: tenants (factories), the API's (clock, acme) and the portal's.
-pytest_plugins = ["tests.factories", "tests.api_helpers", "tests.portal_helpers"]
+# Shared fixtures: tenants (factories), the API's (clock, acme), the portal's, the gateway's upstreams.
+pytest_plugins = ["tests.factories", "tests.api_helpers", "tests.portal_helpers", "tests.gateway.upstreams"]
 
 # Tables whose rows come from migrations and stay between tests.
 REFERENCE_TABLES = {"plans", "model_prices", "alembic_version"}

@@ -11,6 +11,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .usage import Usage, usage_of
+
 if TYPE_CHECKING:
     from .client import TollgateClient
 
@@ -175,23 +177,6 @@ class Permit:
         return False
 
 
-def _get(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _count(obj: Any, name: str) -> int:
-    value = _get(obj, name)
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
-
-
-def _has(obj: Any, name: str) -> bool:
-    return (name in obj) if isinstance(obj, Mapping) else hasattr(obj, name)
-
-
 def event_from_openai(response: Any, *, service: str = "openai", endpoint: str | None = None) -> dict[str, Any]:
     """The event fields of a model response (an SDK object or its dict): ``model``,
     ``tokens_in`` (cached tokens included), ``tokens_out`` and ``cached_tokens``.
@@ -202,30 +187,15 @@ def event_from_openai(response: Any, *, service: str = "openai", endpoint: str |
     ``input_tokens`` leaves out ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
     ``endpoint`` defaults to the shape's: /v1/chat/completions, /v1/responses or /v1/messages.
     """
-    usage = _get(response, "usage")
-    if _has(usage, "prompt_tokens") or _has(usage, "completion_tokens"):
-        default_endpoint = "/v1/chat/completions"
-        tokens_in = _count(usage, "prompt_tokens")
-        tokens_out = _count(usage, "completion_tokens")
-        cached = _count(_get(usage, "prompt_tokens_details"), "cached_tokens")
-    elif _has(usage, "cache_read_input_tokens") or _has(usage, "cache_creation_input_tokens"):
-        default_endpoint = "/v1/messages"
-        cached = _count(usage, "cache_read_input_tokens")
-        tokens_in = _count(usage, "input_tokens") + cached + _count(usage, "cache_creation_input_tokens")
-        tokens_out = _count(usage, "output_tokens")
-    else:
-        default_endpoint = "/v1/responses" if usage is not None else "/v1/chat/completions"
-        tokens_in = _count(usage, "input_tokens")
-        tokens_out = _count(usage, "output_tokens")
-        cached = _count(_get(usage, "input_tokens_details"), "cached_tokens")
+    usage = usage_of(response) or Usage(endpoint="/v1/chat/completions")
     event: dict[str, Any] = {
         "service": service,
-        "endpoint": default_endpoint if endpoint is None else endpoint,
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "cached_tokens": min(cached, tokens_in),
+        "endpoint": usage.endpoint if endpoint is None else endpoint,
+        "tokens_in": usage.tokens_in,
+        "tokens_out": usage.tokens_out,
+        "cached_tokens": usage.cached_tokens,
     }
-    model = _get(response, "model")
+    model = getattr(response, "model", None) if not isinstance(response, Mapping) else response.get("model")
     if isinstance(model, str) and model:
         event["model"] = model
     return event

@@ -35,9 +35,10 @@ class RecordId(BaseConverter):
 def init_app(app: Flask) -> None:
     app.url_map.converters["service"] = ServiceName
     app.url_map.converters["record_id"] = RecordId
-    from . import alerts, billing, costs, guard, notify, views  # noqa: F401 - registers the routes
+    from . import alerts, billing, costs, gateway, guard, notify, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first
+    gateway.init_app(app)
     # The plan's windows, one bucket per tenant shared by all its keys and endpoints; the
     # limiter's storage answers from the admission decision (limiter_storage).
     limiter.shared_limit(_plan_windows, scope="api", key_func=_tenant_bucket)(bp)

@@ -50,6 +50,8 @@ class ApiCall:
     # None when the call was served without Redis (see ``Gate.when_redis_down``).
     decision: Decision | None = None
     record: str = ""
+    # Completed by whoever streams the response (a gateway route), not when the view returns.
+    deferred: bool = False
 
     @property
     def tenant_key(self) -> str:
@@ -157,10 +159,33 @@ def endpoint_name() -> str:
     return rule.rule if rule is not None else request.path[:255]
 
 
+@dataclass(frozen=True)
+class Protected:
+    """What admission needs to know of the call: where it goes and what may refuse it."""
+
+    endpoint: str
+    category: str = ""
+    # The service a gateway route prices the call under ("": Tollgate's own API).
+    service: str = ""
+    # Whether a budget's hard stop refuses it (reporting events never is refused).
+    budget_applies: bool = True
+    # The plans that may make it (empty: every plan).
+    plans: frozenset[str] = frozenset()
+
+
+MAX_END_USER = 120
+
+
 def admit_api_call() -> Response | None:
     """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check)."""
     if request.blueprint != "api":
         return None
+    return admit(Protected(endpoint_name(), category(), budget_applies=budget_applies()))
+
+
+def admit(target: Protected) -> Response | None:
+    """Authenticate and admit a protected call: ``None`` to go on (``g.api_call`` says whether
+    a window refused it), or the response that refuses it."""
     started = time.perf_counter()
     state = gate()
     now = clock.seconds()
@@ -175,14 +200,26 @@ def admit_api_call() -> Response | None:
         # reactivation). The admission script checks this for keys that pass.
         with suppress(RedisError):
             entry = state.keys.lookup_current(key_hash, state.redis)
-    endpoint = endpoint_name()
+    endpoint = target.endpoint
     if entry is None or not entry.usable(now):
         return refuse_key(state, now, entry, endpoint)
+    end_user = request.headers.get("X-End-User", "").strip()
+    if len(end_user) > MAX_END_USER:
+        return api_error(400, f"X-End-User may be at most {MAX_END_USER} characters")
     record_id = state.admission.ids.next_id()
+
+    def packed() -> str:
+        return pack_call(
+            record_id, entry.tenant_id, entry.key_id, endpoint, request.method, target.category, now,
+            end_user=end_user, service=target.service,
+        )  # fmt: skip
+
+    if target.plans and entry.limits.plan_code not in target.plans:
+        return refuse_plan(state, packed(), endpoint)
     try:
         stale_retries = rebuilds = 0
         while True:
-            record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            record = packed()
             try:
                 decision = state.admission.admit(
                     state.keys.version,
@@ -192,7 +229,9 @@ def admit_api_call() -> Response | None:
                     record,
                     now,
                     key_id=entry.key_id,
-                    budget_applies=budget_applies(),
+                    budget_applies=target.budget_applies,
+                    service=target.service,
+                    end_user=end_user,
                 )
                 break
             except StaleConfig as stale:
@@ -204,6 +243,8 @@ def admit_api_call() -> Response | None:
                 entry = state.keys.lookup(key_hash)
                 if entry is None or not entry.usable(now):
                     return refuse_key(state, now, entry, endpoint)
+                if target.plans and entry.limits.plan_code not in target.plans:
+                    return refuse_plan(state, packed(), endpoint)
             except QuotaCounterMissing:
                 # A new period, or Redis lost the counter: count it again from the records.
                 rebuilds += 1
@@ -218,6 +259,17 @@ def admit_api_call() -> Response | None:
     if decision.refused_by == "budget":
         return api_error(402, decision.stop_detail or "A budget's hard stop refuses calls")
     return None
+
+
+def refuse_plan(state: Gate, record: str, endpoint: str) -> Response:
+    """The tenant's plan does not include this route: 403, metered as refused, nothing counted."""
+    detail = f"Your plan does not include {endpoint}"
+    try:
+        state.redis.xadd(STREAM, call_entry(record, 403, 0, counted=False))
+    except RedisError:
+        log.warning("Redis unreachable: a refused call goes to the local spool", exc_info=True)
+        state.spool.append(record, 403, 0, admitted=False)
+    return api_error(403, detail)
 
 
 def serve_without_redis(state: Gate, entry: KeyEntry, record_id: str, record: str, started: float) -> Response | None:
@@ -292,14 +344,23 @@ def finish_api_call(response: Response) -> Response:
     call = g.get("api_call")
     if call is None:
         return response
+    if call.decision is not None:
+        add_rate_limit_headers(response, call)
+    if not call.deferred:
+        complete_call(gate(), call, response.status_code)
+    return response
+
+
+def complete_call(state: Gate, call: ApiCall, status: int, outcome: str = "") -> None:
+    """Record an admitted call's final status and duration (and its outcome: what it used)."""
     duration_ms = int((time.perf_counter() - call.started) * 1000)
     if call.decision is None:  # served without Redis
-        gate().spool.append(call.record, response.status_code, duration_ms)
-        return response
-    add_rate_limit_headers(response, call)
-    if call.decision.admitted:
-        gate().admission.complete(call.record_id, response.status_code, duration_ms)
-    return response
+        state.spool.append(call.record, status, duration_ms)
+    elif call.decision.admitted:
+        if outcome:
+            state.admission.complete_with_outcome(call.record_id, status, duration_ms, outcome)
+        else:
+            state.admission.complete(call.record_id, status, duration_ms)
 
 
 def init_app(app: Flask) -> None:

@@ -27,6 +27,7 @@ from ..extensions import db
 from ..kernel.periods import billing_period
 from ..metering.quota import counter_drift
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRecord
+from ..models.usage import priced_calls
 from .statements import ZERO, fee_lines, outside_costs, overage_line, period_label, to_cent
 
 
@@ -55,7 +56,7 @@ def _from_records(tenant_ids: list[int], start: datetime, end: datetime) -> dict
         )
         .where(
             UsageRecord.tenant_id.in_(tenant_ids),
-            UsageRecord.source == "external",
+            priced_calls(UsageRecord),
             UsageRecord.occurred_at >= start,
             UsageRecord.occurred_at < end,
         )

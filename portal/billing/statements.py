@@ -39,6 +39,7 @@ from ..kernel.changes import mark_access_changed
 from ..kernel.periods import billing_period
 from ..metering.quota import quota_rollups
 from ..models import Plan, Statement, StatementLine, Subscription, Tenant, UsageRollup
+from ..models.usage import priced_calls
 
 log = logging.getLogger("tollgate.billing")
 CENT = Decimal("0.01")
@@ -121,7 +122,7 @@ def _outside_rollups(tenant_ids: list[int], start: datetime, end: datetime) -> t
     return (
         UsageRollup.tenant_id.in_(tenant_ids),
         UsageRollup.granularity == "day",
-        UsageRollup.source == "external",
+        priced_calls(UsageRollup),
         UsageRollup.bucket_start >= start,
         UsageRollup.bucket_start < end,
     )

@@ -16,6 +16,7 @@ from ..tenancy.accounts import AccountError, get_tenant
 from ..tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 from .billing import billing_group
 from .costs import prices_group
+from .gateway import gateway_group
 from .metering import usage_group
 from .notify import add_channel_command
 
@@ -257,3 +258,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(prices_group)
     app.cli.add_command(billing_group)
     app.cli.add_command(usage_group)
+    app.cli.add_command(gateway_group)

@@ -27,6 +27,7 @@ from ..kernel.periods import billing_period
 from ..kernel.redis_keys import budget_stops_key
 from ..kernel.times import iso
 from ..models import ApiKey, Budget, BudgetCrossing, UsageRollup
+from ..models.usage import priced_calls
 
 DEFAULT_PERCENTAGES = (50, 80, 100)
 MAX_AMOUNT = Decimal("9999999999.99")
@@ -266,7 +267,7 @@ def _spends(budgets: list[Budget], start: datetime, end: datetime) -> dict[int, 
             UsageRollup.granularity == "day",
             UsageRollup.bucket_start >= start,
             UsageRollup.bucket_start < end,
-            UsageRollup.source == "external",
+            priced_calls(UsageRollup),
         )
         .group_by(UsageRollup.tenant_id, UsageRollup.service, UsageRollup.api_key_id, UsageRollup.end_user)
     ).all()

@@ -17,6 +17,7 @@ from ..extensions import db
 from ..kernel.csv_export import csv_document
 from ..kernel.periods import day_bounds
 from ..models import ApiKey, UsageRollup
+from ..models.usage import priced_calls
 
 GROUPS = {
     "service": UsageRollup.service,
@@ -72,7 +73,9 @@ def cost_report(
         UsageRollup.bucket_start >= begin,
         UsageRollup.bucket_start < finish,
     ]
-    if source != "all":
+    if source == "external":
+        conditions.append(priced_calls(UsageRollup))
+    elif source != "all":
         conditions.append(UsageRollup.source == source)
     if service:
         conditions.append(UsageRollup.service == service)

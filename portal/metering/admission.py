@@ -67,7 +67,8 @@ ADMIT_SCRIPT = (
 -- tenant until it is rebuilt from the records (see portal.metering.quota).
 -- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl (set by the rebuild),
 --       record id, record, completions as id,status,duration,... (may be empty),
---       the key's field in the stops hash, '1' if a budget's hard stop refuses this call
+--       the key's field in the stops hash, '1' if a budget's hard stop refuses this call,
+--       the service's and the end user's fields in the stops hash ('' for none)
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   return {'stale', redis.call('GET', KEYS[1]) or '0'}
 end
@@ -80,8 +81,8 @@ local spans = {60, 3600, 86400}
 for i = 1, 4 do counts[i] = tonumber(counts[i] or '0') end
 local quota = tonumber(ARGV[6])
 if ARGV[12] == '1' then
-  local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11])
-  local detail = stop[1] or stop[2]
+  local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11], ARGV[13], ARGV[14])
+  local detail = stop[1] or stop[2] or stop[3] or stop[4]
   if detail then
     append_call(KEYS[6], ARGV[9], '402', '0', '0')
     return {'stopped', 0, counts[1], counts[2], counts[3], counts[4], detail}
@@ -111,6 +112,19 @@ COMPLETE_SCRIPT = (
     + """
 -- KEYS: stream, inflight; ARGV: completions as id,status,duration,...
 complete(KEYS[1], KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# Completes one call at once with its outcome (what it used); answers 0 if it is not in flight.
+COMPLETE_OUTCOME_SCRIPT = (
+    LUA_APPEND
+    + """
+-- KEYS: stream, inflight; ARGV: record id, status, duration, outcome (JSON)
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+if not record then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+append_outcome(KEYS[1], record, ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )
@@ -197,6 +211,8 @@ class Admission:
         self.redis = redis
         self._admit = ThreadScript(redis, ADMIT_SCRIPT)
         self._complete = ThreadScript(redis, COMPLETE_SCRIPT)
+        # Through the client's pool: gateway calls complete from many threads, each seldom.
+        self._complete_outcome = redis.register_script(COMPLETE_OUTCOME_SCRIPT)
         self._pending: list[str] = []
         self._pending_since = 0.0
         self._lock = threading.Lock()
@@ -209,6 +225,11 @@ class Admission:
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(f"{record_id},{status},{duration_ms}")
+
+    def complete_with_outcome(self, record_id: str, status: int, duration_ms: int, outcome: str) -> bool:
+        """Complete a call at once with its outcome (:func:`portal.metering.stream.pack_outcome`);
+        False when it is not in flight (completed already, or closed by the janitor)."""
+        return bool(self._complete_outcome(keys=[STREAM, INFLIGHT], args=[record_id, status, duration_ms, outcome]))
 
     def _take_pending(self) -> str:
         with self._lock:
@@ -248,11 +269,14 @@ class Admission:
         now: float | None = None,
         key_id: int = 0,
         budget_applies: bool = True,
+        service: str = "",
+        end_user: str = "",
     ) -> Decision:
         """Check and count one call; raises :class:`StaleConfig` when ``version`` is old.
 
-        With ``budget_applies``, a tenant-wide budget's hard stop, or one on this key, refuses
-        the call (metered as 402, nothing counted)."""
+        With ``budget_applies``, the hard stop of a tenant-wide budget, or of one on this key,
+        on ``service`` (a gateway route's) or on ``end_user`` refuses the call (metered as 402,
+        nothing counted)."""
         now = time.time() if now is None else now
         period = period_bounds(now)
         second = int(now)
@@ -284,6 +308,8 @@ class Admission:
                     done,
                     f"key:{key_id}",
                     "1" if budget_applies else "0",
+                    f"svc:{service}" if service else "",
+                    f"user:{end_user}" if end_user else "",
                 ],
             )
         except Exception:

@@ -64,6 +64,7 @@ class KeyEntry:
     scope: str = "usage"
     # When the tenant was made (epoch seconds): no usage of it can be older.
     tenant_since: float = 0.0
+    tenant_slug: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -78,7 +79,7 @@ class KeyEntry:
 def load_key_entry(key_hash: str) -> KeyEntry | None:
     """The key with this hash, its tenant's plan limits and overage allowance, or None."""
     row = db.session.execute(
-        select(ApiKey, Subscription, Plan, Tenant.created_at)
+        select(ApiKey, Subscription, Plan, Tenant.created_at, Tenant.slug)
         .join(Subscription, (Subscription.tenant_id == ApiKey.tenant_id) & Subscription.ended_at.is_(None))
         .join(Plan, Plan.id == Subscription.plan_id)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
@@ -88,7 +89,7 @@ def load_key_entry(key_hash: str) -> KeyEntry | None:
     ).first()
     if row is None:
         return None
-    key, subscription, plan, tenant_since = row
+    key, subscription, plan, tenant_since, tenant_slug = row
     return KeyEntry(
         key_id=key.id,
         tenant_id=key.tenant_id,
@@ -98,6 +99,7 @@ def load_key_entry(key_hash: str) -> KeyEntry | None:
         limits=plan_limits(plan, subscription),
         scope=key.scope,
         tenant_since=tenant_since.timestamp(),
+        tenant_slug=tenant_slug,
     )
 
 

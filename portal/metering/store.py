@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
 from ..models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, ApiKey, Tenant, UsageRecord, UsageRollup
+from ..models.usage import OWN_SERVICE
 
 RECORD_FIELDS = (
     "tenant_id",
@@ -110,7 +111,7 @@ class _Totals:
         counts[latency_column(duration)] += 1
         if record["cost"] is not None:
             self.cost += Decimal(record["cost"])
-        elif record["source"] == "external":
+        elif record["source"] == "external" or record.get("service", OWN_SERVICE) != OWN_SERVICE:
             counts["unpriced"] += 1
         self.duration_ms_max = max(self.duration_ms_max, duration)
 
@@ -248,7 +249,7 @@ WITH staged AS (
         count(*) FILTER (WHERE status_code >= 400),
         count(*) FILTER (WHERE status_code = 429),
         sum(tokens_in), sum(tokens_out), sum(cached_tokens), sum(quota_units),
-        count(*) FILTER (WHERE cost IS NULL AND source = 'external'),
+        count(*) FILTER (WHERE cost IS NULL AND (source = 'external' OR service <> 'tollgate')),
         sum(duration_ms),
         coalesce(sum(cost), 0),
         max(duration_ms),

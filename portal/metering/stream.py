@@ -6,9 +6,13 @@ worker's consumer group (:data:`GROUP`). An admitted API call waits in the in-fl
 
 * **an API call**, appended by the admission scripts, by the failed-authentication path and by the
   spool's replay: ``r`` the call (JSON: ``id``, ``t`` tenant, ``k`` key, ``e`` endpoint, ``m``
-  method, ``c`` category, ``at`` epoch seconds), ``s`` its final status (``0``: unknown, the
+  method, ``c`` category, ``at`` epoch seconds; when present: ``u`` the caller's end user, ``sv``
+  the service a gateway route prices it under), ``s`` its final status (``0``: unknown, the
   process stopped before responding), ``d`` its duration in ms, ``q`` ``1`` when it was counted
-  against the monthly quota, else ``0``. The spool keeps the same four fields per line.
+  against the monthly quota, else ``0``; and, for a call that reported what it used (a gateway
+  route's upstream, a verified call's completion), ``o`` its outcome (JSON: ``tokens_in``,
+  ``tokens_out``, ``cached_tokens``, ``model``, ``units``, ``error``). The spool keeps the same
+  four fields per line.
 * **a batch of outside-service events**, appended by the events script: ``x`` a JSON array of
   usage records (their fields at the store's default left out, ``occurred_at`` in epoch seconds),
   ``t`` the tenant, ``k`` the reporting key (``0``: none).
@@ -25,6 +29,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
 
+from ..models.usage import OWN_SERVICE
 from .store import DEFAULTS as STORED_DEFAULTS
 from .store import RECORD_FIELDS as STORED_FIELDS
 
@@ -37,6 +42,9 @@ LUA_APPEND = """
 local function append_call(stream, record, status, duration, counted)
   redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration, 'q', counted)
 end
+local function append_outcome(stream, record, status, duration, outcome)
+  redis.call('XADD', stream, '*', 'r', record, 's', status, 'd', duration, 'q', '1', 'o', outcome)
+end
 local function append_events(stream, records, tenant, key)
   redis.call('XADD', stream, '*', 'x', records, 't', tenant, 'k', key)
 end
@@ -47,12 +55,46 @@ end
 UNKNOWN_STATUS = 0  # the status of a call whose process stopped before the response
 
 
-def pack_call(record_id: str, tenant_id: int, key_id: int, endpoint: str, method: str, category: str, at: float) -> str:
+def pack_call(
+    record_id: str,
+    tenant_id: int,
+    key_id: int,
+    endpoint: str,
+    method: str,
+    category: str,
+    at: float,
+    end_user: str = "",
+    service: str = "",
+) -> str:
     """The stream's form of a call's admission; status and duration travel beside it."""
-    return json.dumps(
-        {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at},
-        separators=(",", ":"),
-    )
+    call = {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at}
+    if end_user:
+        call["u"] = end_user
+    if service:
+        call["sv"] = service
+    return json.dumps(call, separators=(",", ":"))
+
+
+# What an outcome (``o``) may set on a call's record, and the largest count it may carry.
+OUTCOME_COUNTS = ("tokens_in", "tokens_out", "cached_tokens")
+MAX_OUTCOME_COUNT = 10**9
+
+
+def pack_outcome(
+    tokens_in: int = 0, tokens_out: int = 0, cached_tokens: int = 0, model: str = "", units: int = 0, error: str = ""
+) -> str:
+    """A call's outcome beyond its status: what it used, and what went wrong."""
+    outcome: dict[str, Any] = {}
+    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out), ("cached_tokens", cached_tokens)):
+        if value:
+            outcome[name] = min(max(int(value), 0), MAX_OUTCOME_COUNT)
+    if units:
+        outcome["units"] = min(max(int(units), 0), MAX_OUTCOME_COUNT)
+    if model:
+        outcome["model"] = model[:120]
+    if error:
+        outcome["error"] = error[:2000]
+    return json.dumps(outcome, separators=(",", ":"))
 
 
 def call_entry(record: str, status: int, duration_ms: int, counted: bool) -> dict[str, Any]:
@@ -74,11 +116,12 @@ def unpack_call(fields: dict[bytes, bytes]) -> dict:
     admitted call carries 1 quota unit (the quota counter is rebuilt from them)."""
     data = json.loads(fields[b"r"])
     status = int(fields[b"s"])
-    return {
+    record = {
         "tenant_id": data["t"],
         "api_key_id": data["k"],
+        "end_user": data.get("u", ""),
         "source": "api",
-        "service": "tollgate",
+        "service": data.get("sv") or OWN_SERVICE,
         "endpoint": data["e"],
         "method": data["m"],
         "category": data["c"],
@@ -91,6 +134,26 @@ def unpack_call(fields: dict[bytes, bytes]) -> dict:
         "occurred_at": datetime.fromtimestamp(data["at"], UTC),
         "idempotency_key": data["id"],
     }
+    outcome = fields.get(b"o")
+    if outcome or record["service"] != OWN_SERVICE:
+        record.update(tokens_in=0, tokens_out=0, cached_tokens=0, model="")
+    if outcome:
+        used = json.loads(outcome)
+        for name in OUTCOME_COUNTS:
+            record[name] = min(max(int(used.get(name, 0)), 0), MAX_OUTCOME_COUNT)
+        record["model"] = str(used.get("model", ""))[:120]
+        if used.get("units"):
+            # Units the service prices (its own quota units); the Tollgate quota counted 1.
+            record["meta"] = {"units": min(max(int(used["units"]), 0), MAX_OUTCOME_COUNT)}
+        if used.get("error"):
+            record["error_message"] = str(used["error"])[:2000]
+    return record
+
+
+def call_units(record: dict[str, Any]) -> int:
+    """The units a call's service prices, beside its tokens (see :func:`unpack_call`)."""
+    meta = record.get("meta")
+    return int(meta.get("units", 0)) if isinstance(meta, dict) else 0
 
 
 def call_tenant_and_time(record: str | bytes) -> tuple[int, float]:

@@ -13,6 +13,7 @@ from .alerts import (
 )
 from .audit import AuditEvent
 from .billing import Statement, StatementLine
+from .gateway import GatewayRoute, ServiceToken
 from .keys import ApiKey
 from .pricing import ModelPrice, ServiceLimit
 from .sessions import UserSession
@@ -30,6 +31,7 @@ __all__ = [
     "AuditEvent",
     "Budget",
     "BudgetCrossing",
+    "GatewayRoute",
     "Invite",
     "ModelPrice",
     "Notification",
@@ -37,6 +39,7 @@ __all__ = [
     "NotificationDelivery",
     "Plan",
     "ServiceLimit",
+    "ServiceToken",
     "Statement",
     "StatementLine",
     "Subscription",

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, ColumnElement, ForeignKey, Index, Integer, String, Text, UniqueConstraint, or_, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
 from ._types import BigIntPK, FineMoney, FineMoneySum, JSONType, UTCDateTime, utcnow
 
 SOURCES = ("api", "external")
+# The service of a call to Tollgate's own API. A call to a gateway route carries the route's
+# service instead, and is priced like an outside service's call.
+OWN_SERVICE = "tollgate"
 GRANULARITIES = ("hour", "day")
 # Upper bounds (ms) of the latency histogram kept in each rollup; one more bucket is open-ended.
 # 1,000 and 2,000 are the default p95 alert thresholds: a percentile compared with a bound is exact.
@@ -163,3 +166,9 @@ class UsageDeadLetter(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set when ``usage dead-letters retry`` stored it after all.
     stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def priced_calls(model: type[UsageRecord] | type[UsageRollup]) -> ColumnElement[bool]:
+    """The calls that cost money: outside-service calls reported, and calls to gateway routes
+    priced under a service (API calls to Tollgate itself cost nothing beyond the plan)."""
+    return or_(model.source == "external", model.service != OWN_SERVICE)

@@ -1,0 +1,1 @@
+"""An example operator product behind Tollgate's gateway: a tiny deterministic AI chatbot (see app.py)."""

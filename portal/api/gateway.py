@@ -1,0 +1,160 @@
+"""Calls to the operator's gateway routes: admitted like every protected call, then forwarded.
+
+A request that matches none of Tollgate's own URL rules but falls under a route (see
+:mod:`portal.gateway.routes`) is handled here, before any view: the method and the body's size
+are checked (nothing is counted for a call refused so), the key is admitted against the plan's
+windows, the quota and budget stops — one bucket per tenant shared with the JSON API — and the
+call is forwarded (:mod:`portal.gateway.forward`). The answer streams back with the
+rate-limit headers added and the call is metered once it has been passed on whole, with the
+status the caller saw, the time it took and what the upstream says it used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, g, request
+from redis import RedisError
+
+from ..gateway.forward import (
+    PathRefused,
+    Relayed,
+    Upstreams,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    relay,
+    returned_headers,
+    upstream_headers,
+    upstream_url,
+)
+from ..gateway.routes import Route, RouteTable
+from ..metering.admission import WINDOWS
+from ..metering.stream import pack_outcome
+from .guard import ApiCall, Gate, Protected, admit, api_error, complete_call, gate, rate_limited
+
+log = logging.getLogger("tollgate.gateway")
+EXTENSION_KEY = "tollgate.gateway"
+WINDOW_NAMES = frozenset(name for name, _ in WINDOWS)
+
+
+class GatewayState:
+    def __init__(self) -> None:
+        self.routes = RouteTable()
+        self.upstreams = Upstreams()
+
+
+def state(app: Flask | None = None) -> GatewayState:
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def _route_for(path: str) -> Route | None:
+    try:
+        return state().routes.match(path, gate().redis)
+    except RedisError:
+        log.warning("Redis unreachable: gateway routes are matched as last loaded", exc_info=True)
+        return state().routes.match_cached(path)
+
+
+def gateway_call() -> Response | None:
+    """Handle a call to a gateway route (``None`` for every other request)."""
+    if request.url_rule is not None:
+        return None
+    route = _route_for(request.path)
+    if route is None:
+        return None
+    if request.method not in route.methods:
+        response = api_error(405, f"{route.path} takes {', '.join(sorted(route.methods))}")
+        response.headers["Allow"] = ", ".join(sorted(route.methods))
+        return response
+    length = request.content_length
+    if length is not None and length > route.max_body_bytes:
+        return body_too_large(route)
+    try:
+        target = upstream_url(route, request.path, request.environ.get("RAW_URI") or request.full_path, _query())
+    except PathRefused as refused:
+        return api_error(400, str(refused))
+    refusal = admit(Protected(request.path[:255], route.category, route.service, plans=route.plans))
+    if refusal is not None:
+        return refusal
+    call: ApiCall = g.api_call
+    if call.decision is not None and call.decision.refused_by in WINDOW_NAMES:
+        return rate_limited(call.decision.refused_by)
+    return forward(route, call, target, length)
+
+
+def _query() -> str:
+    return request.environ.get("QUERY_STRING", "")
+
+
+def body_too_large(route: Route) -> Response:
+    limit = route.max_body_bytes
+    size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
+    return api_error(413, f"Request too large: a body to {route.path} may be at most {size}")
+
+
+def forward(route: Route, call: ApiCall, target: str, length: int | None) -> Response:
+    body = request.stream
+    if length is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        # Read it first (up to the limit) so a body too large never reaches the upstream.
+        body = request.stream.read(route.max_body_bytes + 1)
+        if len(body) > route.max_body_bytes:
+            return body_too_large(route)
+        length = len(body)
+    elif length is None:
+        body, length = None, None
+    try:
+        headers = upstream_headers(
+            route,
+            request.headers.items(),
+            tenant=call.entry.tenant_slug,
+            key_id=call.entry.key_id,
+            end_user=request.headers.get("X-End-User", "").strip(),
+            request_id=call.record_id,
+            client_address=request.remote_addr,
+            scheme=request.scheme,
+            host=request.host,
+        )
+    except KeyError as missing:
+        log.error("gateway route %s: environment variable %s is not set", route.path, missing)
+        return api_error(502, "Upstream unavailable")
+    try:
+        upstream = state().upstreams.send(request.method, target, headers, body, length, route.timeout_seconds)
+    except UpstreamTimeout:
+        log.warning("gateway route %s: %s took longer than %gs", route.path, target, route.timeout_seconds)
+        return api_error(504, f"Upstream timed out after {route.timeout_seconds:g} seconds")
+    except UpstreamUnavailable as error:
+        log.warning("gateway route %s: %s unavailable: %s", route.path, target, error)
+        return api_error(502, "Upstream unavailable")
+    call.deferred = True
+    finish = _finisher(gate(), call)
+    response = Response(relay(upstream, finish), status=upstream.status, direct_passthrough=True)
+    response.headers.clear()
+    for name, value in returned_headers(upstream):
+        response.headers.add(name, value)
+    response.headers["X-Request-Id"] = call.record_id
+    return response
+
+
+def _finisher(state: Gate, call: ApiCall):
+    def finish(relayed: Relayed) -> None:
+        usage = relayed.usage
+        outcome = pack_outcome(
+            tokens_in=usage.tokens_in if usage else 0,
+            tokens_out=usage.tokens_out if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            model=usage.model if usage else "",
+            units=usage.units if usage else 0,
+            error=relayed.error,
+        )
+        try:
+            complete_call(state, call, relayed.status, outcome if outcome != "{}" else "")
+        except RedisError:
+            log.warning("Redis unreachable: call %s stays in flight until the janitor closes it", call.record_id)
+
+    return finish
+
+
+def init_app(app: Flask) -> None:
+    """Register the gateway's hook (after the API's admission hook, before any limiter)."""
+    app.extensions[EXTENSION_KEY] = GatewayState()
+    app.before_request(gateway_call)

@@ -1,0 +1,250 @@
+"""Forwarding a call to its route's upstream, and streaming the answer back as it arrives.
+
+The upstream gets the method, the rest of the path below the route, the query and the body;
+hop-by-hop headers, the caller's credentials (``X-API-Key``, ``Authorization``) and cookies (the
+portal's session lives on the same host) are dropped, Tollgate's ``X-Tollgate-*`` and
+``X-Request-Id`` added, and a route's credentials read from the environment at each call. No
+redirect is followed: a 3xx goes back to the caller as it came.
+
+The answer is passed through chunk by chunk while its usage is read on the way: an OpenAI- or
+Anthropic-style ``usage`` in a JSON body or in a server-sent-event stream, or an
+``X-Tollgate-Usage`` header (:mod:`tollgate_client.usage`, the reader the Python client uses).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+from urllib.parse import quote
+
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+
+from tollgate_client.usage import USAGE_HEADER, StreamUsage, Usage, usage_from_body, usage_from_header
+
+from .routes import Route
+
+log = logging.getLogger("tollgate.gateway")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never passed on to the upstream (Tollgate sets its own ``Host`` and length).
+NOT_FORWARDED = frozenset({"x-api-key", "authorization", "cookie", "host", "content-length", "x-end-user", "expect"})
+# Never passed back to the caller: Tollgate sets the rate-limit headers, and the usage header
+# is meant for Tollgate.
+NOT_RETURNED = frozenset({USAGE_HEADER.lower(), "set-cookie"})
+READ_SIZE = 64 * 1024
+# The most of a JSON answer kept to read its usage from (the answer itself streams whole).
+MAX_USAGE_BODY = 4 * 2**20
+
+
+class PathRefused(ValueError):
+    """The path would escape the upstream's base; the message says how."""
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream refused the connection, reset it or broke the protocol."""
+
+
+class UpstreamTimeout(Exception):
+    """The upstream did not answer within the route's timeout."""
+
+
+def upstream_url(route: Route, path: str, raw_uri: str, query: str) -> str:
+    """The upstream URL of a call to ``path`` (decoded) under ``route``.
+
+    ``raw_uri`` is the request target as it was sent (encoded): an encoded slash, backslash,
+    dot or NUL, a ``.``/``..`` segment, an empty segment or a scheme is refused.
+    """
+    raw_path = raw_uri.split("?", 1)[0]
+    if raw_path.lower().startswith(("http:", "https:")) or "://" in raw_path:
+        raise PathRefused("An absolute URL is not a path under this route")
+    lowered = raw_path.lower()
+    for encoded, name in (("%2f", "slash"), ("%5c", "backslash"), ("%2e", "dot"), ("%00", "NUL")):
+        if encoded in lowered:
+            raise PathRefused(f"An encoded {name} is not allowed in a gateway path")
+    rest = path[len(route.path) :]
+    if "\\" in rest or any(ord(ch) < 32 or ord(ch) == 127 for ch in rest):
+        raise PathRefused("The path holds a backslash or a control character")
+    segments = rest.split("/")[1:]
+    if any(segment in ("", ".", "..") for segment in segments) and rest not in ("", "/"):
+        raise PathRefused("The path may not hold '.' or '..' segments or empty ones ('//')")
+    url = route.upstream_url + quote(rest, safe="/:@!$&'()*+,;=-._~")
+    if query:
+        url += "?" + query
+    return url
+
+
+def upstream_headers(
+    route: Route,
+    incoming: Iterable[tuple[str, str]],
+    *,
+    tenant: str,
+    key_id: int,
+    end_user: str,
+    request_id: str,
+    client_address: str | None,
+    scheme: str,
+    host: str,
+) -> dict[str, str]:
+    """The headers the upstream gets; raises KeyError naming a route's unset variable."""
+    incoming = list(incoming)
+    connection_named = {
+        token.strip().lower() for name, value in incoming if name.lower() == "connection" for token in value.split(",")
+    }
+    headers: dict[str, str] = {}
+    forwarded_for = ""
+    for name, value in incoming:
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in NOT_FORWARDED
+            or lower in connection_named
+            or lower.startswith("x-tollgate-")
+        ):
+            continue
+        if lower == "x-forwarded-for":
+            forwarded_for = value
+            continue
+        if lower.startswith("x-forwarded-") or lower == "forwarded":
+            continue
+        headers[name] = value
+    headers["X-Tollgate-Tenant"] = tenant
+    headers["X-Tollgate-Key-Id"] = str(key_id)
+    if end_user:
+        headers["X-Tollgate-End-User"] = end_user
+    headers["X-Request-Id"] = request_id
+    if client_address:
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {client_address}" if forwarded_for else client_address
+    headers["X-Forwarded-Proto"] = scheme
+    headers["X-Forwarded-Host"] = host
+    for name, variable in route.upstream_headers:
+        headers[name] = os.environ[variable]
+    return headers
+
+
+def returned_headers(upstream: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
+    """The upstream's response headers the caller gets."""
+    connection_named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")}
+    kept = []
+    for name, value in upstream.headers.iteritems():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in connection_named
+            or lower in NOT_RETURNED
+            or lower.startswith("x-ratelimit-")
+            or lower == "retry-after"
+        ):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+class Upstreams:
+    """The connection pools to every upstream, shared by this process's threads."""
+
+    def __init__(self, connections_per_upstream: int = 256) -> None:
+        self.pools = urllib3.PoolManager(num_pools=64, maxsize=connections_per_upstream, block=False, retries=False)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | IO[bytes] | None,
+        length: int | None,
+        timeout: float,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send the request; the answer's headers have arrived when this returns."""
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        try:
+            return self.pools.urlopen(
+                method,
+                url,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            )
+        except NewConnectionError as error:  # a ConnectTimeoutError to urllib3, but refused here
+            raise UpstreamUnavailable(str(error)) from error
+        except TimeoutError as error:
+            raise UpstreamTimeout(str(error)) from error
+        except (HTTPError, OSError) as error:
+            raise UpstreamUnavailable(str(error)) from error
+
+
+@dataclass
+class Relayed:
+    """What a relayed answer came to: the status the call is metered with, and why."""
+
+    status: int
+    usage: Usage | None
+    error: str = ""
+    bytes_sent: int = 0
+
+
+def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None]) -> Iterator[bytes]:
+    """The answer's body as it arrives; ``finish`` gets the outcome once it is over (read to
+    the end, broken off by the upstream, or closed by the caller)."""
+    header_usage = usage_from_header(upstream.headers.get(USAGE_HEADER))
+    content_type = upstream.headers.get("Content-Type", "").lower()
+    stream = StreamUsage() if header_usage is None and content_type.startswith("text/event-stream") else None
+    keep = header_usage is None and stream is None and "json" in content_type
+    kept: list[bytes] = []
+    kept_size = 0
+    outcome = Relayed(upstream.status, header_usage)
+    try:
+        while True:
+            try:
+                chunk = upstream.read1(READ_SIZE, decode_content=False)
+            except (HTTPError, OSError, http.client.HTTPException) as error:
+                outcome.status = 502
+                outcome.error = f"the upstream broke off its answer after {outcome.bytes_sent} bytes: {error}"
+                log.warning("gateway: %s", outcome.error)
+                raise UpstreamUnavailable(outcome.error) from error
+            if not chunk:
+                break
+            if stream is not None:
+                stream.feed(chunk)
+            elif keep:
+                kept_size += len(chunk)
+                if kept_size <= MAX_USAGE_BODY:
+                    kept.append(chunk)
+            outcome.bytes_sent += len(chunk)
+            yield chunk
+        if upstream.length_remaining:
+            outcome.status = 502
+            outcome.error = f"the upstream closed its answer {upstream.length_remaining} bytes short"
+            raise UpstreamUnavailable(outcome.error)
+    except GeneratorExit:
+        outcome.error = outcome.error or f"the caller closed the connection after {outcome.bytes_sent} bytes"
+        raise
+    finally:
+        if stream is not None:
+            outcome.usage = stream.usage
+        elif keep and kept_size <= MAX_USAGE_BODY:
+            outcome.usage = usage_from_body(b"".join(kept))
+        upstream.release_conn() if not outcome.error else upstream.close()
+        finish(outcome)
