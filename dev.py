@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Set up and run Tollgate from a fresh clone, with nothing but Python 3.11.
 
-    python3 dev.py run    install, migrate, import prices, seed the demo tenant, run the portal and its worker
+    python3 dev.py run    install, migrate, import prices, seed the demo tenant, run the portal, its worker
+                          and the example chat product behind the gateway as /api/chat
     python3 dev.py test   install, then run the test suite (extra arguments go to pytest)
 
 Everything is installed into ``.venv/`` from the pinned requirements, and only again when they
-change. With no DATABASE_URL / REDIS_URL set, Tollgate uses a SQLite file and an embedded Redis
+change. ``TOLLGATE_HOST``/``TOLLGATE_PORT`` (127.0.0.1:5000), ``CHATBOT_PORT`` (5055) and
+``TOLLGATE_DEMO_DAYS`` (90) change where it listens and how much history the demo gets. With no DATABASE_URL / REDIS_URL set, Tollgate uses a SQLite file and an embedded Redis
 under ``instance/``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -52,8 +55,10 @@ def install(requirements: str) -> None:
     stamp.touch()
 
 
-def flask(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env, check=check)
+def flask(*args: str, env: dict | None = None, check: bool = True, capture: bool = False):
+    return subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env, check=check, capture_output=capture, text=True
+    )
 
 
 def _interrupt(signum, frame) -> None:
@@ -66,13 +71,30 @@ def run() -> int:
     host = env.get("TOLLGATE_HOST", "127.0.0.1")
     port = env.get("TOLLGATE_PORT", "5000")
     env.setdefault("PORTAL_BASE_URL", f"http://{host}:{port}")
+    chat_port = env.get("CHATBOT_PORT", "5055")
+    # The example chat product checks this token; the gateway sends it from the environment.
+    env.setdefault("CHATBOT_TOKEN", secrets.token_urlsafe(24))
     say("migrating the database")
     flask("db", "upgrade", env=env)
     say("importing the price catalog (genai-prices' bundled data, offline)")
     flask("prices", "import", env=env)
     say("seeding the demo tenant")
-    flask("seed-demo", env=env)
-    say("starting the worker and the portal (Ctrl-C stops both)")
+    days = env.get("TOLLGATE_DEMO_DAYS", "90")
+    seeded = flask("seed-demo", "--days", days, "--quick-start-key", env=env, check=False, capture=True)
+    print(seeded.stdout, end="", flush=True)
+    if seeded.returncode:
+        sys.exit(seeded.stderr or "seed-demo failed")
+    say(f"routing /api/chat to the example chat product (examples/chatbot) on port {chat_port}")
+    flask(
+        "gateway", "add", "/api/chat", f"http://127.0.0.1:{chat_port}/api/chat", "--replace",
+        "--methods", "POST", "--category", "Chat", "--service", "chatbot",
+        "--upstream-header", "X-Chatbot-Token=CHATBOT_TOKEN",
+        env=env,
+    )  # fmt: skip
+    say("starting the chat product, the worker and the portal (Ctrl-C stops them)")
+    chat = subprocess.Popen(
+        [str(PYTHON), "-m", "examples.chatbot", "--host", "127.0.0.1", "--port", chat_port], cwd=ROOT, env=env
+    )
     worker = subprocess.Popen([str(BIN / "flask"), "--app", "wsgi", "worker"], cwd=ROOT, env=env)
     portal = subprocess.Popen(
         [
@@ -89,29 +111,32 @@ def run() -> int:
         cwd=ROOT,
         env=env,
     )
+    first_call = next((line.strip() for line in seeded.stdout.splitlines() if line.strip().startswith("curl ")), "")
     print(
-        f"\n    Tollgate is running at {env['PORTAL_BASE_URL']}/ — sign in with the e-mail and password above.\n",
+        f"\n    Tollgate is running at {env['PORTAL_BASE_URL']}/ — sign in with the e-mail and password above.\n"
+        f"    Call the chat product through the gateway with the quick-start key:\n\n    {first_call}\n",
         flush=True,
     )
     # A SIGTERM (a service manager, `timeout`) stops everything as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while portal.poll() is None and worker.poll() is None:
+        while portal.poll() is None and worker.poll() is None and chat.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in (portal, worker):
+        for process in (portal, worker, chat):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in (portal, worker):
+        for process in (portal, worker, chat):
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
         if not env.get("REDIS_URL"):
             say("stopping the embedded Redis")
-            stop = "from portal.embedded_redis import stop_embedded_redis as s; s('instance')"
+            instance = env.get("TOLLGATE_INSTANCE_PATH", "instance")
+            stop = f"from portal.embedded_redis import stop_embedded_redis as s; s({instance!r})"
             subprocess.run([str(PYTHON), "-c", stop], cwd=ROOT, check=False)
     return 0
 

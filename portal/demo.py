@@ -465,3 +465,31 @@ def bench_tenants(count: int) -> list[Tenant]:
             db.session.flush()
     db.session.commit()
     return tenants
+
+
+# The example chat product (examples/chatbot) the demo puts behind the gateway as /api/chat.
+CHAT_SERVICE = "chatbot"
+CHAT_MODEL = "chatbot-mini"
+CHAT_PRICES = {"input": "0.50", "output": "1.50"}  # dollars per 1M tokens
+QUICK_START_KEY = "Quick start (dev.py run)"
+
+
+def ensure_chat_price(now: datetime | None = None) -> bool:
+    """Give the example chat's model an operator price per 1M tokens unless it has one."""
+    from .costs.catalog import prices_in_force, set_price
+
+    now = now or utcnow()
+    if any(p.model == CHAT_MODEL for p in prices_in_force(now, service=CHAT_SERVICE)):
+        return False
+    set_price(CHAT_SERVICE, CHAT_MODEL, dict(CHAT_PRICES), now - timedelta(days=400))
+    return True
+
+
+def quick_start_key(tenant: Tenant) -> str:
+    """A fresh usage key for the first minutes with the demo; the previous one is revoked."""
+    for key in db.session.scalars(
+        select(ApiKey).where(ApiKey.tenant_id == tenant.id, ApiKey.name == QUICK_START_KEY, ApiKey.revoked_at.is_(None))
+    ):
+        revoke_api_key(key)
+    _, secret = create_api_key(tenant, QUICK_START_KEY, "Made by python3 dev.py run for the README's first call")
+    return secret

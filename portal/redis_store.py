@@ -33,6 +33,10 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION_KEY] = redis.Redis.from_url(
         url,
         health_check_interval=30,
+        # Each gunicorn thread keeps a connection for the admission script (ThreadScript) and
+        # borrows pooled ones: 256 threads a worker (gunicorn.conf.py) need more than redis-py's
+        # default of 100.
+        max_connections=2048,
         socket_connect_timeout=2,
         socket_timeout=10,
         # Fail fast when Redis is down (the API then serves or refuses, as configured); one

@@ -16,6 +16,7 @@ import logging
 from flask import Flask, Response, current_app, g, request
 from redis import RedisError
 
+from ..extensions import db
 from ..gateway.forward import (
     PathRefused,
     Relayed,
@@ -117,6 +118,8 @@ def forward(route: Route, call: ApiCall, target: str, length: int | None) -> Res
     except KeyError as missing:
         log.error("gateway route %s: environment variable %s is not set", route.path, missing)
         return api_error(502, "Upstream unavailable")
+    # No database connection is held while the upstream takes its time.
+    db.session.remove()
     try:
         upstream = state().upstreams.send(request.method, target, headers, body, length, route.timeout_seconds)
     except UpstreamTimeout:

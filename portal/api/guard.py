@@ -9,6 +9,7 @@ headers, and the call's final status and duration go to the admission's completi
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from ..metering.spool import Spool
 from ..metering.stream import STREAM, call_entry, pack_call
 from ..redis_store import get_redis
 from ..tenancy.keys import hash_secret
+from .operations import manages_account
 
 log = logging.getLogger("tollgate.api")
 EXTENSION_KEY = "tollgate.admission"
@@ -87,6 +89,14 @@ class Gate:
                 return
             self._flusher_pid = pid
             threading.Thread(target=self._flush_loop, name="tollgate-completions", daemon=True).start()
+            # A server stopping gracefully (gunicorn's SIGTERM) sends what it holds on its way out.
+            atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.admission.flush_if_idle(0)
+        except RedisError:
+            log.warning("Redis unreachable at exit: calls in flight wait for the worker's janitor")
 
     def _flush_loop(self) -> None:
         while True:
@@ -171,6 +181,8 @@ class Protected:
     budget_applies: bool = True
     # The plans that may make it (empty: every plan).
     plans: frozenset[str] = frozenset()
+    # Whether a used-up monthly quota refuses it (else it is only counted).
+    quota_refuses: bool = True
 
 
 MAX_END_USER = 120
@@ -180,7 +192,14 @@ def admit_api_call() -> Response | None:
     """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check)."""
     if request.blueprint != "api":
         return None
-    return admit(Protected(endpoint_name(), category(), budget_applies=budget_applies()))
+    return admit(
+        Protected(
+            endpoint_name(),
+            category(),
+            budget_applies=budget_applies(),
+            quota_refuses=not manages_account(request.path),
+        )
+    )
 
 
 def admit(target: Protected) -> Response | None:
@@ -232,6 +251,7 @@ def admit(target: Protected) -> Response | None:
                     budget_applies=target.budget_applies,
                     service=target.service,
                     end_user=end_user,
+                    quota_refuses=target.quota_refuses,
                 )
                 break
             except StaleConfig as stale:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from . import RecordId, ServiceName
-from .operations import Operation
+from .operations import Operation, manages_account
 
 RATE_LIMIT_HEADERS = {
     **{
@@ -88,7 +88,14 @@ PATH_SCHEMAS = {
 }
 
 
-def _operation(endpoint: str, op: Operation, path_names: list[tuple[str, str]], definitions: dict) -> dict:
+QUOTA_REFUSES = "A used-up monthly quota refuses it (429)."
+QUOTA_COUNTS = (
+    "It manages the account: it counts toward the monthly quota and keeps the per-minute, per-hour and "
+    "per-day windows, but a used-up quota never refuses it."
+)
+
+
+def _operation(endpoint: str, op: Operation, path: str, path_names: list[tuple[str, str]], definitions: dict) -> dict:
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(converter, {"type": "string"})}
         for name, converter in path_names
@@ -100,7 +107,7 @@ def _operation(endpoint: str, op: Operation, path_names: list[tuple[str, str]], 
         "401": _error("Missing API key / Invalid API key"),
         "403": _error("API key is inactive" + (", or not of the admin scope" if op.scope == "admin" else "")),
         "429": _error(
-            "a plan window or the monthly quota is used up",
+            "a plan window is used up" if manages_account(path) else "a plan window or the monthly quota is used up",
             {**RATE_LIMIT_HEADERS, "Retry-After": RETRY_AFTER},
         ),
         "500": _error("Internal server error"),
@@ -124,8 +131,10 @@ def _operation(endpoint: str, op: Operation, path_names: list[tuple[str, str]], 
         "responses": responses,
         "security": [{"ApiKeyHeader": []}, {"BearerAuth": []}],
     }
-    if op.description:
-        described["description"] = op.description
+    described["description"] = " ".join(
+        filter(None, [op.description, QUOTA_COUNTS if manages_account(path) else QUOTA_REFUSES])
+    )
+    described["x-quota"] = "counted" if manages_account(path) else "refuses"
     if op.body is not None:
         described["requestBody"] = {
             "required": True,
@@ -143,7 +152,7 @@ def build_openapi(app: Flask) -> dict:
             continue
         path, names = _path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, op, names, definitions)
+            paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, op, rule.rule, names, definitions)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -21,6 +22,16 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .schemas import describe_errors
+
+# The endpoints that manage the account: they count toward the monthly quota and keep the
+# per-minute, per-hour and per-day windows, but a used-up quota never refuses them, so a tenant
+# past it can still read its bill, mend its alerts, channels and budgets, and upgrade.
+ACCOUNT_PATHS = re.compile(r"/api/v1/(billing/|alerts|notification-|budgets|account/settings|credits)")
+
+
+def manages_account(path: str) -> bool:
+    return ACCOUNT_PATHS.match(path) is not None
+
 
 ADMIN_ONLY = "This API key's scope is usage; changing settings needs a key with the admin scope"
 

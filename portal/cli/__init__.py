@@ -113,9 +113,17 @@ def set_plan_command(code, monthly_quota, unlimited, per_minute, per_hour, per_d
 @with_appcontext
 @click.option("--days", type=click.IntRange(min=1, max=400), default=90, show_default=True)
 @click.option("--password", default=None, help="the demo admin's password (default: a random one)")
-def seed_demo_command(days: int, password: str | None) -> None:
+@click.option(
+    "--quick-start-key",
+    is_flag=True,
+    help="also make a fresh usage key (revoking the last one) and print it with a first call to /api/chat",
+)
+def seed_demo_command(days: int, password: str | None, quick_start_key: bool) -> None:
     """Create the demo tenant with realistic history and print how to sign in."""
-    from ..demo import seed_demo
+    from ..costs.prices import bump_prices_version
+    from ..demo import ensure_chat_price, seed_demo
+    from ..demo import quick_start_key as make_key
+    from ..redis_store import get_redis
 
     with click.progressbar(length=days * 950, label="Generating usage", show_pos=True) as bar:
         result = seed_demo(days=days, password=password, progress=bar.update)
@@ -126,6 +134,18 @@ def seed_demo_command(days: int, password: str | None) -> None:
     click.echo(f"Sign in at {current_app.config['PORTAL_BASE_URL']}/login")
     click.echo(f"  e-mail:   {result.email}")
     click.echo(f"  password: {result.password}")
+    if ensure_chat_price():
+        db.session.commit()
+        bump_prices_version(get_redis())
+    if quick_start_key:
+        secret = make_key(result.tenant)
+        db.session.commit()
+        base = current_app.config["PORTAL_BASE_URL"]
+        click.echo(f"API key of {result.tenant.slug} (usage scope, shown once): {secret}")
+        click.echo(
+            f"  curl -i -X POST {base}/api/chat -H 'X-API-Key: {secret}' -H 'Content-Type: application/json' "
+            """-d '{"message": "Hello", "botId": "test"}'"""
+        )
 
 
 @click.command("generate-usage")

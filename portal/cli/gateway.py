@@ -9,7 +9,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from ..extensions import db
-from ..gateway.routes import Route, RouteError, add_route, list_routes, remove_route
+from ..gateway.routes import Route, RouteError, add_route, list_routes, normalized_path, remove_route
 from ..models.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_SECONDS
 from ..models.usage import OWN_SERVICE
 
@@ -38,6 +38,7 @@ gateway_group = AppGroup("gateway", help="Routes to the operator's own API, admi
     show_default=True,
     help="the largest request body passed on",
 )
+@click.option("--replace", is_flag=True, help="replace the route PATH has, if any")
 def add_command(
     path: str,
     upstream_url: str,
@@ -48,11 +49,15 @@ def add_command(
     plans: str,
     upstream_headers: tuple[str, ...],
     max_body_mb: int,
+    replace: bool,
 ) -> None:
     """Route calls to PATH (and below it) to UPSTREAM_URL: PATH/rest?query goes to
     UPSTREAM_URL/rest?query."""
     own_rules = [rule.rule for rule in current_app.url_map.iter_rules()]
     try:
+        if replace and any(route.path == normalized_path(path) for route in list_routes()):
+            remove_route(path)
+            db.session.flush()
         row = add_route(
             path,
             upstream_url,

@@ -68,7 +68,8 @@ ADMIT_SCRIPT = (
 -- ARGV: expected version, now (s), limits m h d, quota (-1 = none), quota ttl (set by the rebuild),
 --       record id, record, completions as id,status,duration,... (may be empty),
 --       the key's field in the stops hash, '1' if a budget's hard stop refuses this call,
---       the service's and the end user's fields in the stops hash ('' for none)
+--       the service's and the end user's fields in the stops hash ('' for none),
+--       '1' if the monthly quota refuses this call (else it is only counted)
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   return {'stale', redis.call('GET', KEYS[1]) or '0'}
 end
@@ -92,7 +93,7 @@ local refused = 0
 for i = 1, 3 do
   if counts[i] >= limits[i] then refused = i break end
 end
-if refused == 0 and quota >= 0 and counts[4] >= quota then refused = 4 end
+if refused == 0 and quota >= 0 and counts[4] >= quota and ARGV[15] == '1' then refused = 4 end
 if refused > 0 then
   append_call(KEYS[6], ARGV[9], '429', '0', '0')
   return {'refused', refused, counts[1], counts[2], counts[3], counts[4]}
@@ -271,12 +272,14 @@ class Admission:
         budget_applies: bool = True,
         service: str = "",
         end_user: str = "",
+        quota_refuses: bool = True,
     ) -> Decision:
         """Check and count one call; raises :class:`StaleConfig` when ``version`` is old.
 
         With ``budget_applies``, the hard stop of a tenant-wide budget, or of one on this key,
         on ``service`` (a gateway route's) or on ``end_user`` refuses the call (metered as 402,
-        nothing counted)."""
+        nothing counted). Without ``quota_refuses`` the call counts toward the monthly quota
+        but is not refused by it (the endpoints that manage the account)."""
         now = time.time() if now is None else now
         period = period_bounds(now)
         second = int(now)
@@ -310,6 +313,7 @@ class Admission:
                     "1" if budget_applies else "0",
                     f"svc:{service}" if service else "",
                     f"user:{end_user}" if end_user else "",
+                    "1" if quota_refuses else "0",
                 ],
             )
         except Exception:

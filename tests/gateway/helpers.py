@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Flask
 from sqlalchemy import select
 
@@ -39,3 +41,14 @@ def stored_calls(app: Flask, tenant_id: int) -> list[UsageRecord]:
         db.session.expunge_all()
         db.session.remove()
     return list(rows)
+
+
+def stored_calls_of_servers(app: Flask, tenant_id: int, expected: int, within_seconds: float = 15) -> list[UsageRecord]:
+    """The tenant's stored calls once ``expected`` are stored: live servers send completions
+    of idle connections within a second or two (bounded wait)."""
+    deadline = time.monotonic() + within_seconds
+    while True:
+        records = stored_calls(app, tenant_id)
+        if len(records) >= expected or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)

@@ -62,7 +62,9 @@ def test_an_openai_body_is_metered_with_its_tokens_and_priced_from_the_catalog(a
     [record] = stored_calls(app, acme.tenant_id)
     assert (record.service, record.model) == ("openai", "gpt-4o-mini")
     assert (record.tokens_in, record.tokens_out, record.cached_tokens) == (1200, 300, 200)
-    expected = _catalog_cost(app, "openai", "gpt-4o-mini", record.occurred_at, tokens_in=1200, tokens_out=300, cached_tokens=200)
+    expected = _catalog_cost(
+        app, "openai", "gpt-4o-mini", record.occurred_at, tokens_in=1200, tokens_out=300, cached_tokens=200
+    )
     assert record.cost == expected
     assert record.cost > 0
 
