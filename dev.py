@@ -7,7 +7,8 @@
 
 Everything is installed into ``.venv/`` from the pinned requirements, and only again when they
 change. ``TOLLGATE_HOST``/``TOLLGATE_PORT`` (127.0.0.1:5000), ``CHATBOT_PORT`` (5055) and
-``TOLLGATE_DEMO_DAYS`` (90) change where it listens and how much history the demo gets. With no DATABASE_URL / REDIS_URL set, Tollgate uses a SQLite file and an embedded Redis
+``TOLLGATE_DEMO_DAYS`` (90) change where it listens and how much history the demo gets. With no
+DATABASE_URL / REDIS_URL set, Tollgate uses a SQLite file and an embedded Redis
 under ``instance/``.
 """
 
