@@ -44,6 +44,27 @@ response's :class:`RateLimitInfo`. A 429 for a plan window is retried after ``Re
 the monthly quota's 429 is not. 5xx and network failures of GET calls are retried with
 exponential backoff and full jitter. When the last response said a window had no calls left,
 the next call waits for its reset first (``pace=False`` turns that off).
+
+Metering your own API: a service with a service token (``flask create-service-token NAME``)
+checks its callers' keys with Tollgate and reports each call; the middleware does both::
+
+    from tollgate_client import TollgateMiddleware
+
+    app.wsgi_app = TollgateMiddleware(app.wsgi_app, "tgs_...", base_url="https://tollgate.example",
+                                      protect=["/api"])
+
+    @app.post("/api/chat")
+    def chat():
+        response = openai_client.chat.completions.create(model="gpt-4o", messages=messages)
+        request.environ["tollgate.call"].record_response(response)   # or .record(tokens_in=...)
+        return {"reply": response.choices[0].message.content}
+
+A refused key gets Tollgate's answer (401, 403, 402 or 429 with ``Retry-After``), an admitted
+call the X-RateLimit-* headers; the call is completed with its status, duration and usage when
+its response ends. If Tollgate cannot be reached the answer is 503 ``Usage service
+unavailable`` (``fail_open=True`` lets the call through unmetered). :class:`TollgateASGIMiddleware`
+does the same for ASGI apps (``scope["tollgate.call"]``); :class:`TollgateVerifier` makes the
+two calls by hand.
 """
 
 from .backoff import full_jitter
@@ -64,6 +85,14 @@ from .errors import (
     ServiceLimitExceeded,
     TollgateError,
 )
+from .middleware import (
+    ServiceTokenRejected,
+    TollgateASGIMiddleware,
+    TollgateCall,
+    TollgateMiddleware,
+    TollgateVerifier,
+    Verdict,
+)
 from .ratelimit import RateLimitInfo
 
 __version__ = VERSION
@@ -83,8 +112,14 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "ServiceLimitExceeded",
+    "ServiceTokenRejected",
+    "TollgateASGIMiddleware",
+    "TollgateCall",
     "TollgateClient",
     "TollgateError",
+    "TollgateMiddleware",
+    "TollgateVerifier",
+    "Verdict",
     "event_from_openai",
     "full_jitter",
 ]

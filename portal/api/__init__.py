@@ -35,7 +35,7 @@ class RecordId(BaseConverter):
 def init_app(app: Flask) -> None:
     app.url_map.converters["service"] = ServiceName
     app.url_map.converters["record_id"] = RecordId
-    from . import alerts, billing, costs, gateway, guard, notify, views  # noqa: F401 - registers the routes
+    from . import alerts, billing, costs, gateway, guard, notify, verify, views  # noqa: F401 - registers the routes
 
     guard.init_app(app)  # before the limiter: admission decides first
     gateway.init_app(app)
@@ -45,3 +45,4 @@ def init_app(app: Flask) -> None:
     csrf.exempt(bp)
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)
+    verify.init_app(app)

@@ -48,7 +48,7 @@ def state(app: Flask | None = None) -> GatewayState:
     return (app or current_app).extensions[EXTENSION_KEY]
 
 
-def _route_for(path: str) -> Route | None:
+def route_for(path: str) -> Route | None:
     try:
         return state().routes.match(path, gate().redis)
     except RedisError:
@@ -60,7 +60,7 @@ def gateway_call() -> Response | None:
     """Handle a call to a gateway route (``None`` for every other request)."""
     if request.url_rule is not None:
         return None
-    route = _route_for(request.path)
+    route = route_for(request.path)
     if route is None:
         return None
     if request.method not in route.methods:

@@ -119,6 +119,29 @@ def api_error(status: int, detail: str) -> Response:
     return response
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who makes the call: the key presented, the end user named, the method, the address."""
+
+    secret: str | None
+    end_user: str
+    method: str
+    address: str | None
+
+
+def caller_from_request() -> Caller:
+    return Caller(
+        presented_secret(), request.headers.get("X-End-User", "").strip(), request.method, request.remote_addr
+    )
+
+
+def refused(status: int, detail: str, code: str) -> Response:
+    """A refusal of a protected call; ``code`` names the reason for the verify API."""
+    response = api_error(status, detail)
+    response.refusal_code = code
+    return response
+
+
 def presented_secret() -> str | None:
     secret = request.headers.get("X-API-Key")
     if secret:
@@ -133,17 +156,19 @@ def _hour_bucket(now: float) -> int:
     return int(now) // 3600
 
 
-def record_auth_failure(redis: Redis, now: float, entry: KeyEntry | None, endpoint: str, status: int) -> None:
+def record_auth_failure(
+    redis: Redis, now: float, entry: KeyEntry | None, endpoint: str, status: int, caller: Caller, category: str
+) -> None:
     """Count a failed authentication per address (and per tenant and key when the key is known);
     a known key's refused call is also metered."""
     bucket = _hour_bucket(now)
     pipe = redis.pipeline(transaction=False)
     if entry is None:
-        names = auth_failure_keys(bucket, request.remote_addr)
+        names = auth_failure_keys(bucket, caller.address)
     else:
-        names = auth_failure_keys(bucket, request.remote_addr, entry.tenant_id, entry.key_id)
+        names = auth_failure_keys(bucket, caller.address, entry.tenant_id, entry.key_id)
         record_id = gate().admission.ids.next_id()
-        record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+        record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, caller.method, category, now)
         pipe.xadd(STREAM, call_entry(record, status, 0, counted=False))
     for name in names:
         pipe.incr(name)
@@ -202,15 +227,17 @@ def admit_api_call() -> Response | None:
     )
 
 
-def admit(target: Protected) -> Response | None:
-    """Authenticate and admit a protected call: ``None`` to go on (``g.api_call`` says whether
-    a window refused it), or the response that refuses it."""
+def admit(target: Protected, caller: Caller | None = None, units: int = 1) -> Response | None:
+    """Authenticate and admit a protected call (made by ``caller``, by default the request's):
+    ``None`` to go on (``g.api_call`` says whether a window refused it), or the response that
+    refuses it."""
     started = time.perf_counter()
     state = gate()
     now = clock.seconds()
-    secret = presented_secret()
+    caller = caller or caller_from_request()
+    secret = caller.secret
     if not secret:
-        return api_error(401, "Missing API key")
+        return refused(401, "Missing API key", "INVALID_KEY")
     state.ensure_flusher()
     key_hash = hash_secret(secret)
     entry = state.keys.lookup(key_hash)
@@ -221,16 +248,16 @@ def admit(target: Protected) -> Response | None:
             entry = state.keys.lookup_current(key_hash, state.redis)
     endpoint = target.endpoint
     if entry is None or not entry.usable(now):
-        return refuse_key(state, now, entry, endpoint)
-    end_user = request.headers.get("X-End-User", "").strip()
+        return refuse_key(state, now, entry, endpoint, caller, target.category)
+    end_user = caller.end_user
     if len(end_user) > MAX_END_USER:
         return api_error(400, f"X-End-User may be at most {MAX_END_USER} characters")
     record_id = state.admission.ids.next_id()
 
     def packed() -> str:
         return pack_call(
-            record_id, entry.tenant_id, entry.key_id, endpoint, request.method, target.category, now,
-            end_user=end_user, service=target.service,
+            record_id, entry.tenant_id, entry.key_id, endpoint, caller.method, target.category, now,
+            end_user=end_user, service=target.service, units=units,
         )  # fmt: skip
 
     if target.plans and entry.limits.plan_code not in target.plans:
@@ -252,6 +279,7 @@ def admit(target: Protected) -> Response | None:
                     service=target.service,
                     end_user=end_user,
                     quota_refuses=target.quota_refuses,
+                    units=units,
                 )
                 break
             except StaleConfig as stale:
@@ -262,7 +290,7 @@ def admit(target: Protected) -> Response | None:
                 state.keys.reset(stale.version)
                 entry = state.keys.lookup(key_hash)
                 if entry is None or not entry.usable(now):
-                    return refuse_key(state, now, entry, endpoint)
+                    return refuse_key(state, now, entry, endpoint, caller, target.category)
                 if target.plans and entry.limits.plan_code not in target.plans:
                     return refuse_plan(state, packed(), endpoint)
             except QuotaCounterMissing:
@@ -277,7 +305,7 @@ def admit(target: Protected) -> Response | None:
     if decision.refused_by == "month":
         return quota_exhausted(decision)
     if decision.refused_by == "budget":
-        return api_error(402, decision.stop_detail or "A budget's hard stop refuses calls")
+        return refused(402, decision.stop_detail or "A budget's hard stop refuses calls", "BUDGET_EXCEEDED")
     return None
 
 
@@ -289,7 +317,7 @@ def refuse_plan(state: Gate, record: str, endpoint: str) -> Response:
     except RedisError:
         log.warning("Redis unreachable: a refused call goes to the local spool", exc_info=True)
         state.spool.append(record, 403, 0, admitted=False)
-    return api_error(403, detail)
+    return refused(403, detail, "PLAN_EXCLUDES")
 
 
 def serve_without_redis(state: Gate, entry: KeyEntry, record_id: str, record: str, started: float) -> Response | None:
@@ -303,26 +331,29 @@ def serve_without_redis(state: Gate, entry: KeyEntry, record_id: str, record: st
     return None
 
 
-def refuse_key(state: Gate, now: float, entry: KeyEntry | None, endpoint: str) -> Response:
+def refuse_key(
+    state: Gate, now: float, entry: KeyEntry | None, endpoint: str, caller: Caller, category: str
+) -> Response:
     status, detail = (401, "Invalid API key") if entry is None else (403, "API key is inactive")
     try:
-        record_auth_failure(state.redis, now, entry, endpoint, status)
+        record_auth_failure(state.redis, now, entry, endpoint, status, caller, category)
     except RedisError:
         log.warning("Redis unreachable: a refused call goes to the local spool", exc_info=True)
         if entry is not None:
             record_id = state.admission.ids.next_id()
-            record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, request.method, category(), now)
+            record = pack_call(record_id, entry.tenant_id, entry.key_id, endpoint, caller.method, category, now)
             state.spool.append(record, status, 0, admitted=False)
-    return api_error(status, detail)
+    return refused(status, detail, "INVALID_KEY" if entry is None else "INACTIVE_KEY")
 
 
 def quota_exhausted(decision: Decision) -> Response:
     _, period_end = billing_period(datetime.fromtimestamp(decision.now, UTC))
     call = g.api_call
     quota = call.entry.limits.shown_quota
-    response = api_error(
+    response = refused(
         429,
         f"Monthly quota of {quota:,} requests used up. It resets at {iso(period_end)}",
+        "QUOTA_EXCEEDED",
     )
     response.headers["Retry-After"] = str(max(1, int(period_end.timestamp() - decision.now)))
     return response
@@ -331,7 +362,7 @@ def quota_exhausted(decision: Decision) -> Response:
 def rate_limited(window: str) -> Response:
     decision = g.api_call.decision
     wait = decision.reset_in(window)
-    response = api_error(429, f"Rate limit exceeded for {window}. Try again in {wait} seconds")
+    response = refused(429, f"Rate limit exceeded for {window}. Try again in {wait} seconds", "RATE_LIMITED")
     response.headers["Retry-After"] = str(wait)
     return response
 

@@ -124,13 +124,23 @@ def _operation(endpoint: str, op: Operation, path: str, path_names: list[tuple[s
     for status, text in op.responses.items():
         responses[str(status)] = _error(text)
     described = {
-        "operationId": endpoint.removeprefix("api."),
+        "operationId": endpoint.removeprefix("api.").replace("api_verify.", "verify_"),
         "summary": op.summary,
         "tags": [op.tag],
         "parameters": parameters,
         "responses": responses,
         "security": [{"ApiKeyHeader": []}, {"BearerAuth": []}],
     }
+    if endpoint.startswith("api_verify."):
+        # Called by the operator's services with a service token, for their customers' calls.
+        described["security"] = [{"ServiceToken": []}]
+        described["description"] = (
+            "Needs a service token (flask create-service-token), never a customer key. " + (op.description or "")
+        ).strip()
+        described.pop("x-quota", None)
+        for status in ("402", "403", "429"):
+            responses.pop(status, None)
+        responses["401"] = _error("Missing service token / Invalid service token")
     described["description"] = " ".join(
         filter(None, [op.description, QUOTA_COUNTS if manages_account(path) else QUOTA_REFUSES])
     )
@@ -148,7 +158,7 @@ def build_openapi(app: Flask) -> dict:
     definitions: dict[str, dict] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         op = getattr(app.view_functions.get(rule.endpoint), "operation", None)
-        if not rule.endpoint.startswith("api.") or op is None:
+        if not rule.endpoint.startswith(("api.", "api_verify.")) or op is None:
             continue
         path, names = _path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -167,6 +177,11 @@ def build_openapi(app: Flask) -> dict:
             "securitySchemes": {
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "BearerAuth": {"type": "http", "scheme": "bearer"},
+                "ServiceToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a service token (tgs_…) for /api/v1/verify",
+                },
             },
             "schemas": {
                 **definitions,

@@ -16,7 +16,7 @@ from ..tenancy.accounts import AccountError, get_tenant
 from ..tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
 from .billing import billing_group
 from .costs import prices_group
-from .gateway import gateway_group
+from .gateway import create_service_token_command, gateway_group, revoke_service_token_command
 from .metering import usage_group
 from .notify import add_channel_command
 
@@ -272,6 +272,8 @@ def init_app(app: Flask) -> None:
         generate_usage_command,
         worker_command,
         add_channel_command,
+        create_service_token_command,
+        revoke_service_token_command,
     ):
         app.cli.add_command(command)
     app.cli.add_command(jobs_group)

@@ -6,10 +6,11 @@ import os
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from ..extensions import db
 from ..gateway.routes import Route, RouteError, add_route, list_routes, normalized_path, remove_route
+from ..gateway.tokens import TokenError, create_service_token, revoke_service_token
 from ..models.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_SECONDS
 from ..models.usage import OWN_SERVICE
 
@@ -102,3 +103,33 @@ def remove_command(path: str) -> None:
         db.session.rollback()
         raise click.ClickException(str(error)) from None
     click.echo(f"Removed {row.path}")
+
+
+@click.command("create-service-token")
+@with_appcontext
+@click.argument("name")
+def create_service_token_command(name: str) -> None:
+    """Make a token with which a service verifies customer keys (POST /api/v1/verify); prints
+    it last (only its hash is kept: it is shown this once)."""
+    try:
+        row, token = create_service_token(name)
+        db.session.commit()
+    except TokenError as error:
+        db.session.rollback()
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Created service token {row.name!r} ({row.prefix}…). Keep it; it is not shown again:")
+    click.echo(token)
+
+
+@click.command("revoke-service-token")
+@with_appcontext
+@click.argument("name")
+def revoke_service_token_command(name: str) -> None:
+    """Revoke a service token; verify calls with it are 401 within about a second."""
+    try:
+        row = revoke_service_token(name)
+        db.session.commit()
+    except TokenError as error:
+        db.session.rollback()
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Revoked service token {row.name!r} ({row.prefix}…)")

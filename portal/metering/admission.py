@@ -69,7 +69,8 @@ ADMIT_SCRIPT = (
 --       record id, record, completions as id,status,duration,... (may be empty),
 --       the key's field in the stops hash, '1' if a budget's hard stop refuses this call,
 --       the service's and the end user's fields in the stops hash ('' for none),
---       '1' if the monthly quota refuses this call (else it is only counted)
+--       '1' if the monthly quota refuses this call (else it is only counted),
+--       the units the call counts in every window and the quota (1 but for verified calls)
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   return {'stale', redis.call('GET', KEYS[1]) or '0'}
 end
@@ -81,6 +82,7 @@ local limits = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
 local spans = {60, 3600, 86400}
 for i = 1, 4 do counts[i] = tonumber(counts[i] or '0') end
 local quota = tonumber(ARGV[6])
+local units = tonumber(ARGV[16])
 if ARGV[12] == '1' then
   local stop = redis.call('HMGET', KEYS[8], '*', ARGV[11], ARGV[13], ARGV[14])
   local detail = stop[1] or stop[2] or stop[3] or stop[4]
@@ -91,18 +93,18 @@ if ARGV[12] == '1' then
 end
 local refused = 0
 for i = 1, 3 do
-  if counts[i] >= limits[i] then refused = i break end
+  if counts[i] + units > limits[i] then refused = i break end
 end
-if refused == 0 and quota >= 0 and counts[4] >= quota and ARGV[15] == '1' then refused = 4 end
+if refused == 0 and quota >= 0 and counts[4] + units > quota and ARGV[15] == '1' then refused = 4 end
 if refused > 0 then
   append_call(KEYS[6], ARGV[9], '429', '0', '0')
   return {'refused', refused, counts[1], counts[2], counts[3], counts[4]}
 end
 for i = 1, 3 do
-  counts[i] = redis.call('INCR', KEYS[i + 1])
-  if counts[i] == 1 then redis.call('EXPIRE', KEYS[i + 1], spans[i] - (now % spans[i])) end
+  counts[i] = redis.call('INCRBY', KEYS[i + 1], units)
+  if counts[i] == units then redis.call('EXPIRE', KEYS[i + 1], spans[i] - (now % spans[i])) end
 end
-counts[4] = redis.call('INCR', KEYS[5])
+counts[4] = redis.call('INCRBY', KEYS[5], units)
 redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
 return {'admitted', 0, counts[1], counts[2], counts[3], counts[4]}
 """
@@ -273,13 +275,15 @@ class Admission:
         service: str = "",
         end_user: str = "",
         quota_refuses: bool = True,
+        units: int = 1,
     ) -> Decision:
         """Check and count one call; raises :class:`StaleConfig` when ``version`` is old.
 
         With ``budget_applies``, the hard stop of a tenant-wide budget, or of one on this key,
         on ``service`` (a gateway route's) or on ``end_user`` refuses the call (metered as 402,
         nothing counted). Without ``quota_refuses`` the call counts toward the monthly quota
-        but is not refused by it (the endpoints that manage the account)."""
+        but is not refused by it (the endpoints that manage the account). ``units`` is what the
+        call counts in every window and the quota (its record says so too: ``pack_call``)."""
         now = time.time() if now is None else now
         period = period_bounds(now)
         second = int(now)
@@ -314,6 +318,7 @@ class Admission:
                     f"svc:{service}" if service else "",
                     f"user:{end_user}" if end_user else "",
                     "1" if quota_refuses else "0",
+                    units,
                 ],
             )
         except Exception:

@@ -23,7 +23,6 @@ either).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,10 +44,11 @@ return tonumber(redis.call('GET', KEYS[1]))
 """
 
 
-def _admitted_waiting(redis: Redis, start: float, end: float, tenant_ids: set[int] | None) -> dict[int, set[str]]:
-    """Ids of the calls of [start, end) admitted and not yet acknowledged by the worker, by
-    tenant (of ``tenant_ids``, or every tenant): in the in-flight hash, then in the stream."""
-    waiting: dict[int, set[str]] = {}
+def _admitted_waiting(redis: Redis, start: float, end: float, tenant_ids: set[int] | None) -> dict[int, dict[str, int]]:
+    """The calls of [start, end) admitted and not yet acknowledged by the worker, by tenant (of
+    ``tenant_ids``, or every tenant), id to the units each counted: in the in-flight hash, then
+    in the stream."""
+    waiting: dict[int, dict[str, int]] = {}
 
     def consider(raw: bytes | str, fields: dict | None) -> None:
         try:
@@ -60,7 +60,8 @@ def _admitted_waiting(redis: Redis, start: float, end: float, tenant_ids: set[in
             return
         at = data.get("at")
         if isinstance(at, int | float) and start <= at < end and (fields is None or counted_against_quota(fields)):
-            waiting.setdefault(tenant_id, set()).add(str(data.get("id")))
+            units = data.get("n", 1)
+            waiting.setdefault(tenant_id, {})[str(data.get("id"))] = units if isinstance(units, int) else 1
 
     for raw in redis.hvals(INFLIGHT):
         consider(raw, None)  # in flight means admitted
@@ -87,17 +88,20 @@ def quota_rollups(start: datetime, end: datetime) -> tuple:
     )
 
 
-def stored_quota_calls(tenant_id: int, start: datetime, end: datetime, ids: Iterable[str] = ()) -> tuple[int, int]:
-    """In one statement: the calls of [start, end) the stored records count against the quota,
-    and how many of ``ids`` are stored already."""
+def stored_quota_calls(
+    tenant_id: int, start: datetime, end: datetime, waiting: dict[str, int] | None = None
+) -> tuple[int, int]:
+    """In one statement: the units of [start, end) the stored records count against the
+    quota, and those of the ``waiting`` calls (id to units) that are stored already."""
+    waiting = waiting or {}
     counted = (
         select(func.coalesce(func.sum(UsageRollup.quota_units), 0))
         .where(UsageRollup.tenant_id == tenant_id, *quota_rollups(start, end))
         .scalar_subquery()
     )
-    ids = list(ids)
+    ids = list(waiting)
     stored = (
-        select(func.count())
+        select(func.coalesce(func.sum(UsageRecord.quota_units), 0))
         .where(UsageRecord.tenant_id == tenant_id, UsageRecord.idempotency_key.in_(ids))
         .scalar_subquery()
         if ids
@@ -110,10 +114,10 @@ def stored_quota_calls(tenant_id: int, start: datetime, end: datetime, ids: Iter
 def rebuilt_count(redis: Redis, tenant_id: int, now: float) -> int:
     """The period's admitted calls, from the records and what Redis still holds of them."""
     period = period_bounds(now)
-    waiting = _admitted_waiting(redis, period.start, period.end, {tenant_id}).get(tenant_id, set())
+    waiting = _admitted_waiting(redis, period.start, period.end, {tenant_id}).get(tenant_id, {})
     start, end = (datetime.fromtimestamp(t, UTC) for t in (period.start, period.end))
     counted, already_stored = stored_quota_calls(tenant_id, start, end, waiting)
-    return counted + len(waiting) - already_stored
+    return counted + sum(waiting.values()) - already_stored
 
 
 def rebuild_quota_counter(redis: Redis, tenant_id: int, now: float) -> int:
@@ -153,9 +157,9 @@ def counter_drift(redis: Redis, tenant_ids: list[int], now: datetime) -> list[Co
     after = redis.mget(names)
     drift = []
     for tenant_id, first, last in zip(tenant_ids, before, after, strict=True):
-        ids = waiting.get(tenant_id, set())
+        ids = waiting.get(tenant_id, {})
         counted, already_stored = stored_quota_calls(tenant_id, start, end, ids)
-        admitted = counted + len(ids) - already_stored
+        admitted = counted + sum(ids.values()) - already_stored
         high = None if last is None else int(last)
         low = high if first is None else int(first)
         if high is None:

@@ -7,8 +7,9 @@ worker's consumer group (:data:`GROUP`). An admitted API call waits in the in-fl
 * **an API call**, appended by the admission scripts, by the failed-authentication path and by the
   spool's replay: ``r`` the call (JSON: ``id``, ``t`` tenant, ``k`` key, ``e`` endpoint, ``m``
   method, ``c`` category, ``at`` epoch seconds; when present: ``u`` the caller's end user, ``sv``
-  the service a gateway route prices it under), ``s`` its final status (``0``: unknown, the
-  process stopped before responding), ``d`` its duration in ms, ``q`` ``1`` when it was counted
+  the service a gateway route prices it under, ``n`` the units it counted when not 1), ``s`` its
+  final status (``0``: unknown, the process stopped before responding), ``d`` its duration in
+  ms, ``q`` ``1`` when it was counted
   against the monthly quota, else ``0``; and, for a call that reported what it used (a gateway
   route's upstream, a verified call's completion), ``o`` its outcome (JSON: ``tokens_in``,
   ``tokens_out``, ``cached_tokens``, ``model``, ``units``, ``error``). The spool keeps the same
@@ -65,6 +66,7 @@ def pack_call(
     at: float,
     end_user: str = "",
     service: str = "",
+    units: int = 1,
 ) -> str:
     """The stream's form of a call's admission; status and duration travel beside it."""
     call = {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at}
@@ -72,6 +74,8 @@ def pack_call(
         call["u"] = end_user
     if service:
         call["sv"] = service
+    if units != 1:
+        call["n"] = units
     return json.dumps(call, separators=(",", ":"))
 
 
@@ -127,7 +131,7 @@ def unpack_call(fields: dict[bytes, bytes]) -> dict:
         "category": data["c"],
         "status_code": status,
         "duration_ms": int(fields[b"d"]),
-        "quota_units": 1 if counted_against_quota(fields) else 0,
+        "quota_units": int(data.get("n", 1)) if counted_against_quota(fields) else 0,
         "error_message": "final status unknown: the server stopped before responding"
         if status == UNKNOWN_STATUS
         else None,

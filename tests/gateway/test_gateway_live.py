@@ -118,3 +118,26 @@ def test_the_gateway_and_the_json_api_share_one_exact_bucket_across_two_processe
     admitted = [r for r in records if r.quota_units == 1]
     assert len(admitted) == limit
     assert sum(1 for r in admitted if r.endpoint == "/api/chat/echo") == forwarded
+
+
+def _status_within(url: str, headers: dict, wanted: int, seconds: float = 10) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = requests.post(url, headers=headers, timeout=10).status_code
+        if status == wanted or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def test_a_route_added_or_removed_is_seen_by_a_running_server_within_seconds(app, server, upstream: Upstream):
+    from tests.gateway.helpers import remove_test_route
+
+    tenant = new_tenant(app, "Late Route Co", key=True)
+    url = f"{server}/api/late/echo"
+    assert requests.post(url, headers=tenant.headers, timeout=10).status_code == 404
+    added = time.monotonic()
+    add_test_route(app, "/api/late", upstream.url)
+    assert _status_within(url, tenant.headers, 200) == 200
+    assert time.monotonic() - added < 5
+    remove_test_route(app, "/api/late")
+    assert _status_within(url, tenant.headers, 404) == 404
