@@ -9,3 +9,11 @@ The worker count comes from ``--workers`` or ``WEB_CONCURRENCY``.
 threads = 256
 # Keep-alive connections of API clients stay open this long between calls.
 keepalive = 5
+
+
+def worker_exit(server, worker) -> None:
+    """A worker stopping gracefully sends the completions of its last calls before it goes."""
+    app = getattr(worker, "wsgi", None)
+    extensions = getattr(app, "extensions", {})
+    if "tollgate.admission" in extensions:
+        extensions["tollgate.admission"].flush_now()

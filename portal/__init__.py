@@ -33,7 +33,29 @@ ENVIRONMENT_SETTINGS = (
     "NOTIFY_READ_TIMEOUT",
     "RETENTION_EXPORT_DIR",
     "TRUSTED_PROXY_HOPS",
+    "PRODUCT_BLUEPRINTS",
 )
+
+
+def register_product_blueprints(app: Flask) -> None:
+    """Register the operator's protected views named by ``PRODUCT_BLUEPRINTS``."""
+    from importlib import import_module
+
+    from .config import ConfigError
+    from .extensions import csrf
+    from .product import ProductBlueprint
+
+    for spec in app.config["PRODUCT_BLUEPRINTS"]:
+        module_name, _, name = spec.partition(":")
+        try:
+            blueprint = getattr(import_module(module_name), name)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError("PRODUCT_BLUEPRINTS", f"cannot load {spec}: {error}") from None
+        if not isinstance(blueprint, ProductBlueprint):
+            raise ConfigError("PRODUCT_BLUEPRINTS", f"{spec} is not a portal.product.ProductBlueprint")
+        # Authenticated by API key only, never by the session cookie: no CSRF token to check.
+        csrf.exempt(blueprint)
+        app.register_blueprint(blueprint)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -89,6 +111,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     auth.init_app(app)
     web.init_app(app)
+    register_product_blueprints(app)
 
     from . import cli
 

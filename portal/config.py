@@ -21,6 +21,17 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+_BLUEPRINT_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def product_blueprints(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("PRODUCT_BLUEPRINTS", "")
+    specs = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for spec in specs:
+        if not _BLUEPRINT_SPEC.fullmatch(spec):
+            raise ConfigError("PRODUCT_BLUEPRINTS", f"expected package.module:blueprint, comma-separated; got {spec!r}")
+    return specs
+
 
 class ConfigError(SystemExit):
     """A setting is missing or malformed; exits with a message naming the variable."""
@@ -251,4 +262,6 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "API_WHEN_REDIS_DOWN": redis_down_policy(env),
         # Raw usage past retention is first exported here (gzip JSON Lines per tenant and day); unset: not exported.
         "RETENTION_EXPORT_DIR": env_directory(env, "RETENTION_EXPORT_DIR"),
+        # The operator's own protected views: "package.module:blueprint", comma-separated.
+        "PRODUCT_BLUEPRINTS": product_blueprints(env),
     }

@@ -9,7 +9,6 @@ headers, and the call's final status and duration go to the admission's completi
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -31,7 +30,8 @@ from ..metering.admission import Admission, Decision, QuotaCounterMissing, Stale
 from ..metering.directory import KeyDirectory, KeyEntry
 from ..metering.quota import rebuild_quota_counter
 from ..metering.spool import Spool
-from ..metering.stream import STREAM, call_entry, pack_call
+from ..metering.stream import STREAM, call_entry, pack_call, pack_outcome
+from ..product import ProductBlueprint
 from ..redis_store import get_redis
 from ..tenancy.keys import hash_secret
 from .operations import manages_account
@@ -54,6 +54,7 @@ class ApiCall:
     record: str = ""
     # Completed by whoever streams the response (a gateway route), not when the view returns.
     deferred: bool = False
+    end_user: str = ""
 
     @property
     def tenant_key(self) -> str:
@@ -89,14 +90,13 @@ class Gate:
                 return
             self._flusher_pid = pid
             threading.Thread(target=self._flush_loop, name="tollgate-completions", daemon=True).start()
-            # A server stopping gracefully (gunicorn's SIGTERM) sends what it holds on its way out.
-            atexit.register(self._flush_at_exit)
 
-    def _flush_at_exit(self) -> None:
+    def flush_now(self) -> None:
+        """Send the completions this process holds (a server stopping: gunicorn.conf.py)."""
         try:
             self.admission.flush_if_idle(0)
         except RedisError:
-            log.warning("Redis unreachable at exit: calls in flight wait for the worker's janitor")
+            log.warning("Redis unreachable: calls in flight wait for the worker's janitor to close them")
 
     def _flush_loop(self) -> None:
         while True:
@@ -214,9 +214,11 @@ MAX_END_USER = 120
 
 
 def admit_api_call() -> Response | None:
-    """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check)."""
+    """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check),
+    or to an operator's product blueprint."""
     if request.blueprint != "api":
-        return None
+        product = current_app.blueprints.get(request.blueprint or "")
+        return admit_product_call(product) if isinstance(product, ProductBlueprint) else None
     return admit(
         Protected(
             endpoint_name(),
@@ -225,6 +227,23 @@ def admit_api_call() -> Response | None:
             quota_refuses=not manages_account(request.path),
         )
     )
+
+
+def admit_product_call(product: ProductBlueprint) -> Response | None:
+    """A call to one of the operator's product views: admitted as every protected call."""
+    view = _view()
+    refusal = admit(
+        Protected(
+            request.path[:255],
+            getattr(view, "usage_category", product.usage_category),
+            product.usage_service,
+            plans=product.plans,
+        )
+    )
+    call = g.get("api_call")
+    if refusal is None and call is not None and call.decision is not None and call.decision.refused_by:
+        return rate_limited(call.decision.refused_by)
+    return refusal
 
 
 def admit(target: Protected, caller: Caller | None = None, units: int = 1) -> Response | None:
@@ -301,7 +320,7 @@ def admit(target: Protected, caller: Caller | None = None, units: int = 1) -> Re
                 rebuild_quota_counter(state.redis, entry.tenant_id, now)
     except RedisError:
         return serve_without_redis(state, entry, record_id, record, started)
-    g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision)
+    g.api_call = ApiCall(entry=entry, record_id=record_id, started=started, decision=decision, end_user=end_user)
     if decision.refused_by == "month":
         return quota_exhausted(decision)
     if decision.refused_by == "budget":
@@ -398,7 +417,8 @@ def finish_api_call(response: Response) -> Response:
     if call.decision is not None:
         add_rate_limit_headers(response, call)
     if not call.deferred:
-        complete_call(gate(), call, response.status_code)
+        usage = g.pop("call_usage", None)
+        complete_call(gate(), call, response.status_code, pack_outcome(**usage) if usage else "")
     return response
 
 
