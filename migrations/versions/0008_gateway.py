@@ -5,7 +5,8 @@ Revises: 0007
 Create Date: 2026-12-07 11:45:25
 
 The operator's own API routes that Tollgate admits, forwards and meters (``flask gateway add``),
-and the service tokens with which services in other processes verify customer keys
+an index of their calls still waiting for a price (the recompute job's second work list), and
+the service tokens with which services in other processes verify customer keys
 (``flask create-service-token``; only a hash is kept).
 """
 
@@ -43,6 +44,14 @@ def upgrade():
         sa.PrimaryKeyConstraint("id", name=op.f("pk_gateway_routes")),
         sa.UniqueConstraint("path", name=op.f("uq_gateway_routes_path")),
     )
+    with op.batch_alter_table("usage_records", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_usage_records_unpriced_routed",
+            ["tenant_id", "occurred_at"],
+            unique=False,
+            postgresql_where=sa.text("cost IS NULL AND source = 'api' AND service <> 'tollgate'"),
+            sqlite_where=sa.text("cost IS NULL AND source = 'api' AND service <> 'tollgate'"),
+        )
     op.create_table(
         "service_tokens",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -59,4 +68,6 @@ def upgrade():
 
 def downgrade():
     op.drop_table("service_tokens")
+    with op.batch_alter_table("usage_records", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_records_unpriced_routed")
     op.drop_table("gateway_routes")

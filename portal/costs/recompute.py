@@ -1,4 +1,5 @@
-"""Pricing outside calls stored without a price, once a price for them exists."""
+"""Pricing calls stored without a price, once a price for them exists: outside-service calls
+reported, and calls to gateway routes priced under a service."""
 
 from __future__ import annotations
 
@@ -38,10 +39,29 @@ _PRICING_FIELDS = (
     "tokens_out",
     "cached_tokens",
     "quota_units",
+    "metadata",
 )
 _RECORD_COLUMNS = tuple(
     UsageRecord.__table__.c[name] for name in (*_PRICING_FIELDS, *(d for d in DIMENSIONS if d not in _PRICING_FIELDS))
 )
+# The two work lists, as literal predicates so PostgreSQL uses their partial indexes
+# (ix_usage_records_unpriced and ix_usage_records_unpriced_routed).
+_WORK_LISTS = {
+    "external": (UsageRecord.__table__.c.source == literal_column("'external'"),),
+    "routed": (
+        UsageRecord.__table__.c.source == literal_column("'api'"),
+        UsageRecord.__table__.c.service != literal_column("'tollgate'"),
+    ),
+}
+
+
+def _priced_units(row) -> int:
+    """What a call's per-unit price applies to: an outside call's quota units; a routed call's
+    service units (its quota unit is Tollgate's own)."""
+    if row.source == "external":
+        return row.quota_units
+    meta = row._mapping["metadata"]
+    return int(meta.get("units", 0)) if isinstance(meta, dict) else 0
 
 
 def _bucket(at: datetime, granularity: str) -> datetime:
@@ -50,12 +70,11 @@ def _bucket(at: datetime, granularity: str) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _unpriced_batch(now: datetime, after: tuple | None, size: int) -> list:
+def _unpriced_batch(now: datetime, after: tuple | None, size: int, work_list: str) -> list:
     records = UsageRecord.__table__.c
-    # Literal predicates, so PostgreSQL can use the partial index ix_usage_records_unpriced.
     query = (
         select(*_RECORD_COLUMNS)
-        .where(records.source == literal_column("'external'"), records.cost.is_(None), records.occurred_at <= now)
+        .where(*_WORK_LISTS[work_list], records.cost.is_(None), records.occurred_at <= now)
         .order_by(records.tenant_id, records.occurred_at, records.id)
         .limit(size)
         # A concurrent run skips the rows this one holds (PostgreSQL; SQLite has one writer).
@@ -104,18 +123,12 @@ def _move_rollups(priced: list[tuple[object, Quote]]) -> None:
     db.session.execute(statement, rows)
 
 
-def recompute_costs(now: datetime | None = None, batch: int = 5000) -> dict[str, int]:
-    """Price the outside calls up to ``now`` stored without a cost whose price now exists, at the
-    price in force when each happened, and move their rollups; one transaction per batch. A call
-    that has a cost is never touched."""
-    now = now or utcnow()
-    book = PriceBook.load()
-    db.session.commit()
+def _recompute(book: PriceBook, now: datetime, batch: int, work_list: str) -> tuple[int, int]:
     priced = still_unpriced = 0
     after: tuple | None = None
     attempts = 0
     while True:
-        rows = _unpriced_batch(now, after, batch)
+        rows = _unpriced_batch(now, after, batch, work_list)
         if not rows:
             db.session.commit()
             break
@@ -130,7 +143,7 @@ def recompute_costs(now: datetime | None = None, batch: int = 5000) -> dict[str,
                 tokens_in=row.tokens_in,
                 tokens_out=row.tokens_out,
                 cached_tokens=row.cached_tokens,
-                quota_units=row.quota_units,
+                quota_units=_priced_units(row),
             )
             if quote is None:
                 missing += 1
@@ -153,6 +166,21 @@ def recompute_costs(now: datetime | None = None, batch: int = 5000) -> dict[str,
         after = (last.tenant_id, last.occurred_at, last.id)
         if len(rows) < batch:
             break
+    return priced, still_unpriced
+
+
+def recompute_costs(now: datetime | None = None, batch: int = 5000) -> dict[str, int]:
+    """Price the outside calls up to ``now`` stored without a cost whose price now exists, at the
+    price in force when each happened, and move their rollups; one transaction per batch. A call
+    that has a cost is never touched."""
+    now = now or utcnow()
+    book = PriceBook.load()
+    db.session.commit()
+    priced = still_unpriced = 0
+    for work_list in _WORK_LISTS:
+        done, missing = _recompute(book, now, batch, work_list)
+        priced += done
+        still_unpriced += missing
     if priced:
-        log.info("priced %d outside calls; %d still have no price", priced, still_unpriced)
+        log.info("priced %d calls; %d still have no price", priced, still_unpriced)
     return {"priced": priced, "still_unpriced": still_unpriced}

@@ -39,6 +39,14 @@ class UsageRecord(db.Model):
             postgresql_where=text("cost IS NULL AND source = 'external'"),
             sqlite_where=text("cost IS NULL AND source = 'external'"),
         ),
+        # And calls to gateway routes priced under a service, still without a price.
+        Index(
+            "ix_usage_records_unpriced_routed",
+            "tenant_id",
+            "occurred_at",
+            postgresql_where=text("cost IS NULL AND source = 'api' AND service <> 'tollgate'"),
+            sqlite_where=text("cost IS NULL AND source = 'api' AND service <> 'tollgate'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -27,9 +27,9 @@ def routes(app, upstream: Upstream):
     return upstream
 
 
-def _own_price(app, tenant_id: int | None, prices: dict) -> None:
+def _own_price(app, tenant_id: int | None, prices: dict, service: str = "chatbot") -> None:
     with app.app_context():
-        set_price("chatbot", "chatbot-mini", prices, LONG_AGO, tenant_id=tenant_id)
+        set_price(service, "chatbot-mini", prices, LONG_AGO, tenant_id=tenant_id)
         db.session.commit()
         bump_prices_version(get_redis(app))
         db.session.remove()
@@ -124,3 +124,29 @@ def test_gateway_costs_show_in_the_cost_report_and_count_toward_budgets(app, cli
     assert (Decimal(str(saved["spend"])), saved["stopped"]) == (Decimal("0.06096"), True)
     stopped = client.post("/api/chat/usage/header", headers=acme.headers)
     assert stopped.status_code == 402
+
+
+def test_a_routed_call_priced_later_gets_its_cost_and_moves_off_unpriced(app, client, routes, acme):
+    from sqlalchemy import func, select
+
+    from portal.costs.recompute import recompute_costs
+    from portal.models import UsageRollup
+
+    # A service no other test prices (model prices outlive each test).
+    add_test_route(app, "/api/fresh", routes.url, methods="POST", service="freshbot")
+    assert client.post("/api/fresh/usage/header", headers=acme.headers, buffered=True).status_code == 200
+    [record] = stored_calls(app, acme.tenant_id)
+    assert record.cost is None
+    with app.app_context():
+        unpriced = select(func.sum(UsageRollup.unpriced)).where(
+            UsageRollup.tenant_id == acme.tenant_id, UsageRollup.granularity == "day"
+        )
+        assert db.session.scalar(unpriced) == 1
+        db.session.remove()
+    _own_price(app, acme.tenant_id, {"input": "2", "output": "4", "per_unit": "0.01"}, service="freshbot")
+    with app.app_context():
+        assert recompute_costs()["priced"] == 1
+        assert db.session.scalar(unpriced) == 0
+        db.session.remove()
+    [record] = stored_calls(app, acme.tenant_id)
+    assert record.cost == Decimal("0.02032")
