@@ -25,15 +25,19 @@ from urllib.parse import quote
 import requests
 
 from .client import DEFAULT_BASE_URL, VERSION, _detail
-from .errors import AuthenticationError, ConnectionFailed, TollgateError, error_for
+from .errors import AuthenticationError, ConnectionFailed, InvalidRequest, TollgateError, error_for
 from .usage import MAX_MODEL_LENGTH, USAGE_HEADER, Usage, usage_from_header, usage_of
 
 log = logging.getLogger("tollgate_client")
 
-# The contract's limits; longer values are cut, not refused.
+# The contract's limits: a longer endpoint is cut, a longer key is no key, a longer end user
+# is refused (as Tollgate's own API does).
 MAX_END_USER_LENGTH = 120
 MAX_ENDPOINT_LENGTH = 255
+MAX_KEY_LENGTH = 200
+MAX_ERROR_MESSAGE = 2000
 MISSING_KEY_DETAIL = "Missing API key"
+INVALID_KEY_DETAIL = "Invalid API key"
 UNAVAILABLE_DETAIL = "Usage service unavailable"
 # The status of a refusal whose answer named none, by its code.
 STATUS_OF_CODE = {
@@ -179,7 +183,9 @@ class TollgateVerifier:
         self, key: str, endpoint: str, method: str = "GET", units: int = 1, end_user: str | None = None
     ) -> Verdict:
         """``POST /verify``: whether ``key`` may make this call now (it counts, when valid).
-        ``endpoint`` and ``end_user`` are cut to 255 and 120 characters."""
+        ``endpoint`` gets a leading ``/`` if it lacks one and is cut to 255 characters."""
+        if not endpoint.startswith("/"):
+            endpoint = "/" + endpoint
         body: dict[str, Any] = {
             "key": key,
             "endpoint": endpoint[:MAX_ENDPOINT_LENGTH],
@@ -187,7 +193,7 @@ class TollgateVerifier:
             "units": units,
         }
         if end_user:
-            body["endUser"] = end_user[:MAX_END_USER_LENGTH]
+            body["endUser"] = end_user
         response = self._post("/verify", body)
         if response.status_code != 200:
             raise error_for(response.status_code, _detail(response))
@@ -203,10 +209,11 @@ class TollgateVerifier:
         cached_tokens: int = 0,
         model: str = "",
         units: int = 0,
+        error_message: str = "",
     ) -> bool:
-        """``POST /verify/{call_id}/complete``: report how the call went. False when it was
-        completed already (409)."""
-        body = {
+        """``POST /verify/{call_id}/complete``: report how the call went (``units``: what the
+        service prices beside tokens). False when it was completed already (409)."""
+        body: dict[str, Any] = {
             "status_code": status_code,
             "duration_ms": max(0, int(duration_ms)),
             "tokens_in": tokens_in,
@@ -215,6 +222,8 @@ class TollgateVerifier:
             "model": model,
             "units": units,
         }
+        if error_message:
+            body["error_message"] = error_message[:MAX_ERROR_MESSAGE]
         response = self._post(f"/verify/{quote(call_id, safe='')}/complete", body)
         if response.status_code == 409:
             return False
@@ -322,7 +331,7 @@ class TollgateCall:
         self.completed = True
         return self.metered
 
-    def _complete(self, status_code: int, duration_ms: int) -> bool | None:
+    def _complete(self, status_code: int, duration_ms: int, error: BaseException | None = None) -> bool | None:
         """Send the completion; a failure is logged, never raised. None when it failed."""
         usage = self.usage
         try:
@@ -335,6 +344,7 @@ class TollgateCall:
                 cached_tokens=usage.cached_tokens,
                 model=usage.model,
                 units=usage.units,
+                error_message=f"{type(error).__name__}: {error}" if error is not None else "",
             )
         except Exception as exc:
             log.warning("could not complete Tollgate call %s (status %s): %s", self.call_id, status_code, exc)
@@ -388,12 +398,22 @@ class _Gate:
         """The call to let through, or the answer to refuse it with."""
         if key is None:
             return _Refusal(401, MISSING_KEY_DETAIL)
+        if len(key) > MAX_KEY_LENGTH:
+            return _Refusal(401, INVALID_KEY_DETAIL)  # longer than any key: not worth asking
+        end_user = (end_user or "").strip()
+        if len(end_user) > MAX_END_USER_LENGTH:
+            return _Refusal(400, f"X-End-User may be at most {MAX_END_USER_LENGTH} characters")
         try:
             verdict = self.verifier.verify(key, path, method, units=units, end_user=end_user or None)
         except ServiceTokenRejected as exc:
             # A configuration error, not an outage: never let through, whatever fail_open says.
             log.error("Tollgate rejected the service token (%s); answering %s %s with 503", exc.detail, method, path)
             return _Refusal(503, UNAVAILABLE_DETAIL)
+        except InvalidRequest as exc:
+            # Tollgate refused what the request gave it (a method it does not meter, such as
+            # TRACE): the caller's request, answered 400 with Tollgate's reason.
+            log.warning("Tollgate refused to verify %s %s: %s", method, path, exc.detail)
+            return _Refusal(400, exc.detail)
         except TollgateError as exc:
             if self.fail_open:
                 log.warning("could not verify %s %s with Tollgate (%s); let through unmetered", method, path, exc)
@@ -498,15 +518,18 @@ class TollgateMiddleware:
 
     * the key is ``X-API-Key`` or ``Authorization: Bearer``; none: 401 ``Missing API key``,
       Tollgate not asked;
-    * refused by Tollgate: its status, ``{"detail": ...}``, rate-limit headers, ``Retry-After``;
+    * refused by Tollgate: its status, ``{"detail": ...}``, rate-limit headers, ``Retry-After``
+      (without asking: a key longer than any key is 401 ``Invalid API key``, an ``X-End-User``
+      over 120 characters 400; a request Tollgate will not verify, such as a TRACE, is 400
+      with its reason);
     * Tollgate unreachable or failing: 503 ``Usage service unavailable``, or with ``fail_open``
       the call goes through unmetered (a warning is logged). A rejected service token is always
       a 503 (and an error logged), ``fail_open`` or not;
     * admitted: the app runs with ``environ["tollgate.call"]`` (a :class:`TollgateCall`); its
       response gets the rate-limit headers and loses ``X-Tollgate-Usage`` (read as usage).
       When the server closes the response, the call is completed with its status (500 if the
-      app raised), the milliseconds from calling the app to the close, and the usage. A failed
-      completion is logged; Tollgate stores a call never completed with status 0.
+      app raised, with its error), the milliseconds from calling the app to the close, and the
+      usage. A failed completion is logged; Tollgate stores a call never completed with status 0.
 
     The completion is one HTTP call made in the request's thread after the body was sent.
     """
@@ -553,8 +576,8 @@ class TollgateMiddleware:
         started = time.monotonic()
         try:
             result = self.app(environ, tollgate_start_response)
-        except Exception:
-            _finish(call, 500, started)
+        except Exception as exc:
+            _finish(call, 500, started, exc)
             raise
         return _CompletingResponse(result, call, started)
 
@@ -566,13 +589,13 @@ class _CompletingResponse:
         self._result = result
         self._call = call
         self._started = started
-        self._failed = False
+        self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._result
-        except Exception:
-            self._failed = True
+        except Exception as exc:
+            self._error = exc
             raise
 
     def close(self) -> None:
@@ -582,12 +605,13 @@ class _CompletingResponse:
                 close()
         finally:
             status = self._call.status_code
-            _finish(self._call, 500 if self._failed or status is None else status, self._started)
+            failed = self._error is not None or status is None
+            _finish(self._call, 500 if failed else status, self._started, self._error)
 
 
-def _finish(call: TollgateCall, status: int, started: float) -> None:
+def _finish(call: TollgateCall, status: int, started: float, error: BaseException | None = None) -> None:
     if call._claim():
-        call._complete(status, _elapsed_ms(started))
+        call._complete(status, _elapsed_ms(started), error)
 
 
 def _wsgi_path(environ: Mapping[str, Any]) -> str:
@@ -659,9 +683,9 @@ class TollgateASGIMiddleware:
         started = time.monotonic()
         trailers = False
 
-        async def finish(status: int) -> None:
+        async def finish(status: int, error: BaseException | None = None) -> None:
             if call._claim():
-                await asyncio.to_thread(call._complete, status, _elapsed_ms(started))
+                await asyncio.to_thread(call._complete, status, _elapsed_ms(started), error)
 
         async def tollgate_send(message: Any) -> None:
             nonlocal trailers
@@ -687,8 +711,8 @@ class TollgateASGIMiddleware:
 
         try:
             await self.app({**scope, "tollgate.call": call}, tollgate_receive, tollgate_send)
-        except Exception:
-            await finish(500)
+        except Exception as exc:
+            await finish(500, exc)
             raise
         await finish(call.status_code or 500)  # an app that returned without ending its response
 
