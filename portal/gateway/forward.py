@@ -109,6 +109,8 @@ def upstream_headers(
         token.strip().lower() for name, value in incoming if name.lower() == "connection" for token in value.split(",")
     }
     headers: dict[str, str] = {}
+    # Names Tollgate sets itself, in any spelling: a caller's own never goes along beside them.
+    ours = {"x-request-id", "x-forwarded-proto", "x-forwarded-host"} | {name.lower() for name, _ in route.upstream_headers}
     forwarded_for = ""
     for name, value in incoming:
         lower = name.lower()
@@ -116,6 +118,7 @@ def upstream_headers(
             lower in HOP_BY_HOP
             or lower in NOT_FORWARDED
             or lower in connection_named
+            or lower in ours
             or lower.startswith("x-tollgate-")
         ):
             continue

@@ -70,10 +70,19 @@ def test_a_route_credential_comes_from_the_environment(app, client, upstream, mo
     tenant = new_tenant(app, "Credential Co", key=True)
     assert client.post("/api/bot/echo", headers=tenant.headers, buffered=True).status_code == 200
     assert upstream.requests[-1].header("X-Chatbot-Token") == "s3cret-upstream"
+    forged = client.post(
+        "/api/bot/echo",
+        headers={**tenant.headers, "x-chatbot-token": "forged", "x-request-id": "mine"},
+        buffered=True,
+    )
+    assert forged.status_code == 200
+    seen = upstream.requests[-1]
+    assert [v for k, v in seen.headers.items() if k.lower() == "x-chatbot-token"] == ["s3cret-upstream"]
+    assert [v for k, v in seen.headers.items() if k.lower() == "x-request-id"] == [forged.headers["X-Request-Id"]]
     monkeypatch.delenv("CHATBOT_TEST_TOKEN")
     response = client.post("/api/bot/echo", headers=tenant.headers)
     assert (response.status_code, response.json) == (502, {"detail": "Upstream unavailable"})
-    assert len(upstream.requests) == 1
+    assert len(upstream.requests) == 2
 
 
 @pytest.mark.parametrize(
