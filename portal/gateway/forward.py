@@ -110,7 +110,9 @@ def upstream_headers(
     }
     headers: dict[str, str] = {}
     # Names Tollgate sets itself, in any spelling: a caller's own never goes along beside them.
-    ours = {"x-request-id", "x-forwarded-proto", "x-forwarded-host"} | {name.lower() for name, _ in route.upstream_headers}
+    ours = {"x-request-id", "x-forwarded-proto", "x-forwarded-host"} | {
+        name.lower() for name, _ in route.upstream_headers
+    }
     forwarded_for = ""
     for name, value in incoming:
         lower = name.lower()
