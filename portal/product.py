@@ -73,9 +73,16 @@ def record_usage(
     under the blueprint's service). Called again, the latest report wins."""
     if g.get("api_call") is None:
         raise RuntimeError("record_usage() reports the usage of a protected call: call it from a ProductBlueprint view")
-    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out), ("cached_tokens", cached_tokens)):
+    for name, value in (
+        ("tokens_in", tokens_in),
+        ("tokens_out", tokens_out),
+        ("cached_tokens", cached_tokens),
+        ("units", units),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} is a whole number of 0 or more; got {value!r}")
+    if not isinstance(model, str):
+        raise ValueError(f"model is a text; got {model!r}")
     g.call_usage = {
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,

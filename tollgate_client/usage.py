@@ -61,7 +61,10 @@ def _has(obj: Any, name: str) -> bool:
 
 def _model(obj: Any) -> str:
     model = _get(obj, "model")
-    return model[:MAX_MODEL_LENGTH] if isinstance(model, str) else ""
+    if not isinstance(model, str):
+        return ""
+    # No NUL and no lone surrogate: neither can be stored (PostgreSQL, UTF-8).
+    return "".join(ch for ch in model[:MAX_MODEL_LENGTH] if ch != "\x00" and not "\ud800" <= ch <= "\udfff")
 
 
 def usage_of(response: Any) -> Usage | None:
@@ -102,7 +105,7 @@ def usage_from_header(value: str | None) -> Usage | None:
         return None
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -123,7 +126,59 @@ def usage_from_body(body: bytes) -> Usage | None:
         return None
     try:
         return usage_of(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
+        return None
+
+
+class BodyUsage:
+    """Reads usage from a JSON body fed chunk by chunk. A body up to ``max_whole`` bytes is read
+    whole; of a larger one the last ``tail`` bytes are kept and the last ``usage`` object in
+    them is read (with the last ``model`` there)."""
+
+    def __init__(self, max_whole: int = 4 * 2**20, tail: int = 2**20) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._tail = b""
+        self._max_whole = max_whole
+        self._keep_tail = tail
+
+    def feed(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self._max_whole:
+            self._parts.append(chunk)
+            return
+        if self._parts:
+            self._tail = b"".join(self._parts)
+            self._parts = []
+        self._tail = (self._tail + chunk)[-self._keep_tail :]
+
+    @property
+    def usage(self) -> Usage | None:
+        if self._size <= self._max_whole:
+            return usage_from_body(b"".join(self._parts))
+        return _usage_in_fragment(self._tail)
+
+
+def _usage_in_fragment(text: bytes) -> Usage | None:
+    """The last ``"usage": {...}`` object of a piece of JSON (and the last ``"model"`` in it)."""
+    at = text.rfind(b'"usage"')
+    if at < 0:
+        return None
+    decoder = json.JSONDecoder()
+    try:
+        rest = text[at + len(b'"usage"') :].decode("utf-8", "replace").lstrip()
+        if not rest.startswith(":"):
+            return None
+        value, _ = decoder.raw_decode(rest[1:].lstrip())
+        response: dict[str, Any] = {"usage": value}
+        model_at = text.rfind(b'"model"')
+        if model_at >= 0:
+            tail = text[model_at + len(b'"model"') :].decode("utf-8", "replace").lstrip()
+            if tail.startswith(":"):
+                model, _ = decoder.raw_decode(tail[1:].lstrip())
+                response["model"] = model
+        return usage_of(response)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -163,7 +218,7 @@ class StreamUsage:
         )
         try:
             message = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(message, dict):
             return

@@ -12,6 +12,7 @@ status the caller saw, the time it took and what the upstream says it used.
 from __future__ import annotations
 
 import logging
+from typing import IO
 
 from flask import Flask, Response, current_app, g, request
 from redis import RedisError
@@ -23,6 +24,7 @@ from ..gateway.forward import (
     Upstreams,
     UpstreamTimeout,
     UpstreamUnavailable,
+    finish_without_body,
     relay,
     returned_headers,
     upstream_headers,
@@ -67,20 +69,28 @@ def gateway_call() -> Response | None:
         response = api_error(405, f"{route.path} takes {', '.join(sorted(route.methods))}")
         response.headers["Allow"] = ", ".join(sorted(route.methods))
         return response
-    length = request.content_length
-    if length is not None and length > route.max_body_bytes:
-        return body_too_large(route)
     try:
         target = upstream_url(route, request.path, request.environ.get("RAW_URI") or request.full_path, _query())
     except PathRefused as refused:
         return api_error(400, str(refused))
+    length = request.content_length
+    if length is not None and length > route.max_body_bytes:
+        return body_too_large(route)
+    body: bytes | IO[bytes] | None = request.stream if length is not None else None
+    if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # Read it first (up to the limit): a body too large is refused before anything counts
+        # and never reaches the upstream.
+        body = request.stream.read(route.max_body_bytes + 1)
+        if len(body) > route.max_body_bytes:
+            return body_too_large(route)
+        length = len(body)
     refusal = admit(Protected(request.path[:255], route.category, route.service, plans=route.plans))
     if refusal is not None:
         return refusal
     call: ApiCall = g.api_call
     if call.decision is not None and call.decision.refused_by in WINDOW_NAMES:
         return rate_limited(call.decision.refused_by)
-    return forward(route, call, target, length)
+    return forward(route, call, target, body, length)
 
 
 def _query() -> str:
@@ -93,16 +103,7 @@ def body_too_large(route: Route) -> Response:
     return api_error(413, f"Request too large: a body to {route.path} may be at most {size}")
 
 
-def forward(route: Route, call: ApiCall, target: str, length: int | None) -> Response:
-    body = request.stream
-    if length is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        # Read it first (up to the limit) so a body too large never reaches the upstream.
-        body = request.stream.read(route.max_body_bytes + 1)
-        if len(body) > route.max_body_bytes:
-            return body_too_large(route)
-        length = len(body)
-    elif length is None:
-        body, length = None, None
+def forward(route: Route, call: ApiCall, target: str, body: bytes | IO[bytes] | None, length: int | None) -> Response:
     try:
         headers = upstream_headers(
             route,
@@ -130,11 +131,18 @@ def forward(route: Route, call: ApiCall, target: str, length: int | None) -> Res
         return api_error(502, "Upstream unavailable")
     call.deferred = True
     finish = _finisher(gate(), call)
-    response = Response(relay(upstream, finish), status=upstream.status, direct_passthrough=True)
+    if request.method == "HEAD" or upstream.status < 200 or upstream.status in (204, 304):
+        # No body will be sent (Werkzeug drops it): metered now, not when a body ends.
+        finish_without_body(upstream, finish)
+        response = Response(status=upstream.status)
+    else:
+        response = Response(relay(upstream, finish), status=upstream.status, direct_passthrough=True)
     response.headers.clear()
     for name, value in returned_headers(upstream):
         response.headers.add(name, value)
     response.headers["X-Request-Id"] = call.record_id
+    # The answer is served from the portal's origin: a browser runs none of its scripts there.
+    response.headers.add("Content-Security-Policy", "sandbox")
     return response
 
 

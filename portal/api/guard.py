@@ -217,8 +217,12 @@ def admit_api_call() -> Response | None:
     """Authenticate and admit a call to the API blueprint (runs before Flask-Limiter's check),
     or to an operator's product blueprint."""
     if request.blueprint != "api":
-        product = current_app.blueprints.get(request.blueprint or "")
-        return admit_product_call(product) if isinstance(product, ProductBlueprint) else None
+        # The nearest product blueprint of the view, nested ones (blueprints inside it) included.
+        for name in request.blueprints:
+            product = current_app.blueprints.get(name)
+            if isinstance(product, ProductBlueprint):
+                return admit_product_call(product)
+        return None
     return admit(
         Protected(
             endpoint_name(),
@@ -246,7 +250,7 @@ def admit_product_call(product: ProductBlueprint) -> Response | None:
     return refusal
 
 
-def admit(target: Protected, caller: Caller | None = None, units: int = 1) -> Response | None:
+def admit(target: Protected, caller: Caller | None = None, units: int = 1, verified_by: int = 0) -> Response | None:
     """Authenticate and admit a protected call (made by ``caller``, by default the request's):
     ``None`` to go on (``g.api_call`` says whether a window refused it), or the response that
     refuses it."""
@@ -276,7 +280,7 @@ def admit(target: Protected, caller: Caller | None = None, units: int = 1) -> Re
     def packed() -> str:
         return pack_call(
             record_id, entry.tenant_id, entry.key_id, endpoint, caller.method, target.category, now,
-            end_user=end_user, service=target.service, units=units,
+            end_user=end_user, service=target.service, units=units, verified_by=verified_by,
         )  # fmt: skip
 
     if target.plans and entry.limits.plan_code not in target.plans:

@@ -2,9 +2,11 @@
 
 With a service token (``flask create-service-token``), ``POST /api/v1/verify`` admits one call
 for the customer key it names — the same admission as every protected call: windows, monthly
-quota, budget stops, and, for an endpoint under a gateway route, the route's plans, category
-and service — and answers the verdict with the rate-limit headers to send. ``POST
-/api/v1/verify/{callId}/complete`` then records how the call ended and what it used, once. A
+quota (which always refuses here: the operator's product is not an account endpoint), budget
+stops, and, for an endpoint under a gateway route, the route's plans, category and service — and
+answers the verdict with the rate-limit headers to send. ``POST
+/api/v1/verify/{callId}/complete`` then records how the call ended and what it used, once, and
+only with the service token that admitted it. A
 call never completed is stored with status 0 after ``USAGE_ABANDON_SECONDS``.
 """
 
@@ -13,31 +15,48 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, Flask, Response, g, request
-from pydantic import Field
+from pydantic import Field, field_validator
 from redis import RedisError
 
 from ..extensions import csrf
 from ..gateway.tokens import TokenCheck
 from ..kernel.bodies import Body
 from ..metering.admission import WINDOWS, record_age_seconds
-from ..metering.stream import pack_outcome
+from ..metering.stream import pack_outcome, verified_marker
 from .gateway import route_for
 from .guard import Caller, Protected, add_rate_limit_headers, admit, api_error, gate, rate_limited
-from .operations import manages_account, operation
+from .operations import operation
 
 bp = Blueprint("api_verify", __name__, url_prefix="/api/v1")
 EXTENSION_KEY = "tollgate.verify"
 WINDOW_NAMES = frozenset(name for name, _ in WINDOWS)
 _tokens = TokenCheck()
 
+# A path as a router sees it: segments of URL characters between single slashes, none of them
+# "." or "..", no ";" (some servers read "..;" as ".."), no percent-encoding.
+ENDPOINT = r"^(/[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?$"
 METHODS = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 COUNT = Field(0, strict=True, ge=0, le=10**9)
 
 
 class VerifyBody(Body):
     key: str = Field(min_length=1, max_length=200, description="the customer's API key")
-    endpoint: str = Field("/", min_length=1, max_length=255, pattern=r"^/", description="the path being called")
+    endpoint: str = Field(
+        "/",
+        min_length=1,
+        max_length=255,
+        pattern=ENDPOINT,
+        description="the path being called, as routed: no empty, '.' or '..' segments, no ';', '%', '\\\\' or spaces",
+    )
     method: METHODS = "GET"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_dot_segments(cls, endpoint: str) -> str:
+        if any(segment in (".", "..") for segment in endpoint.split("/")):
+            raise ValueError("a path with '.' or '..' segments is not as routed")
+        return endpoint
+
     units: int = Field(1, strict=True, ge=1, le=1000, description="what the call counts in every window and the quota")
     endUser: str | None = Field(None, max_length=120, description="the customer's end user, as X-End-User")  # noqa: N815
 
@@ -58,7 +77,8 @@ def require_service_token() -> Response | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return api_error(401, "Missing service token: send Authorization: Bearer <service token>")
-    if not _tokens.valid(token.strip()):
+    g.service_token_id = _tokens.token_id(token.strip())
+    if g.service_token_id is None:
         return api_error(401, "Invalid service token")
     return None
 
@@ -76,10 +96,9 @@ def verify(payload: VerifyBody):
         route.category if route else "",
         route.service if route else "",
         plans=route.plans if route else frozenset(),
-        quota_refuses=not manages_account(payload.endpoint),
     )
     caller = Caller(payload.key, (payload.endUser or "").strip(), payload.method, request.remote_addr)
-    refusal = admit(target, caller, units=payload.units)
+    refusal = admit(target, caller, units=payload.units, verified_by=g.service_token_id)
     call = g.pop("api_call", None)  # answered here, completed by its own request
     if refusal is None and call is not None and call.decision is None:
         return api_error(503, "Service temporarily unavailable")
@@ -124,7 +143,7 @@ def complete(call_id: str, payload: CompleteBody):
     if duration is None:
         try:
             duration = max(0, int(record_age_seconds(call_id, state.admission.redis.time()[0]) * 1000))
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):
             duration = 0
     outcome = pack_outcome(
         payload.tokens_in,
@@ -135,12 +154,16 @@ def complete(call_id: str, payload: CompleteBody):
         payload.error_message,
     )
     try:
-        done = state.admission.complete_with_outcome(call_id, payload.status_code, duration, outcome)
+        done = state.admission.complete_with_outcome(
+            call_id, payload.status_code, duration, outcome, must_end=verified_marker(g.service_token_id)
+        )
     except RedisError:
         return api_error(503, "Service temporarily unavailable")
     if not done:
         return api_error(
-            409, f"Call {call_id[:64]} is not waiting to be completed: completed already, closed unfinished, or unknown"
+            409,
+            f"Call {call_id[:64]} is not waiting to be completed: completed already, closed unfinished, "
+            "or not admitted with this service token",
         )
     return {"completed": True}
 

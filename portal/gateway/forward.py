@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -24,7 +25,7 @@ from urllib.parse import quote
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
-from tollgate_client.usage import USAGE_HEADER, StreamUsage, Usage, usage_from_body, usage_from_header
+from tollgate_client.usage import USAGE_HEADER, BodyUsage, StreamUsage, Usage, usage_from_header
 
 from .routes import Route
 
@@ -45,12 +46,35 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Never passed on to the upstream (Tollgate sets its own ``Host`` and length).
-NOT_FORWARDED = frozenset({"x-api-key", "authorization", "cookie", "host", "content-length", "x-end-user", "expect"})
+NOT_FORWARDED = frozenset(
+    {
+        "x-api-key",
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "x-end-user",
+        "expect",
+        # Tollgate asks for the answer uncompressed, to read its usage.
+        "accept-encoding",
+        # Headers some servers take to change the method or the path, or the client's address.
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+    }
+)
 # Never passed back to the caller: Tollgate sets the rate-limit headers, and the usage header
 # is meant for Tollgate.
 NOT_RETURNED = frozenset({USAGE_HEADER.lower(), "set-cookie"})
 READ_SIZE = 64 * 1024
-# The most of a JSON answer kept to read its usage from (the answer itself streams whole).
+# The most of a decompressed chunk read for usage at once.
 MAX_USAGE_BODY = 4 * 2**20
 
 
@@ -82,6 +106,9 @@ def upstream_url(route: Route, path: str, raw_uri: str, query: str) -> str:
     rest = path[len(route.path) :]
     if "\\" in rest or any(ord(ch) < 32 or ord(ch) == 127 for ch in rest):
         raise PathRefused("The path holds a backslash or a control character")
+    if ";" in rest:
+        # Some servers read "..;" as ".." and drop ";params": it would escape the base.
+        raise PathRefused("A ';' is not allowed in a gateway path")
     segments = rest.split("/")[1:]
     if any(segment in ("", ".", "..") for segment in segments) and rest not in ("", "/"):
         raise PathRefused("The path may not hold '.' or '..' segments or empty ones ('//')")
@@ -137,6 +164,7 @@ def upstream_headers(
     headers["X-Request-Id"] = request_id
     if client_address:
         headers["X-Forwarded-For"] = f"{forwarded_for}, {client_address}" if forwarded_for else client_address
+    headers["Accept-Encoding"] = "identity"
     headers["X-Forwarded-Proto"] = scheme
     headers["X-Forwarded-Host"] = host
     for name, variable in route.upstream_headers:
@@ -192,6 +220,8 @@ class Upstreams:
                 decode_content=False,
                 timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             )
+        except (ValueError, UnicodeError) as error:  # a header a route's variable made unsendable
+            raise UpstreamUnavailable(f"a header could not be sent: {error}") from error
         except NewConnectionError as error:  # a ConnectTimeoutError to urllib3, but refused here
             raise UpstreamUnavailable(str(error)) from error
         except TimeoutError as error:
@@ -210,17 +240,53 @@ class Relayed:
     bytes_sent: int = 0
 
 
+class _UsageReader:
+    """What the answer says it used: its usage header, or its body (an event stream or JSON),
+    read from a decompressed copy when the upstream compressed it anyway."""
+
+    def __init__(self, upstream: urllib3.BaseHTTPResponse) -> None:
+        self.header_usage = usage_from_header(upstream.headers.get(USAGE_HEADER))
+        content_type = upstream.headers.get("Content-Type", "").lower()
+        self.body: StreamUsage | BodyUsage | None = None
+        if self.header_usage is None:
+            if content_type.startswith("text/event-stream"):
+                self.body = StreamUsage()
+            elif "json" in content_type:
+                self.body = BodyUsage()
+        encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
+        self.inflate = None
+        if self.body is not None and encoding in ("gzip", "x-gzip", "deflate"):
+            # gzip or zlib, told apart by the header (wbits 32 + 15).
+            self.inflate = zlib.decompressobj(47)
+        elif self.body is not None and encoding not in ("", "identity"):
+            log.warning("gateway: an answer in %s encoding is passed on without reading its usage", encoding)
+            self.body = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.body is None:
+            return
+        if self.inflate is not None:
+            try:
+                chunk = self.inflate.decompress(chunk, MAX_USAGE_BODY)
+            except zlib.error:
+                log.warning("gateway: a compressed answer could not be read for its usage")
+                self.body = None
+                return
+        self.body.feed(chunk)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.header_usage if self.body is None else self.body.usage or self.header_usage
+
+
 def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None]) -> Iterator[bytes]:
     """The answer's body as it arrives; ``finish`` gets the outcome once it is over (read to
-    the end, broken off by the upstream, or closed by the caller)."""
-    header_usage = usage_from_header(upstream.headers.get(USAGE_HEADER))
-    content_type = upstream.headers.get("Content-Type", "").lower()
-    stream = StreamUsage() if header_usage is None and content_type.startswith("text/event-stream") else None
-    keep = header_usage is None and stream is None and "json" in content_type
-    kept: list[bytes] = []
-    kept_size = 0
-    outcome = Relayed(upstream.status, header_usage)
+    the end, broken off by the upstream, or closed by the caller). The connection goes back to
+    the pool only when the answer was read whole; otherwise it is closed."""
+    outcome = Relayed(upstream.status, None)
+    whole = False
     try:
+        reader = _UsageReader(upstream)
         while True:
             try:
                 chunk = upstream.read1(READ_SIZE, decode_content=False)
@@ -231,25 +297,28 @@ def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None])
                 raise UpstreamUnavailable(outcome.error) from error
             if not chunk:
                 break
-            if stream is not None:
-                stream.feed(chunk)
-            elif keep:
-                kept_size += len(chunk)
-                if kept_size <= MAX_USAGE_BODY:
-                    kept.append(chunk)
+            reader.feed(chunk)
             outcome.bytes_sent += len(chunk)
             yield chunk
         if upstream.length_remaining:
             outcome.status = 502
             outcome.error = f"the upstream closed its answer {upstream.length_remaining} bytes short"
             raise UpstreamUnavailable(outcome.error)
+        whole = True
+        outcome.usage = reader.usage
     except GeneratorExit:
         outcome.error = outcome.error or f"the caller closed the connection after {outcome.bytes_sent} bytes"
         raise
     finally:
-        if stream is not None:
-            outcome.usage = stream.usage
-        elif keep and kept_size <= MAX_USAGE_BODY:
-            outcome.usage = usage_from_body(b"".join(kept))
-        upstream.release_conn() if not outcome.error else upstream.close()
+        if whole:
+            upstream.release_conn()
+        else:
+            upstream.close()
         finish(outcome)
+
+
+def finish_without_body(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None]) -> None:
+    """An answer with no body to pass on (HEAD, 1xx, 204, 304): metered at once."""
+    outcome = Relayed(upstream.status, usage_from_header(upstream.headers.get(USAGE_HEADER)))
+    upstream.close()
+    finish(outcome)

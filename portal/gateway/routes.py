@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from redis import Redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..extensions import db
 from ..kernel.changes import mark_access_changed
@@ -75,7 +75,10 @@ class Route:
         )
 
     def takes(self, path: str) -> bool:
-        return path == self.path or path.startswith(self.path + "/")
+        """Whether a call to ``path`` is this route's, letter case aside (an upstream may not
+        care for case: /api/chat/Premium must not slip past /api/chat/premium's plans)."""
+        path, mine = path.lower(), self.path.lower()
+        return path == mine or path.startswith(mine + "/")
 
     def describe(self) -> str:
         """One line of ``gateway list``: the path first."""
@@ -214,8 +217,10 @@ def add_route(
     taken = collision(path, own_rules)
     if taken:
         raise RouteError(f"{path} collides with Tollgate's own {taken}; choose a path outside it")
-    if db.session.scalar(select(GatewayRoute.id).where(GatewayRoute.path == path)) is not None:
-        raise RouteError(f"A route for {path} exists already; remove it first (gateway remove {path})")
+    existing = db.session.scalar(select(GatewayRoute.path).where(func.lower(GatewayRoute.path) == path.lower()))
+    if existing is not None:
+        # Routes are matched whatever the letter case: /api/Chat is /api/chat.
+        raise RouteError(f"A route for {existing} exists already; remove it first (gateway remove {existing})")
     if not _SERVICE.fullmatch(service):
         raise RouteError(f"--service is a service name (letters, digits, . _ -, up to 64): {service!r}")
     if len(category) > 64:
@@ -243,7 +248,7 @@ def add_route(
 def remove_route(path: str) -> GatewayRoute:
     """Remove the route for ``path`` (the caller commits)."""
     wanted = path.strip().rstrip("/") or path
-    row = db.session.scalar(select(GatewayRoute).where(GatewayRoute.path == wanted))
+    row = db.session.scalar(select(GatewayRoute).where(func.lower(GatewayRoute.path) == wanted.lower()))
     if row is None:
         raise RouteError(f"No route for {path}")
     db.session.delete(row)

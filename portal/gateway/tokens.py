@@ -61,13 +61,17 @@ class TokenCheck:
     """This process's recent verdicts on presented tokens (a second each, bounded in number)."""
 
     def __init__(self, max_entries: int = 1000) -> None:
-        self._verdicts: dict[str, tuple[bool, float]] = {}
+        self._verdicts: dict[str, tuple[int | None, float]] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
     def valid(self, token: str) -> bool:
+        return self.token_id(token) is not None
+
+    def token_id(self, token: str) -> int | None:
+        """The id of the unrevoked token presented, or None."""
         if not token.startswith(TOKEN_PREFIX):
-            return False
+            return None
         digest = hash_token(token)
         now = time.monotonic()
         known = self._verdicts.get(digest)
@@ -79,5 +83,5 @@ class TokenCheck:
         with self._lock:
             if len(self._verdicts) >= self.max_entries:
                 self._verdicts.clear()
-            self._verdicts[digest] = (found is not None, now)
-        return found is not None
+            self._verdicts[digest] = (found, now)
+        return found

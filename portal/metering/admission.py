@@ -123,9 +123,11 @@ return 1
 COMPLETE_OUTCOME_SCRIPT = (
     LUA_APPEND
     + """
--- KEYS: stream, inflight; ARGV: record id, status, duration, outcome (JSON)
+-- KEYS: stream, inflight; ARGV: record id, status, duration, outcome (JSON), and the end the
+-- record must have ('' for any: a verify completion may complete only its own token's calls)
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 if not record then return 0 end
+if ARGV[5] ~= '' and string.sub(record, -#ARGV[5]) ~= ARGV[5] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 append_outcome(KEYS[1], record, ARGV[2], ARGV[3], ARGV[4])
 return 1
@@ -229,10 +231,15 @@ class Admission:
                 self._pending_since = time.monotonic()
             self._pending.append(f"{record_id},{status},{duration_ms}")
 
-    def complete_with_outcome(self, record_id: str, status: int, duration_ms: int, outcome: str) -> bool:
+    def complete_with_outcome(
+        self, record_id: str, status: int, duration_ms: int, outcome: str, must_end: str = ""
+    ) -> bool:
         """Complete a call at once with its outcome (:func:`portal.metering.stream.pack_outcome`);
-        False when it is not in flight (completed already, or closed by the janitor)."""
-        return bool(self._complete_outcome(keys=[STREAM, INFLIGHT], args=[record_id, status, duration_ms, outcome]))
+        False when it is not in flight (completed already, or closed by the janitor), or its
+        packed record does not end with ``must_end``."""
+        return bool(
+            self._complete_outcome(keys=[STREAM, INFLIGHT], args=[record_id, status, duration_ms, outcome, must_end])
+        )
 
     def _take_pending(self) -> str:
         with self._lock:

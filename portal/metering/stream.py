@@ -7,7 +7,8 @@ worker's consumer group (:data:`GROUP`). An admitted API call waits in the in-fl
 * **an API call**, appended by the admission scripts, by the failed-authentication path and by the
   spool's replay: ``r`` the call (JSON: ``id``, ``t`` tenant, ``k`` key, ``e`` endpoint, ``m``
   method, ``c`` category, ``at`` epoch seconds; when present: ``u`` the caller's end user, ``sv``
-  the service a gateway route prices it under, ``n`` the units it counted when not 1), ``s`` its
+  the service a gateway route prices it under, ``n`` the units it counted when not 1, ``v`` the
+  service token that admitted it through the verify API), ``s`` its
   final status (``0``: unknown, the process stopped before responding), ``d`` its duration in
   ms, ``q`` ``1`` when it was counted
   against the monthly quota, else ``0``; and, for a call that reported what it used (a gateway
@@ -67,6 +68,7 @@ def pack_call(
     end_user: str = "",
     service: str = "",
     units: int = 1,
+    verified_by: int = 0,
 ) -> str:
     """The stream's form of a call's admission; status and duration travel beside it."""
     call = {"id": record_id, "t": tenant_id, "k": key_id, "e": endpoint, "m": method, "c": category, "at": at}
@@ -76,7 +78,14 @@ def pack_call(
         call["sv"] = service
     if units != 1:
         call["n"] = units
+    if verified_by:
+        call["v"] = verified_by  # last: the completion script checks the record ends with it
     return json.dumps(call, separators=(",", ":"))
+
+
+def verified_marker(token_id: int) -> str:
+    """How a packed call admitted through the verify API with token ``token_id`` ends."""
+    return f',"v":{token_id}}}'
 
 
 # What an outcome (``o``) may set on a call's record, and the largest count it may carry.
@@ -84,20 +93,26 @@ OUTCOME_COUNTS = ("tokens_in", "tokens_out", "cached_tokens")
 MAX_OUTCOME_COUNT = 10**9
 
 
+def _storable(text: str) -> str:
+    """``text`` without NUL and lone surrogates, which no database column stores."""
+    return "".join(ch for ch in text if ch != "\x00" and not "\ud800" <= ch <= "\udfff")
+
+
 def pack_outcome(
     tokens_in: int = 0, tokens_out: int = 0, cached_tokens: int = 0, model: str = "", units: int = 0, error: str = ""
 ) -> str:
     """A call's outcome beyond its status: what it used, and what went wrong."""
     outcome: dict[str, Any] = {}
+    cached_tokens = min(cached_tokens, tokens_in)
     for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out), ("cached_tokens", cached_tokens)):
         if value:
             outcome[name] = min(max(int(value), 0), MAX_OUTCOME_COUNT)
     if units:
         outcome["units"] = min(max(int(units), 0), MAX_OUTCOME_COUNT)
     if model:
-        outcome["model"] = model[:120]
+        outcome["model"] = _storable(model[:120])
     if error:
-        outcome["error"] = error[:2000]
+        outcome["error"] = _storable(error[:2000])
     return json.dumps(outcome, separators=(",", ":"))
 
 

@@ -141,3 +141,24 @@ def test_a_route_added_or_removed_is_seen_by_a_running_server_within_seconds(app
     assert time.monotonic() - added < 5
     remove_test_route(app, "/api/late")
     assert _status_within(url, tenant.headers, 404) == 404
+
+
+def test_a_chunked_body_is_passed_on_whole_and_one_over_the_limit_counts_nothing(app, server, upstream: Upstream):
+    add_test_route(app, "/api/small", upstream.url, max_body_bytes=1024)
+    tenant = new_tenant(app, "Chunked Co", key=True)
+
+    def body(size: int):
+        yield b"x" * (size // 2)
+        yield b"y" * (size - size // 2)
+
+    fits = requests.post(f"{server}/api/small/echo", data=body(1000), headers=tenant.headers, timeout=10)
+    assert fits.status_code == 200
+    assert fits.json()["body"] == "x" * 500 + "y" * 500
+    too_big = requests.post(f"{server}/api/small/echo", data=body(2000), headers=tenant.headers, timeout=10)
+    assert (too_big.status_code, too_big.json()) == (
+        413,
+        {"detail": "Request too large: a body to /api/small may be at most 1,024 bytes"},
+    )
+    ping = requests.get(f"{server}/api/v1/ping", headers=tenant.headers, timeout=10)
+    assert ping.headers["X-RateLimit-Remaining"] == "99998"  # the echo and the ping: not the refused body
+    assert len(upstream.requests) == 1

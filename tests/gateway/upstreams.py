@@ -25,6 +25,10 @@ method is accepted for every behaviour.
 - ``close-mid-body``: 200 with ``Content-Length: 1000``, 10 bytes, then the connection closes.
 - ``usage/openai``, ``usage/anthropic``: a chat completion / message body with that vendor's usage.
 - ``usage/header``: 200 ``ok`` with an ``X-Tollgate-Usage`` JSON header.
+- ``usage/gzip``: the OpenAI body gzip-compressed (``Content-Encoding: gzip``) whatever was asked;
+  ``usage/large?bytes=N``: an N-byte JSON answer with its usage at the end; ``usage/nested``: a
+  usage nested 100,000 deep (body and header), ``usage/nested-stream`` the same in an event;
+  ``usage/bad-model``: a model name with a NUL and a lone surrogate.
 - ``redirect``: 302 to ``/base/echo/redirected``.
 - ``big?bytes=N``: N bytes of application/octet-stream, written in 64 KiB pieces.
 - anything else: 404 ``{"error": "no such upstream path"}``.
@@ -36,6 +40,7 @@ then resets the connection) and the fixtures ``upstream`` and ``resetting_upstre
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import struct
@@ -341,6 +346,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, ANTHROPIC_USAGE_BODY)
         elif kind == "header":
             self._send(200, b"ok", "text/plain", X_Tollgate_Usage=json.dumps(HEADER_USAGE))
+        elif kind == "gzip":
+            # Compressed whatever the request asked for, as some servers do.
+            body = gzip.compress(json.dumps(OPENAI_USAGE_BODY).encode())
+            self._send(200, body, "application/json", Content_Encoding="gzip")
+        elif kind == "large":
+            # An embeddings-style answer of query["bytes"] bytes, its usage at the end.
+            size = int(query.get("bytes", str(6 * 2**20)))
+            data = [0.125] * (size // 7)
+            self._send_json(200, {"object": "list", "data": data, **OPENAI_USAGE_BODY})
+        elif kind == "nested":
+            deep = "[" * 100_000 + "]" * 100_000
+            # Nested well past the JSON reader's recursion limit, and still a header line http.client reads.
+            header = "[" * 10_000 + "]" * 10_000
+            self._send(200, f'{{"usage": {deep}}}'.encode(), "application/json", X_Tollgate_Usage=header)
+        elif kind == "nested-stream":
+            body = b'data: {"delta": "a"}\n\n' + b'data: {"usage": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n\n"
+            self._send(200, body, "text/event-stream")
+        elif kind == "bad-model":
+            self._send_json(200, {"model": "gpt\u0000x\ud800", "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
         else:
             self._send_json(404, {"error": "no such upstream path"})
 
