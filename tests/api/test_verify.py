@@ -159,3 +159,30 @@ def test_verify_is_in_the_openapi_document(client):
     paths = client.get("/api/v1/openapi.json").json["paths"]
     assert "post" in paths["/api/v1/verify"]
     assert "post" in paths["/api/v1/verify/{call_id}/complete"]
+
+
+def test_the_largest_completion_is_stored_whole(app, client, service, acme):
+    # The most units a starter's minute window takes in one call.
+    answer = verify(client, service, acme.secret, endpoint="/" + "e" * 254, units=300, endUser="u" * 120).json
+    assert answer["valid"], answer
+    call_id = answer["callId"]
+    done = client.post(
+        f"/api/v1/verify/{call_id}/complete",
+        json={
+            "status_code": 599,
+            "duration_ms": 86_400_000,
+            "tokens_in": 10**9,
+            "tokens_out": 10**9,
+            "cached_tokens": 10**9,
+            "model": "m" * 120,
+            "units": 10**9,
+            "error_message": "é" * 2000,
+        },
+        headers=service,
+    )
+    assert done.status_code == 200
+    [record] = stored_calls(app, acme.tenant_id)
+    assert (record.endpoint, record.end_user, record.quota_units) == ("/" + "e" * 254, "u" * 120, 300)
+    assert (record.tokens_in, record.tokens_out, record.cached_tokens) == (10**9, 10**9, 10**9)
+    assert (record.model, record.meta, record.error_message) == ("m" * 120, {"units": 10**9}, "é" * 2000)
+    assert (record.status_code, record.duration_ms) == (599, 86_400_000)
