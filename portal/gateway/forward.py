@@ -13,9 +13,11 @@ Anthropic-style ``usage`` in a JSON body or in a server-sent-event stream, or an
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
+import socket
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -76,6 +78,22 @@ NOT_RETURNED = frozenset({USAGE_HEADER.lower(), "set-cookie"})
 READ_SIZE = 64 * 1024
 # The most of a decompressed chunk read for usage at once.
 MAX_USAGE_BODY = 4 * 2**20
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+def acknowledge_now(upstream: urllib3.BaseHTTPResponse) -> None:
+    """Acknowledge at once what the upstream sent. An upstream that writes its answer's head and
+    then each event as small writes without TCP_NODELAY (Python's http.server, say) holds each
+    write until the one before is acknowledged, and the kernel delays that acknowledgement by up
+    to 40 ms: a stream's first event would wait that long."""
+    if _QUICKACK is None:
+        return
+    sock = getattr(upstream.connection, "sock", None) if upstream.connection is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # a socket already closed has nothing to acknowledge
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
 class PathRefused(ValueError):
@@ -209,7 +227,7 @@ class Upstreams:
         if length is not None:
             headers["Content-Length"] = str(length)
         try:
-            return self.pools.urlopen(
+            answer = self.pools.urlopen(
                 method,
                 url,
                 body=body,
@@ -220,6 +238,8 @@ class Upstreams:
                 decode_content=False,
                 timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             )
+            acknowledge_now(answer)
+            return answer
         except (ValueError, UnicodeError) as error:  # a header a route's variable made unsendable
             raise UpstreamUnavailable(f"a header could not be sent: {error}") from error
         except NewConnectionError as error:  # a ConnectTimeoutError to urllib3, but refused here
@@ -287,8 +307,11 @@ def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None])
     whole = False
     try:
         reader = _UsageReader(upstream)
+        streaming = isinstance(reader.body, StreamUsage) or "chunked" in upstream.headers.get("Transfer-Encoding", "")
         while True:
             try:
+                if streaming:
+                    acknowledge_now(upstream)
                 chunk = upstream.read1(READ_SIZE, decode_content=False)
             except (HTTPError, OSError, http.client.HTTPException) as error:
                 outcome.status = 502
