@@ -450,9 +450,11 @@ def _key_from(x_api_key: str | None, authorization: str | None) -> str | None:
     return None
 
 
-def _merged(app_headers: Iterable[tuple[str, str]], ours: Headers) -> tuple[Headers, Usage | None]:
-    """The app's headers without ``X-Tollgate-Usage`` (returned parsed) and without any it
+def _answered(call: TollgateCall, status: int | None, app_headers: Iterable[tuple[str, str]], ours: Headers) -> Headers:
+    """The app started its response: its status and the usage its ``X-Tollgate-Usage`` header
+    says go to ``call``; the headers sent are the app's without that one and without any it
     set of ``ours``, then ``ours``."""
+    call.status_code = status
     names = {name.lower() for name, _ in ours}
     usage = None
     kept = []
@@ -462,7 +464,9 @@ def _merged(app_headers: Iterable[tuple[str, str]], ours: Headers) -> tuple[Head
             usage = usage_from_header(value) or usage
         elif lowered not in names:
             kept.append((name, value))
-    return kept + ours, usage
+    if usage is not None:
+        call._record_usage(usage)
+    return kept + ours
 
 
 def _status_line(status: int) -> str:
@@ -565,10 +569,7 @@ class TollgateMiddleware:
         ours = call.verdict.response_headers() if call.verdict else []
 
         def tollgate_start_response(status: str, headers: Headers, exc_info: Any = None) -> Any:
-            call.status_code = _status_code(status)
-            headers, usage = _merged(headers, ours)
-            if usage is not None:
-                call._record_usage(usage)
+            headers = _answered(call, _status_code(status), headers, ours)
             if exc_info is None:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
@@ -691,11 +692,8 @@ class TollgateASGIMiddleware:
             nonlocal trailers
             kind = message.get("type")
             if kind == "http.response.start":
-                call.status_code = int(message["status"])
                 trailers = bool(message.get("trailers", False))
-                merged, usage = _merged(_decoded(message.get("headers") or ()), ours)
-                if usage is not None:
-                    call._record_usage(usage)
+                merged = _answered(call, int(message["status"]), _decoded(message.get("headers") or ()), ours)
                 message = {**message, "headers": _encoded(merged)}
             await send(message)
             last_body = kind == "http.response.body" and not message.get("more_body", False) and not trailers

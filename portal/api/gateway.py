@@ -17,18 +17,22 @@ from typing import IO
 from flask import Flask, Response, current_app, g, request
 from redis import RedisError
 
+from tollgate_client.usage import Usage
+
 from ..extensions import db
 from ..gateway.forward import (
     PathRefused,
+    Pool,
     Relayed,
-    Upstreams,
     UpstreamTimeout,
     UpstreamUnavailable,
-    finish_without_body,
+    environ_headers,
     relay,
     returned_headers,
     upstream_headers,
     upstream_url,
+    whole_body,
+    without_body,
 )
 from ..gateway.routes import Route, RouteTable
 from ..metering.admission import WINDOWS
@@ -43,7 +47,7 @@ WINDOW_NAMES = frozenset(name for name, _ in WINDOWS)
 class GatewayState:
     def __init__(self) -> None:
         self.routes = RouteTable()
-        self.upstreams = Upstreams()
+        self.upstreams = Pool()
 
 
 def state(app: Flask | None = None) -> GatewayState:
@@ -62,29 +66,31 @@ def gateway_call() -> Response | None:
     """Handle a call to a gateway route (``None`` for every other request)."""
     if request.url_rule is not None:
         return None
-    route = route_for(request.path)
+    path = request.path
+    route = route_for(path)
     if route is None:
         return None
+    environ = request.environ
     if request.method not in route.methods:
         response = api_error(405, f"{route.path} takes {', '.join(sorted(route.methods))}")
         response.headers["Allow"] = ", ".join(sorted(route.methods))
         return response
     try:
-        target = upstream_url(route, request.path, request.environ.get("RAW_URI") or request.full_path, _query())
+        target = upstream_url(route, path, environ.get("RAW_URI") or request.full_path, environ.get("QUERY_STRING", ""))
     except PathRefused as refused:
         return api_error(400, str(refused))
     length = request.content_length
     if length is not None and length > route.max_body_bytes:
         return body_too_large(route)
     body: bytes | IO[bytes] | None = request.stream if length is not None else None
-    if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+    if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         # Read it first (up to the limit): a body too large is refused before anything counts
         # and never reaches the upstream.
         body = request.stream.read(route.max_body_bytes + 1)
         if len(body) > route.max_body_bytes:
             return body_too_large(route)
         length = len(body)
-    refusal = admit(Protected(request.path[:255], route.category, route.service, plans=route.plans))
+    refusal = admit(Protected(path[:255], route.category, route.service, plans=route.plans))
     if refusal is not None:
         return refusal
     call: ApiCall = g.api_call
@@ -93,24 +99,27 @@ def gateway_call() -> Response | None:
     return forward(route, call, target, body, length)
 
 
-def _query() -> str:
-    return request.environ.get("QUERY_STRING", "")
-
-
 def body_too_large(route: Route) -> Response:
     limit = route.max_body_bytes
     size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
     return api_error(413, f"Request too large: a body to {route.path} may be at most {size}")
 
 
+class GatewayResponse(Response):
+    """An upstream's answer: only the headers it came with (no content type of Tollgate's)."""
+
+    default_mimetype = None
+
+
 def forward(route: Route, call: ApiCall, target: str, body: bytes | IO[bytes] | None, length: int | None) -> Response:
+    environ = request.environ
     try:
         headers = upstream_headers(
             route,
-            request.headers.items(),
+            environ_headers(environ),
             tenant=call.entry.tenant_slug,
             key_id=call.entry.key_id,
-            end_user=request.headers.get("X-End-User", "").strip(),
+            end_user=environ.get("HTTP_X_END_USER", "").strip(),
             request_id=call.record_id,
             client_address=request.remote_addr,
             scheme=request.scheme,
@@ -120,7 +129,8 @@ def forward(route: Route, call: ApiCall, target: str, body: bytes | IO[bytes] | 
         log.error("gateway route %s: environment variable %s is not set", route.path, missing)
         return api_error(502, "Upstream unavailable")
     # No database connection is held while the upstream takes its time.
-    db.session.remove()
+    if db.session.registry.has():
+        db.session.remove()
     try:
         upstream = state().upstreams.send(request.method, target, headers, body, length, route.timeout_seconds)
     except UpstreamTimeout:
@@ -129,21 +139,36 @@ def forward(route: Route, call: ApiCall, target: str, body: bytes | IO[bytes] | 
     except UpstreamUnavailable as error:
         log.warning("gateway route %s: %s unavailable: %s", route.path, target, error)
         return api_error(502, "Upstream unavailable")
-    call.deferred = True
-    finish = _finisher(gate(), call)
-    if request.method == "HEAD" or upstream.status < 200 or upstream.status in (204, 304):
-        # No body will be sent (Werkzeug drops it): metered now, not when a body ends.
-        finish_without_body(upstream, finish)
-        response = Response(status=upstream.status)
-    else:
-        response = Response(relay(upstream, finish), status=upstream.status, direct_passthrough=True)
-    response.headers.clear()
-    for name, value in returned_headers(upstream):
-        response.headers.add(name, value)
-    response.headers["X-Request-Id"] = call.record_id
+    passed_back = returned_headers(upstream)
+    passed_back.append(("X-Request-Id", call.record_id))
     # The answer is served from the portal's origin: a browser runs none of its scripts there.
-    response.headers.add("Content-Security-Policy", "sandbox")
-    return response
+    passed_back.append(("Content-Security-Policy", "sandbox"))
+    if request.method == "HEAD" or upstream.status < 200 or upstream.status in (204, 304):
+        # No body will be sent (Werkzeug drops it): metered now, as a call answered by a view.
+        _report(without_body(upstream))
+        return GatewayResponse(status=upstream.status, headers=passed_back)
+    whole = whole_body(upstream)
+    if whole is not None:
+        answer, usage = whole
+        _report(usage)
+        return GatewayResponse(answer, status=upstream.status, headers=passed_back)
+    # Metered once the relay is over: with the status the caller saw and what was used.
+    call.deferred = True
+    return GatewayResponse(
+        relay(upstream, _finisher(gate(), call)), status=upstream.status, headers=passed_back, direct_passthrough=True
+    )
+
+
+def _report(usage: Usage | None) -> None:
+    """What the upstream says a call used, completed with the call (guard.finish_api_call)."""
+    if usage is not None:
+        g.call_usage = {
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "cached_tokens": usage.cached_tokens,
+            "model": usage.model,
+            "units": usage.units,
+        }
 
 
 def _finisher(state: Gate, call: ApiCall):

@@ -13,23 +13,20 @@ Anthropic-style ``usage`` in a JSON body or in a server-sent-event stream, or an
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import logging
 import os
-import socket
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO
 from urllib.parse import quote
-
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from tollgate_client.usage import USAGE_HEADER, BodyUsage, StreamUsage, Usage, usage_from_header
 
+from .client import Answer, Pool, UpstreamTimeout, UpstreamUnavailable, acknowledge
 from .routes import Route
+
+__all__ = ["Pool", "UpstreamTimeout", "UpstreamUnavailable"]
 
 log = logging.getLogger("tollgate.gateway")
 
@@ -75,37 +72,17 @@ NOT_FORWARDED = frozenset(
 # Never passed back to the caller: Tollgate sets the rate-limit headers, and the usage header
 # is meant for Tollgate.
 NOT_RETURNED = frozenset({USAGE_HEADER.lower(), "set-cookie"})
-READ_SIZE = 64 * 1024
 # The most of a decompressed chunk read for usage at once.
 MAX_USAGE_BODY = 4 * 2**20
-
-
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
-
-
-def acknowledge_now(upstream: urllib3.BaseHTTPResponse) -> None:
-    """Acknowledge at once what the upstream sent. An upstream that writes its answer's head and
-    then each event as small writes without TCP_NODELAY (Python's http.server, say) holds each
-    write until the one before is acknowledged, and the kernel delays that acknowledgement by up
-    to 40 ms: a stream's first event would wait that long."""
-    if _QUICKACK is None:
-        return
-    sock = getattr(upstream.connection, "sock", None) if upstream.connection is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):  # a socket already closed has nothing to acknowledge
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
 class PathRefused(ValueError):
     """The path would escape the upstream's base; the message says how."""
 
 
-class UpstreamUnavailable(Exception):
-    """The upstream refused the connection, reset it or broke the protocol."""
-
-
-class UpstreamTimeout(Exception):
-    """The upstream did not answer within the route's timeout."""
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
+_ENCODED_NAMES = {"%2f": "slash", "%5c": "backslash", "%2e": "dot", "%00": "NUL"}
+_ENCODED = re.compile("|".join(_ENCODED_NAMES), re.IGNORECASE)
 
 
 def upstream_url(route: Route, path: str, raw_uri: str, query: str) -> str:
@@ -115,14 +92,13 @@ def upstream_url(route: Route, path: str, raw_uri: str, query: str) -> str:
     dot or NUL, a ``.``/``..`` segment, an empty segment or a scheme is refused.
     """
     raw_path = raw_uri.split("?", 1)[0]
-    if raw_path.lower().startswith(("http:", "https:")) or "://" in raw_path:
+    if not raw_path.startswith("/") or "://" in raw_path:
         raise PathRefused("An absolute URL is not a path under this route")
-    lowered = raw_path.lower()
-    for encoded, name in (("%2f", "slash"), ("%5c", "backslash"), ("%2e", "dot"), ("%00", "NUL")):
-        if encoded in lowered:
-            raise PathRefused(f"An encoded {name} is not allowed in a gateway path")
+    encoded = _ENCODED.search(raw_path)
+    if encoded:
+        raise PathRefused(f"An encoded {_ENCODED_NAMES[encoded.group().lower()]} is not allowed in a gateway path")
     rest = path[len(route.path) :]
-    if "\\" in rest or any(ord(ch) < 32 or ord(ch) == 127 for ch in rest):
+    if _UNSAFE_IN_PATH.search(rest):
         raise PathRefused("The path holds a backslash or a control character")
     if ";" in rest:
         # Some servers read "..;" as ".." and drop ";params": it would escape the base.
@@ -134,6 +110,20 @@ def upstream_url(route: Route, path: str, raw_uri: str, query: str) -> str:
     if query:
         url += "?" + query
     return url
+
+
+# Names Tollgate sets itself or drops, in any spelling: a caller's own never goes along.
+_NOT_PASSED_ON = HOP_BY_HOP | NOT_FORWARDED | {"x-request-id", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+_NOT_PASSED_BACK = HOP_BY_HOP | NOT_RETURNED | {"retry-after"}
+
+
+def environ_headers(environ: dict) -> Iterator[tuple[str, str]]:
+    """A WSGI request's headers, as the caller named them (in Werkzeug's spelling)."""
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            yield key[5:].replace("_", "-").title(), value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            yield key.replace("_", "-").title(), value
 
 
 def upstream_headers(
@@ -149,32 +139,22 @@ def upstream_headers(
     host: str,
 ) -> dict[str, str]:
     """The headers the upstream gets; raises KeyError naming a route's unset variable."""
-    incoming = list(incoming)
-    connection_named = {
-        token.strip().lower() for name, value in incoming if name.lower() == "connection" for token in value.split(",")
-    }
     headers: dict[str, str] = {}
-    # Names Tollgate sets itself, in any spelling: a caller's own never goes along beside them.
-    ours = {"x-request-id", "x-forwarded-proto", "x-forwarded-host"} | {
-        name.lower() for name, _ in route.upstream_headers
-    }
+    route_named = {name.lower() for name, _ in route.upstream_headers} if route.upstream_headers else ()
     forwarded_for = ""
+    connection = ""
     for name, value in incoming:
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in NOT_FORWARDED
-            or lower in connection_named
-            or lower in ours
-            or lower.startswith("x-tollgate-")
-        ):
-            continue
-        if lower == "x-forwarded-for":
-            forwarded_for = value
-            continue
-        if lower.startswith("x-forwarded-") or lower == "forwarded":
+        if lower in _NOT_PASSED_ON or lower.startswith(("x-tollgate-", "x-forwarded-")) or lower in route_named:
+            if lower == "x-forwarded-for":
+                forwarded_for = value
+            elif lower == "connection":
+                connection = value
             continue
         headers[name] = value
+    if connection:  # and the headers it names, which are this hop's only
+        named = {token.strip().lower() for token in connection.split(",")}
+        headers = {name: value for name, value in headers.items() if name.lower() not in named}
     headers["X-Tollgate-Tenant"] = tenant
     headers["X-Tollgate-Key-Id"] = str(key_id)
     if end_user:
@@ -190,64 +170,17 @@ def upstream_headers(
     return headers
 
 
-def returned_headers(upstream: urllib3.BaseHTTPResponse) -> list[tuple[str, str]]:
+def returned_headers(upstream: Answer) -> list[tuple[str, str]]:
     """The upstream's response headers the caller gets."""
-    connection_named = {token.strip().lower() for token in upstream.headers.get("Connection", "").split(",")}
+    connection = upstream.header("Connection")
+    named = {token.strip().lower() for token in connection.split(",")} if connection else ()
     kept = []
-    for name, value in upstream.headers.iteritems():
+    for name, value in upstream.headers:
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in connection_named
-            or lower in NOT_RETURNED
-            or lower.startswith("x-ratelimit-")
-            or lower == "retry-after"
-        ):
+        if lower in _NOT_PASSED_BACK or lower.startswith("x-ratelimit-") or lower in named:
             continue
         kept.append((name, value))
     return kept
-
-
-class Upstreams:
-    """The connection pools to every upstream, shared by this process's threads."""
-
-    def __init__(self, connections_per_upstream: int = 256) -> None:
-        self.pools = urllib3.PoolManager(num_pools=64, maxsize=connections_per_upstream, block=False, retries=False)
-
-    def send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes | IO[bytes] | None,
-        length: int | None,
-        timeout: float,
-    ) -> urllib3.BaseHTTPResponse:
-        """Send the request; the answer's headers have arrived when this returns."""
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        try:
-            answer = self.pools.urlopen(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
-            )
-            acknowledge_now(answer)
-            return answer
-        except (ValueError, UnicodeError) as error:  # a header a route's variable made unsendable
-            raise UpstreamUnavailable(f"a header could not be sent: {error}") from error
-        except NewConnectionError as error:  # a ConnectTimeoutError to urllib3, but refused here
-            raise UpstreamUnavailable(str(error)) from error
-        except TimeoutError as error:
-            raise UpstreamTimeout(str(error)) from error
-        except (HTTPError, OSError) as error:
-            raise UpstreamUnavailable(str(error)) from error
 
 
 @dataclass
@@ -264,16 +197,16 @@ class _UsageReader:
     """What the answer says it used: its usage header, or its body (an event stream or JSON),
     read from a decompressed copy when the upstream compressed it anyway."""
 
-    def __init__(self, upstream: urllib3.BaseHTTPResponse) -> None:
-        self.header_usage = usage_from_header(upstream.headers.get(USAGE_HEADER))
-        content_type = upstream.headers.get("Content-Type", "").lower()
+    def __init__(self, upstream: Answer) -> None:
+        self.header_usage = usage_from_header(upstream.header(USAGE_HEADER) or None)
+        content_type = upstream.header("Content-Type").lower()
         self.body: StreamUsage | BodyUsage | None = None
         if self.header_usage is None:
             if content_type.startswith("text/event-stream"):
                 self.body = StreamUsage()
             elif "json" in content_type:
                 self.body = BodyUsage()
-        encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
+        encoding = upstream.header("Content-Encoding", "identity").strip().lower()
         self.inflate = None
         if self.body is not None and encoding in ("gzip", "x-gzip", "deflate"):
             # gzip or zlib, told apart by the header (wbits 32 + 15).
@@ -299,7 +232,7 @@ class _UsageReader:
         return self.header_usage if self.body is None else self.body.usage or self.header_usage
 
 
-def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None]) -> Iterator[bytes]:
+def relay(upstream: Answer, finish: Callable[[Relayed], None]) -> Iterator[bytes]:
     """The answer's body as it arrives; ``finish`` gets the outcome once it is over (read to
     the end, broken off by the upstream, or closed by the caller). The connection goes back to
     the pool only when the answer was read whole; otherwise it is closed."""
@@ -307,13 +240,13 @@ def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None])
     whole = False
     try:
         reader = _UsageReader(upstream)
-        streaming = isinstance(reader.body, StreamUsage) or "chunked" in upstream.headers.get("Transfer-Encoding", "")
+        streaming = isinstance(reader.body, StreamUsage) or "chunked" in upstream.header("Transfer-Encoding")
         while True:
             try:
                 if streaming:
-                    acknowledge_now(upstream)
-                chunk = upstream.read1(READ_SIZE, decode_content=False)
-            except (HTTPError, OSError, http.client.HTTPException) as error:
+                    acknowledge(upstream.sock)
+                chunk = upstream.read()
+            except (UpstreamUnavailable, OSError) as error:
                 outcome.status = 502
                 outcome.error = f"the upstream broke off its answer after {outcome.bytes_sent} bytes: {error}"
                 log.warning("gateway: %s", outcome.error)
@@ -323,10 +256,6 @@ def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None])
             reader.feed(chunk)
             outcome.bytes_sent += len(chunk)
             yield chunk
-        if upstream.length_remaining:
-            outcome.status = 502
-            outcome.error = f"the upstream closed its answer {upstream.length_remaining} bytes short"
-            raise UpstreamUnavailable(outcome.error)
         whole = True
         outcome.usage = reader.usage
     except GeneratorExit:
@@ -334,14 +263,25 @@ def relay(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None])
         raise
     finally:
         if whole:
-            upstream.release_conn()
+            upstream.release()
         else:
             upstream.close()
         finish(outcome)
 
 
-def finish_without_body(upstream: urllib3.BaseHTTPResponse, finish: Callable[[Relayed], None]) -> None:
-    """An answer with no body to pass on (HEAD, 1xx, 204, 304): metered at once."""
-    outcome = Relayed(upstream.status, usage_from_header(upstream.headers.get(USAGE_HEADER)))
+def without_body(upstream: Answer) -> Usage | None:
+    """What an answer with no body to pass on (HEAD, 1xx, 204, 304) says it used."""
     upstream.close()
-    finish(outcome)
+    return usage_from_header(upstream.header(USAGE_HEADER) or None)
+
+
+def whole_body(upstream: Answer) -> tuple[bytes, Usage | None] | None:
+    """The body of an answer that came whole with its head (a small one) and its usage, passed
+    on in one piece; ``None`` while more of it is to come (then it is relayed)."""
+    if not upstream.complete:
+        return None
+    body = upstream.read()
+    reader = _UsageReader(upstream)
+    reader.feed(body)
+    upstream.release()
+    return body, reader.usage
