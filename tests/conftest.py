@@ -27,7 +27,13 @@ from portal.extensions import db as _db
 from portal.redis_store import get_redis
 
 # Shared fixtures: tenants (factories), the API's (clock, acme), the portal's, the gateway's upstreams.
-pytest_plugins = ["tests.factories", "tests.api_helpers", "tests.portal_helpers", "tests.gateway.upstreams"]
+pytest_plugins = [
+    "tests.factories",
+    "tests.api_helpers",
+    "tests.portal_helpers",
+    "tests.gateway.upstreams",
+    "tests.gateway.scripted",
+]
 
 # Tables whose rows come from migrations and stay between tests.
 REFERENCE_TABLES = {"plans", "model_prices", "alembic_version"}

@@ -16,10 +16,12 @@ method is idempotent), decode a content encoding, or speak HTTP/2.
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +34,9 @@ READ_SIZE = 64 * 1024
 # A body this small goes out in the same ``send`` as the head.
 INLINE_BODY = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+MAX_INTERIM = 10
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
@@ -80,8 +85,12 @@ def split_url(url: str) -> tuple[Origin, str]:
 
 def request_head(method: str, target: str, origin: Origin, headers: dict[str, str]) -> bytes:
     """The request's head; raises UpstreamUnavailable for a header that cannot be sent."""
+    if _UNSAFE_TARGET.search(target):
+        raise UpstreamUnavailable("the request target holds a space or a control character")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
     for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise UpstreamUnavailable(f"a header could not be sent: {name!r} is not a header name")
         if "\r" in value or "\n" in value or "\0" in value:
             raise UpstreamUnavailable(f"a header could not be sent: {name} holds a line break or NUL")
         lines.append(f"{name}: {value}\r\n")
@@ -157,7 +166,11 @@ class Answer:
         "_keep_alive",
         "_framed",
         "_head_bytes",
+        "_header_bytes",
         "_received",
+        "_final",
+        "_trailing",
+        "_interim",
     )
 
     def __init__(self, pool: Pool, conn: Connection) -> None:
@@ -170,13 +183,24 @@ class Answer:
         self._keep_alive = False
         self._framed = False
         self._head_bytes = 0
+        self._header_bytes = 0
         self._received = False
+        # The final answer (not a 1xx) is complete: anything after it is not ours to read.
+        self._final = False
+        self._trailing = False
+        self._interim = 0
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self._names: dict[str, str] | None = None
 
     # -- llhttp's callbacks
     def on_message_begin(self) -> None:
+        if self._final:
+            # A second answer the upstream sent unasked (pipelined, or smuggled in a body that
+            # outran its length): never read, and the connection is not used again.
+            self._trailing = True
+            return
+        # After an interim answer (100 Continue, 103 Early Hints): the real one.
         self._head_done = False
         self.complete = False
         self.headers = []
@@ -184,20 +208,28 @@ class Answer:
         self._chunks = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
+        if self._head_done or self._trailing:  # a trailer, or a header of an unasked answer
+            return
+        self._header_bytes += len(name) + len(value) + 4
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self._trailing:
+            return
         self._head_done = True
         self.status = self._parser.get_status_code()
         self._keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        if body:
+        if body and not self._trailing:
             self._chunks.append(bytes(body))
 
     def on_message_complete(self) -> None:
+        if self._trailing:
+            return
         self.complete = True
+        if not 100 <= self.status < 200:
+            self._final = True
 
     # --
     @property
@@ -228,23 +260,45 @@ class Answer:
                 raise _Stale("closed")
             return False
         self._received = True
+        if not self._head_done:
+            # What llhttp buffers of an unfinished head counts too (one endless header).
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as error:
             raise UpstreamUnavailable("the upstream switched protocols") from error
         except httptools.HttpParserError as error:
             raise UpstreamUnavailable(f"the upstream's answer is not valid HTTP/1.1: {error}") from error
-        if self._head_bytes > MAX_HEAD_BYTES:
+        if (not self._head_done and self._head_bytes > MAX_HEAD_BYTES) or self._header_bytes > MAX_HEAD_BYTES:
             raise UpstreamUnavailable(f"the upstream's answer head is over {MAX_HEAD_BYTES // 1024} KiB")
         return True
 
-    def read_head(self) -> None:
-        # An interim answer (100 Continue, 103 Early Hints) is passed over: the real one follows.
+    def read_head(self, deadline: float) -> None:
+        """Read up to the final answer's head, by ``deadline`` (``time.monotonic``) however the
+        upstream dribbles it; interim answers (100 Continue, 103 Early Hints) are passed over."""
+        sock = self._conn.sock
         while not self._head_done or (100 <= self.status < 200 and self.status != 101):
+            if self._head_done and self.complete:
+                self._interim += 1
+                if self._interim > MAX_INTERIM:
+                    raise UpstreamUnavailable(f"the upstream sent more than {MAX_INTERIM} interim answers")
+                self._head_bytes = self._header_bytes = 0
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the answer's head did not arrive in time")
+            sock.settimeout(left)
             if not self._receive():
                 raise UpstreamUnavailable("the upstream closed the connection before answering")
-        lower = {name.lower() for name, _ in self.headers}
-        self._framed = "content-length" in lower or "transfer-encoding" in lower
+        if not 100 <= self.status <= 599:
+            raise UpstreamUnavailable(f"the upstream answered with status {self.status:03d}, which HTTP does not have")
+        # Framed by its length or chunked (the last coding); anything else runs to the close.
+        coding = self.header("Transfer-Encoding")
+        if coding:
+            self._framed = coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        else:
+            self._framed = bool(self.header("Content-Length"))
+        if not self._framed:
+            self._keep_alive = False
 
     def read(self) -> bytes:
         """The body's next bytes as they arrive; ``b""`` once it is over. Raises
@@ -260,7 +314,7 @@ class Answer:
 
     def release(self) -> None:
         """Done with the answer: the connection goes back to the pool if it can be used again."""
-        if self.complete and self._keep_alive and not self._chunks:
+        if self.complete and self._keep_alive and not self._chunks and not self._trailing:
             self._pool.put(self._conn)
         else:
             self._conn.close()
@@ -315,23 +369,30 @@ class Pool:
             headers["Content-Length"] = str(length)
         head = request_head(method, target, origin, headers)
         replayable = body is None or isinstance(body, bytes)
-        while True:
+        deadline = time.monotonic() + timeout
+        conn = self._take(origin)
+        while conn is not None and conn.dropped():
+            conn.close()
             conn = self._take(origin)
-            while conn is not None and conn.dropped():
-                conn.close()
-                conn = self._take(origin)
-            if conn is None:
-                conn = Connection(origin, min(timeout, 10.0), self._tls)
-            try:
-                return self._exchange(conn, method, head, body, length, timeout)
-            except _Stale as stale:
-                conn.close()
-                # Sent again only on a new connection, and only what may be sent twice.
-                if not (replayable and (method in IDEMPOTENT or stale.args[0] == "unsent")):
-                    raise UpstreamUnavailable(f"the upstream closed a kept-alive connection: {stale}") from None
-            except BaseException:
-                conn.close()
-                raise
+        if conn is None:
+            conn = Connection(origin, min(timeout, 10.0), self._tls)
+        try:
+            return self._exchange(conn, method, head, body, length, timeout, deadline)
+        except _Stale as stale:
+            conn.close()
+            # Sent again once, on a new connection, and only what may be sent twice: a request
+            # none of which left, or an idempotent one.
+            if not (replayable and (method in IDEMPOTENT or stale.args[0] == "unsent")):
+                raise UpstreamUnavailable(f"the upstream closed a kept-alive connection: {stale}") from None
+        except BaseException:
+            conn.close()
+            raise
+        conn = Connection(origin, min(timeout, 10.0), self._tls)
+        try:
+            return self._exchange(conn, method, head, body, length, timeout, deadline)
+        except BaseException:
+            conn.close()
+            raise
 
     def _exchange(
         self,
@@ -341,14 +402,17 @@ class Pool:
         body: bytes | IO[bytes] | None,
         length: int | None,
         timeout: float,
+        deadline: float,
     ) -> Answer:
         sock = conn.sock
         sock.settimeout(timeout)
+        first = True
         try:
             if isinstance(body, bytes) and len(body) <= INLINE_BODY:
                 sock.sendall(head + body)
             else:
                 sock.sendall(head)
+                first = False
                 if isinstance(body, bytes):
                     sock.sendall(body)
                 elif body is not None:
@@ -358,13 +422,16 @@ class Pool:
             raise UpstreamTimeout(f"sending to {conn.origin.host_header} took longer than {timeout:g}s") from error
         except OSError as error:
             if conn.used:
-                raise _Stale("unsent") from error
+                # Failing on the first write, nothing reached the upstream's application.
+                raise _Stale("unsent" if first else "partly sent") from error
             raise UpstreamUnavailable(f"sending to {conn.origin.host_header} failed: {error}") from error
         answer = Answer(self, conn)
         try:
-            answer.read_head()
+            answer.read_head(deadline)
         except TimeoutError as error:
             raise UpstreamTimeout(f"{conn.origin.host_header} did not answer within {timeout:g}s") from error
+        # The body is read with the route's timeout for each wait (a stream may last long).
+        sock.settimeout(timeout)
         if _QUICKACK is not None:
             acknowledge(sock)
         return answer
