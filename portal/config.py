@@ -250,6 +250,11 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10/minute;50/hour"),
         # Sign-in attempts per account (the e-mail tried), from however many addresses.
         "LOGIN_ACCOUNT_RATE_LIMIT": "5/minute;20/hour",
+        # "Forgot your password?": per client, and per address asked for (whoever asks).
+        "PASSWORD_RESET_RATE_LIMIT": "5/minute;20/hour",
+        "PASSWORD_RESET_ADDRESS_RATE_LIMIT": "3/hour",
+        # Current-password checks on the account page, per signed-in user.
+        "ACCOUNT_CHECK_RATE_LIMIT": "10/hour",
         # Reverse proxies in front of the portal whose X-Forwarded-For/-Proto are believed; 0: none.
         "TRUSTED_PROXY_HOPS": env_int(env, "TRUSTED_PROXY_HOPS", 0),
         "RATELIMIT_HEADERS_ENABLED": False,

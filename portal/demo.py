@@ -13,7 +13,7 @@ import secrets
 import time
 import uuid
 from bisect import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,14 +30,16 @@ from .kernel.periods import billing_period
 from .metering.store import store_usage
 from .models import ApiKey, Tenant, utcnow
 from .onboarding import create_tenant
-from .tenancy.accounts import create_user, find_user_by_email
+from .tenancy.accounts import AccountError, create_user, find_user_by_email
 from .tenancy.keys import create_api_key, revoke_api_key
-from .tenancy.passwords import hash_password
+from .tenancy.passwords import hash_password, password_problem
 
 DEMO_TENANT = "Acme Analytics"
 DEMO_EMAIL = "admin@acme.example"
 DEMO_MEMBER_EMAIL = "dev@acme.example"
 DEMO_PLAN = "professional"
+# What the demo admin's password is judged against (see portal.tenancy.passwords).
+DEMO_USER_INPUTS = (DEMO_EMAIL, DEMO_TENANT)
 
 # (endpoint, method, category, relative weight, typical duration ms) of Tollgate's own API.
 API_ENDPOINTS = (
@@ -215,23 +217,36 @@ def store_in_batches(
     return stored
 
 
+def random_password(nbytes: int = 12, user_inputs: Iterable[str] = DEMO_USER_INPUTS) -> str:
+    """A random password that meets the password policy (``nbytes`` random bytes, URL-safe)."""
+    # 16 random characters all but always pass; the loop only makes "all but" certain.
+    while password_problem(password := secrets.token_urlsafe(nbytes), user_inputs) is not None:
+        pass
+    return password
+
+
 def seed_demo(
     days: int = 90,
     password: str | None = None,
     now: datetime | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> DemoResult:
-    """Create the demo tenant with ``days`` of history, or reset its password if it exists."""
+    """Create the demo tenant with ``days`` of history, or reset its password if it exists.
+    ``password`` (default: a random one) must meet the password policy (``AccountError``)."""
     now = now or utcnow()
-    password = password or secrets.token_urlsafe(12)
     existing = find_user_by_email(DEMO_EMAIL)
+    user_inputs = DEMO_USER_INPUTS if existing is None else (*DEMO_USER_INPUTS, existing.name, existing.tenant.name)
+    if not password:
+        password = random_password(user_inputs=user_inputs)
+    elif (problem := password_problem(password, user_inputs)) is not None:
+        raise AccountError(problem)
     if existing is not None:
-        existing.password_hash = hash_password(password)
+        existing.password_hash = hash_password(password, user_inputs)
         db.session.commit()
         return DemoResult(existing.tenant, DEMO_EMAIL, password, 0, created=False)
 
     tenant = create_tenant(DEMO_TENANT, DEMO_PLAN, DEMO_EMAIL, password)
-    create_user(tenant, DEMO_MEMBER_EMAIL, secrets.token_urlsafe(16), role="member", name="Dev")
+    create_user(tenant, DEMO_MEMBER_EMAIL, random_password(16), role="member", name="Dev")
     keys = [
         create_api_key(tenant, name, description)[0]
         for name, description in (

@@ -11,9 +11,9 @@ from ..kernel.audit import record_event
 from ..models import utcnow
 from ..sessions import sign_in, sign_out
 from ..tenancy.accounts import find_user_by_email
-from ..tenancy.passwords import DUMMY_HASH, verify_password
+from ..tenancy.passwords import DUMMY_HASH, needs_rehash, rehash_password, verify_password
 from . import bp
-from .forms import LoginForm
+from .forms import ForgotPasswordForm, LoginForm
 from .session import is_safe_next
 
 
@@ -43,9 +43,13 @@ def login():
         user = find_user_by_email(form.email.data)
         ok = verify_password(user.password_hash if user else DUMMY_HASH, form.password.data)
         if user is not None and ok and user.is_active:
+            if needs_rehash(user.password_hash):  # before sign_in: the session id folds in the hash
+                user.password_hash = rehash_password(form.password.data)
             sign_in(user, remember=bool(form.remember.data))
             user.last_login_at = utcnow()
-            record_event("login.success", user.tenant_id, user.id, request.remote_addr)
+            record_event(
+                "login.success", user.tenant_id, user.id, request.remote_addr, browser=request.user_agent.string[:200]
+            )
             db.session.commit()
             target = form.next.data
             return redirect(target if is_safe_next(target) else url_for("web.dashboard"))
@@ -56,6 +60,7 @@ def login():
             request.remote_addr,
             email=form.email.data[:254],
             reason="disabled" if (user is not None and ok) else "bad credentials",
+            browser=request.user_agent.string[:200],
         )
         db.session.commit()
         flash("Wrong e-mail or password.", "error")
@@ -83,10 +88,24 @@ def logout():
 def login_throttled(error):
     """Too many sign-in attempts: the form again, with when to retry."""
     retry_after = _retry_after_seconds(error)
-    flash(f"Too many sign-in attempts. Try again in {retry_after} seconds.", "error")
-    response = make_response(render_template("auth/login.html", form=LoginForm()), 429)
+    if request.endpoint in ("auth.forgot_password", "auth.reset_password"):
+        flash(f"Too many password reset requests. Try again in {_wait(retry_after)}.", "error")
+        page = render_template("auth/forgot.html", form=ForgotPasswordForm(), mail=True)
+    elif request.endpoint in ("auth.account_password", "auth.account_email"):
+        flash(f"Too many attempts with your current password. Try again in {_wait(retry_after)}.", "error")
+        page = render_template("auth/throttled.html")
+    else:
+        flash(f"Too many sign-in attempts. Try again in {retry_after} seconds.", "error")
+        page = render_template("auth/login.html", form=LoginForm())
+    response = make_response(page, 429)
     response.headers["Retry-After"] = str(retry_after)
     return response
+
+
+def _wait(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{round(seconds / 60)} minutes"
 
 
 def _retry_after_seconds(error) -> int:

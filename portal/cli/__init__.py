@@ -31,7 +31,7 @@ def _fail(error: Exception) -> click.ClickException:
 @click.argument("name")
 @click.option("--plan", "plan_code", required=True, help="free, starter, professional or enterprise")
 @click.option("--admin-email", required=True)
-@click.option("--password", required=True)
+@click.option("--password", required=True, help="the owner's: at least 12 characters, and not easy to guess")
 def create_tenant_command(name: str, plan_code: str, admin_email: str, password: str) -> None:
     """Create a tenant with its owner account; prints the tenant's slug last."""
     try:
@@ -125,8 +125,11 @@ def seed_demo_command(days: int, password: str | None, quick_start_key: bool) ->
     from ..demo import quick_start_key as make_key
     from ..redis_store import get_redis
 
-    with click.progressbar(length=days * 950, label="Generating usage", show_pos=True) as bar:
-        result = seed_demo(days=days, password=password, progress=bar.update)
+    try:  # a --password the policy refuses, before any work
+        with click.progressbar(length=days * 950, label="Generating usage", show_pos=True) as bar:
+            result = seed_demo(days=days, password=password, progress=bar.update)
+    except AccountError as exc:
+        raise _fail(exc) from None
     if result.created:
         click.echo(f"Demo tenant {result.tenant.name!r} ({result.tenant.slug}) with {result.records:,} usage records.")
     else:

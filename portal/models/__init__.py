@@ -1,6 +1,7 @@
 """The data model, one module per aggregate. Import models from here."""
 
 from ._types import as_money, utcnow
+from .accounts import AccountToken
 from .alerts import (
     Alert,
     AlertRule,
@@ -24,6 +25,7 @@ from .usage import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, UsageDeadLetter, UsageRe
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "LATENCY_COLUMNS",
+    "AccountToken",
     "Alert",
     "AlertRule",
     "AlertSettings",

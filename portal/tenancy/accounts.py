@@ -47,14 +47,15 @@ def find_user_by_email(email: str) -> User | None:
 def create_user(
     tenant: Tenant, email: str, password: str, role: str = "member", name: str = "", password_hash: str | None = None
 ) -> User:
-    """A new user; ``password_hash`` (a hash made already, e.g. one shared by benchmark
-    accounts) saves hashing ``password`` again."""
+    """A new user; ``password`` must meet the password policy, which judges it against the
+    address, the name and the tenant's name. ``password_hash`` (a hash made already, e.g. one
+    shared by benchmark accounts) saves hashing ``password`` again."""
     address = normalise_email(email)
     if find_user_by_email(address) is not None:
         raise AccountError(f"a user with e-mail {address} already exists")
     if password_hash is None:
         try:
-            password_hash = hash_password(password)
+            password_hash = hash_password(password, (address, name, tenant.name))
         except ValueError as exc:
             raise AccountError(str(exc)) from None
     user = User(tenant=tenant, email=address, password_hash=password_hash, role=role, name=name)

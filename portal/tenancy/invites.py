@@ -190,10 +190,9 @@ def accept_invite(invite: Invite, name: str, password: str, now: datetime, ip: s
     if not name:
         raise InviteError("Enter your name.", "name")
     try:
-        password_hash = hash_password(password)
+        password_hash = hash_password(password, (invite.email, name, invite.tenant.name))
     except ValueError as exc:
-        message = str(exc)
-        raise InviteError(message[:1].upper() + message[1:] + ".", "password") from None
+        raise InviteError(str(exc), "password") from None
     existing = find_user_by_email(invite.email)
     if existing is not None and (existing.tenant_id != invite.tenant_id or existing.is_enabled):
         raise InviteError(f"{invite.email} already has a Tollgate account: sign in with it instead.")

@@ -13,7 +13,7 @@ from wtforms.validators import DataRequired, EqualTo, Length, Optional, Validati
 from ..models.audit import ACTIONS
 from ..models.tenancy import ROLES
 from ..tenancy.members import AuditFilter
-from ..tenancy.passwords import MIN_LENGTH
+from ..tenancy.passwords import MIN_LENGTH, password_problem
 from .filters import DayField
 from .once import new_submission_token
 
@@ -55,17 +55,19 @@ class AcceptInviteForm(FlaskForm):
     name = StringField("Your name", filters=[_strip], validators=[DataRequired(), Length(max=120)])
     password = PasswordField(
         "Choose a password",
-        validators=[DataRequired(), Length(max=1024)],
-        description=f"At least {MIN_LENGTH} characters.",
+        validators=[DataRequired()],
+        description=f"At least {MIN_LENGTH} characters, not easy to guess: a few unrelated words make a good one.",
     )
     confirm = PasswordField(
         "Repeat the password", validators=[DataRequired(), EqualTo("password", message="The two passwords differ.")]
     )
 
     def validate_password(self, field: PasswordField) -> None:
-        # The rule hash_password enforces, checked here too so it shows beside the other errors.
-        if len(field.data or "") < MIN_LENGTH:
-            raise ValidationError(f"The password must be at least {MIN_LENGTH} characters long.")
+        # The policy hash_password enforces, checked here too so it shows beside the other errors
+        # (accept_invite judges it again against the invited address and the tenant's name).
+        problem = password_problem(field.data or "", [self.name.data or ""])
+        if problem is not None:
+            raise ValidationError(problem)
 
 
 def action_choices() -> list[SelectChoice]:

@@ -20,8 +20,9 @@ from portal.extensions import db
 from portal.metering.store import store_usage
 from portal.models import Alert, AlertRule, ApiKey, Budget, Statement, Subscription, UsageRecord, User
 from portal.tenancy.invites import create_invite
+from portal.tenancy.self_service import request_email_change, request_password_reset
 from tests.api_helpers import add_key, drain, set_limits
-from tests.portal_helpers import page_text, sign_in
+from tests.portal_helpers import PASSWORD, page_text, sign_in
 
 HUGE = "9" * 40
 # One value of each kind a careless parser trips over, by a label the failures name.
@@ -132,6 +133,8 @@ def owner(app, client, portal_tenant, clock):
         _closed_october(tid)
         inviter = db.session.get(User, portal_tenant.user_ids["owner"])
         _, token, _ = create_invite(inviter, "new@initech.example", "member", NOW)
+        _, reset_token = request_password_reset(portal_tenant.member, NOW, None)
+        email_token = request_email_change(inviter, "owner-new@initech.example", PASSWORD, NOW, None).token
         store_usage(
             [_call(tid, api_key_id=key_id) for _ in range(3)]
             + [_call(tid, status_code=500)]
@@ -153,7 +156,7 @@ def owner(app, client, portal_tenant, clock):
         db.session.commit()
         db.session.remove()
     sign_in(client, portal_tenant.owner)
-    return portal_tenant, admin, token
+    return portal_tenant, admin, {"token": token, "reset_token": reset_token, "email_token": email_token}
 
 
 @pytest.fixture
@@ -161,7 +164,7 @@ def signed_in(client, portal_tenant, clock):
     sign_in(client, portal_tenant.owner)
 
 
-def _path_values(app, tenant, token: str = "x") -> dict[str, str]:
+def _path_values(app, tenant, tokens: dict[str, str] | None = None) -> dict[str, str]:
     """An id of the tenant's own for each kind a path names."""
     tid = tenant.tenant_id
     with app.app_context():
@@ -175,7 +178,7 @@ def _path_values(app, tenant, token: str = "x") -> dict[str, str]:
             "record_id": db.session.scalar(select(UsageRecord.id).where(UsageRecord.tenant_id == tid)),
             "statement_id": db.session.scalar(select(Statement.id).where(Statement.tenant_id == tid)),
             "user_id": tenant.user_ids["member"],
-            "token": token,
+            **(tokens or {"token": "x", "reset_token": "x", "email_token": "x"}),
         }
         db.session.remove()
     assert None not in values.values(), values
@@ -217,8 +220,8 @@ def _failure(status: int, body: str) -> str | None:
 
 def test_every_portal_page_answers_edge_input_without_a_500(app, client, owner, monkeypatch):
     monkeypatch.setattr(app, "request_class", _RecordingRequest)
-    tenant, _, token = owner
-    ids = _path_values(app, tenant, token)
+    tenant, _, tokens = owner
+    ids = _path_values(app, tenant, tokens)
     pages = [_fill(rule, ids, "x") for rule in _portal_rules(app)]
     assert len(pages) >= 30
     swept: dict[str, set[str]] = {}

@@ -120,7 +120,7 @@ def test_a_second_tenant_with_the_same_name_gets_another_slug(cli, session):
         ({"plan": "gold"}, f"no plan 'gold'; plans are: {PLAN_CODES}"),
         ({"email": "not-an-address"}, "invalid e-mail address 'not-an-address'"),
         ({"email": "hank@globex"}, "invalid e-mail address 'hank@globex'"),
-        ({"password": "short"}, "the password must be at least 8 characters long"),
+        ({"password": "short"}, "The password must be at least 12 characters long."),
         ({"name": "   "}, "the tenant needs a name"),
     ],
     ids=["unknown plan", "bad e-mail", "e-mail without a domain", "short password", "blank name"],

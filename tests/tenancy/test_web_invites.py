@@ -323,7 +323,7 @@ def test_the_invitation_needs_a_new_valid_address(app, client, owner, other_tena
     ("name", "password", "confirm", "message"),
     [
         ("", NEW_PASSWORD, None, "This field is required."),
-        ("Nora", "short", None, "The password must be at least 8 characters long."),
+        ("Nora", "short", None, "The password must be at least 12 characters long."),
         ("Nora", NEW_PASSWORD, "something else entirely", "The two passwords differ."),
     ],
 )
