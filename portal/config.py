@@ -255,6 +255,8 @@ def load_config(instance_path: str | Path, env: Mapping[str, str]) -> dict:
         "PASSWORD_RESET_ADDRESS_RATE_LIMIT": "3/hour",
         # Current-password checks on the account page, per signed-in user.
         "ACCOUNT_CHECK_RATE_LIMIT": "10/hour",
+        # Codes tried at the second step of signing in, per account (a recovery code counts too).
+        "TWO_FACTOR_RATE_LIMIT": "5/minute;20/hour",
         # Reverse proxies in front of the portal whose X-Forwarded-For/-Proto are believed; 0: none.
         "TRUSTED_PROXY_HOPS": env_int(env, "TRUSTED_PROXY_HOPS", 0),
         "RATELIMIT_HEADERS_ENABLED": False,

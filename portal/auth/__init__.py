@@ -6,7 +6,7 @@ bp = Blueprint("auth", __name__)
 
 
 def init_app(app: Flask) -> None:
-    from . import account, session, views  # noqa: F401 - registers the routes and the user loader
+    from . import account, session, two_factor, views  # noqa: F401 - registers the routes and the user loader
 
     session.init_app(app)
     app.register_blueprint(bp)

@@ -40,3 +40,20 @@ class ChangeEmailForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """A button that carries only the CSRF token."""
+
+
+class TwoFactorForm(FlaskForm):
+    """The second step of signing in: a code from the app, or a recovery code."""
+
+    code = StringField("Code", validators=[DataRequired(), Length(max=32)])
+    remember_device = BooleanField("Remember this device for 30 days")
+
+
+class EnableTwoFactorForm(FlaskForm):
+    code = StringField("Code from the app", validators=[DataRequired(), Length(max=32)])
+
+
+class PasswordCheckForm(FlaskForm):
+    """A change to two-factor that asks for the current password first."""
+
+    password = PasswordField("Current password", validators=[DataRequired(), Length(max=1000)])

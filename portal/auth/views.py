@@ -8,13 +8,15 @@ from flask_login import current_user, login_required
 
 from ..extensions import db, limiter
 from ..kernel.audit import record_event
-from ..models import utcnow
-from ..sessions import sign_in, sign_out
+from ..kernel.clock import now
+from ..sessions import sign_out
 from ..tenancy.accounts import find_user_by_email
 from ..tenancy.passwords import DUMMY_HASH, needs_rehash, rehash_password, verify_password
+from ..tenancy.two_factor import device_remembered
 from . import bp
-from .forms import ForgotPasswordForm, LoginForm
-from .session import is_safe_next
+from .forms import ForgotPasswordForm, LoginForm, TwoFactorForm
+from .signin import complete_sign_in, record_failure
+from .two_factor import DEVICE_COOKIE, start_second_step
 
 
 def _login_limit() -> str:
@@ -45,24 +47,14 @@ def login():
         if user is not None and ok and user.is_active:
             if needs_rehash(user.password_hash):  # before sign_in: the session id folds in the hash
                 user.password_hash = rehash_password(form.password.data)
-            sign_in(user, remember=bool(form.remember.data))
-            user.last_login_at = utcnow()
-            record_event(
-                "login.success", user.tenant_id, user.id, request.remote_addr, browser=request.user_agent.string[:200]
-            )
+            remember = bool(form.remember.data)
+            if not user.has_two_factor:
+                return complete_sign_in(user, remember, form.next.data)
+            if device_remembered(user, request.cookies.get(DEVICE_COOKIE), now()):
+                return complete_sign_in(user, remember, form.next.data, second_factor="remembered device")
             db.session.commit()
-            target = form.next.data
-            return redirect(target if is_safe_next(target) else url_for("web.dashboard"))
-        record_event(
-            "login.failure",
-            user.tenant_id if user else None,
-            user.id if user else None,
-            request.remote_addr,
-            email=form.email.data[:254],
-            reason="disabled" if (user is not None and ok) else "bad credentials",
-            browser=request.user_agent.string[:200],
-        )
-        db.session.commit()
+            return start_second_step(user, remember, form.next.data)
+        record_failure(user, "disabled" if (user is not None and ok) else "bad credentials", form.email.data)
         flash("Wrong e-mail or password.", "error")
     elif request.method == "POST":
         flash("Please fill in both fields correctly.", "error")
@@ -91,7 +83,12 @@ def login_throttled(error):
     if request.endpoint in ("auth.forgot_password", "auth.reset_password"):
         flash(f"Too many password reset requests. Try again in {_wait(retry_after)}.", "error")
         page = render_template("auth/forgot.html", form=ForgotPasswordForm(), mail=True)
-    elif request.endpoint in ("auth.account_password", "auth.account_email"):
+    elif request.endpoint == "auth.login_two_factor":
+        flash(f"Too many codes tried. Try again in {_wait(retry_after)}.", "error")
+        page = render_template("auth/two_factor.html", form=TwoFactorForm())
+    elif request.endpoint in ("auth.account_password", "auth.account_email") or request.endpoint.startswith(
+        "auth.two_factor_"
+    ):
         flash(f"Too many attempts with your current password. Try again in {_wait(retry_after)}.", "error")
         page = render_template("auth/throttled.html")
     else:

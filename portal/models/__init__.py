@@ -1,7 +1,7 @@
 """The data model, one module per aggregate. Import models from here."""
 
 from ._types import as_money, utcnow
-from .accounts import AccountToken
+from .accounts import AccountToken, RecoveryCode, TrustedDevice
 from .alerts import (
     Alert,
     AlertRule,
@@ -40,12 +40,14 @@ __all__ = [
     "NotificationChannel",
     "NotificationDelivery",
     "Plan",
+    "RecoveryCode",
     "ServiceLimit",
     "ServiceToken",
     "Statement",
     "StatementLine",
     "Subscription",
     "Tenant",
+    "TrustedDevice",
     "UsageDeadLetter",
     "UsageRecord",
     "UsageRollup",

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from flask_login import UserMixin
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, select
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, false, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -62,6 +62,8 @@ class Tenant(db.Model):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Service-limit acquires with Redis unreachable: "open" (allowed, best effort) or "closed".
     limits_when_redis_down: Mapped[str] = mapped_column(String(8), default="open")
+    # Owners and admins must sign in with a second factor: one without it is sent to set it up.
+    require_two_factor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     # Deleting a tenant deletes what it owns (ON DELETE CASCADE in the database).
@@ -98,6 +100,11 @@ class User(UserMixin, db.Model):
     is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Two-factor sign-in (TOTP, RFC 6238): the shared secret (base32) once it is confirmed with a
+    # code, when that was, and the time step of the last code accepted (each code works once).
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
     tenant: Mapped[Tenant] = relationship(back_populates="users")
 
@@ -107,6 +114,10 @@ class User(UserMixin, db.Model):
 
     # The key of the portal session this object was signed in or loaded for (not a column).
     session_key = None
+
+    @property
+    def has_two_factor(self) -> bool:
+        return self.totp_enabled_at is not None
 
     def get_id(self) -> str:
         # A password change alters the fingerprint and so ends every older session; the session

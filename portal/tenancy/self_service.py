@@ -3,7 +3,8 @@
 A password reset and an e-mail change each travel as a one-time link (:class:`AccountToken`:
 only the token's hash is kept; one hour for a reset, a day for an e-mail change; used once; a
 newer link of the same purpose and any change of password void it). A new password ends every
-other session of the user. The e-mails go out through ``SMTP_URL`` (:mod:`portal.kernel.mail`).
+other session of the user and forgets its remembered devices. The e-mails go out through
+``SMTP_URL`` (:mod:`portal.kernel.mail`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..models.accounts import EMAIL_CHANGE, PASSWORD_RESET
 from .accounts import AccountError, find_user_by_email, normalise_email
 from .passwords import hash_password, verify_password
 from .sessions import end_user_sessions
+from .two_factor import forget_devices
 
 RESET_LIFETIME = timedelta(hours=1)
 EMAIL_CHANGE_LIFETIME = timedelta(hours=24)
@@ -107,6 +109,7 @@ def set_password(user: User, new_password: str, now: datetime) -> None:
         raise SelfServiceError(str(weak), "new_password") from None
     _void(user.id, now, PASSWORD_RESET, EMAIL_CHANGE)
     end_user_sessions(user.id)
+    forget_devices(user.id)
 
 
 def change_password(user: User, current: str, new_password: str, now: datetime, ip: str | None) -> None:
@@ -193,6 +196,7 @@ def confirm_email_change(row: AccountToken, now: datetime, ip: str | None) -> Us
 def sign_out_everywhere(user: User, now: datetime, ip: str | None) -> int:
     """End every session of the user, this one too; returns how many. The caller commits."""
     ended = end_user_sessions(user.id)
+    forget_devices(user.id)
     _audit("logout.everywhere", user, ip, now, sessions=ended)
     return ended
 

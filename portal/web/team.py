@@ -27,10 +27,12 @@ from flask_login import current_user, login_required, logout_user
 
 from ..errors import handle_http_error
 from ..extensions import db, limiter
+from ..kernel.audit import record_event
 from ..kernel.clock import now
 from ..kernel.csv_export import csv_lines
 from ..models import Invite, User
 from ..sessions import sign_in, sign_out
+from ..tenancy import two_factor
 from ..tenancy.invites import (
     InviteError,
     InviteNotAllowed,
@@ -61,7 +63,7 @@ from ..tenancy.members import (
 from . import bp
 from .filters import query_id
 from .once import claim_form
-from .roles import admin_required, can_change
+from .roles import admin_required, can_change, is_owner, owner_required
 from .team_forms import ROLE_LABELS, AcceptInviteForm, AuditFilterForm, InviteForm, RoleForm
 from .tenancy import get_owned_or_404
 
@@ -88,6 +90,7 @@ def _render_team(form: InviteForm | None = None, status: int = 200):
         assignable=assignable_roles(current_user),
         invitable=invitable_roles(current_user),
         role_labels=ROLE_LABELS,
+        is_owner=is_owner(),
         now=moment,
     )
     return page, status
@@ -232,6 +235,56 @@ def team_member_remove(user_id: int):
         flash(f"You left {target.tenant.name}.{keys_note}", "info")
         return redirect(url_for("auth.login"))
     flash(f"{target.email} is removed from the team and signed out everywhere.{keys_note}", "success")
+    return redirect(url_for("web.team"))
+
+
+# -- two-factor sign-in ----------------------------------------------------------------------------
+
+
+@bp.post("/team/two-factor")
+@owner_required
+def team_two_factor_required():
+    """The tenant rule: owners and admins must sign in with a second factor."""
+    tenant = current_user.tenant
+    required = request.form.get("require") == "yes"
+    if required == tenant.require_two_factor:
+        flash("Nothing changed.", "info")
+        return redirect(url_for("web.team"))
+    tenant.require_two_factor = required
+    record_event(
+        "settings.changed", tenant.id, current_user.id, request.remote_addr, require_two_factor=required
+    ).created_at = now()
+    db.session.commit()
+    if required:
+        missing = sum(1 for m in team_members(tenant.id) if two_factor.must_set_up(m))
+        flash(
+            "Owners and admins must now sign in with two-factor; "
+            f"{missing} of them will be asked to set it up on their next page.",
+            "success",
+        )
+    else:
+        flash("Two-factor sign-in is no longer required; those who set it up keep it.", "success")
+    return redirect(url_for("web.team"))
+
+
+@bp.post("/team/members/<int:user_id>/two-factor/reset")
+@owner_required
+def team_member_two_factor_reset(user_id: int):
+    """An owner turns off a member's two-factor (a lost phone): they sign in with the password,
+    and set it up again if the team requires it."""
+    target = _member_or_404(user_id)
+    if target.id == current_user.id:
+        return _refused("Turn your own two-factor sign-in off on your account page.", 409)
+    if not target.has_two_factor:
+        flash(f"{target.email} has no two-factor sign-in to reset.", "info")
+        return redirect(url_for("web.team"))
+    two_factor.turn_off(target, now(), request.remote_addr, by=current_user._get_current_object())
+    db.session.commit()
+    flash(
+        f"Two-factor sign-in of {target.email} is reset: their password alone signs them in"
+        + (", and they are asked to set it up again." if two_factor.must_set_up(target) else "."),
+        "success",
+    )
     return redirect(url_for("web.team"))
 
 
