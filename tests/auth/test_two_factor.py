@@ -78,7 +78,7 @@ def post(client, url: str, page_url: str = "/account/two-factor", **data):
 def test_set_up_shows_a_qr_code_as_inline_svg_and_the_secret_as_text(client, owner, clock) -> None:
     page = client.get("/account/two-factor")
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
-    assert re.search(r'<svg role="img" aria-label="QR code of the two-factor secret"[^>]*class="totp-qr"', page.text)
+    assert re.search(r'<figure class="qr-box"><svg aria-hidden="true"[^>]*class="totp-qr"', page.text)
     svg = re.search(r"<svg.*?</svg>", page.text, re.S).group(0)
     assert "<path" in svg and "<script" not in svg and "style=" not in svg and "<img" not in page.text
     secret = SECRET_TEXT.search(page.text).group(1).replace(" ", "")
