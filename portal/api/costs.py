@@ -15,6 +15,7 @@ from ..costs.events import report_events
 from ..costs.report import cost_report, report_csv, report_json, shown
 from ..extensions import db
 from ..kernel import clock
+from ..kernel.audit import record_event
 from ..kernel.times import iso
 from ..metering.stream import STREAM
 from ..models import Tenant
@@ -182,7 +183,13 @@ def _acquire_without_redis(service: str, payload: AcquireBody):
 )
 def set_service_limit(service: str, payload: ServiceLimitBody):
     limit = service_limits.set_limit(
-        tenant_id(), service.lower(), payload.limit_type, payload.limit_value, payload.unit, payload.model
+        tenant_id(),
+        service.lower(),
+        payload.limit_type,
+        payload.limit_value,
+        payload.unit,
+        payload.model,
+        ip_address=request.remote_addr,
     )
     db.session.commit()
     spec = service_limits.LimitSpec(limit.service, limit.model, limit.window, limit.limit_value, limit.unit)
@@ -200,7 +207,10 @@ def set_service_limit(service: str, payload: ServiceLimitBody):
     scope="admin",
 )
 def delete_service_limit(service: str, params: RateLimitQuery):
-    if not service_limits.delete_limit(tenant_id(), service.lower(), params.limit_type, params.model or ""):
+    removed = service_limits.delete_limit(
+        tenant_id(), service.lower(), params.limit_type, params.model or "", ip_address=request.remote_addr
+    )
+    if not removed:
         return api_error(404, f"No {params.limit_type} limit is set for service {service!r}")
     db.session.commit()
     return {"success": True}
@@ -340,6 +350,14 @@ def account_settings():
 @operation("Change the account's settings", category="system", tag="account", body=AccountSettingsBody, scope="admin")
 def change_account_settings(payload: AccountSettingsBody):
     tenant = db.session.get(Tenant, tenant_id())
-    tenant.limits_when_redis_down = payload.limits_when_redis_down
+    if tenant.limits_when_redis_down != payload.limits_when_redis_down:
+        tenant.limits_when_redis_down = payload.limits_when_redis_down
+        record_event(
+            "settings.changed",
+            tenant.id,
+            None,
+            request.remote_addr,
+            limits_when_redis_down=payload.limits_when_redis_down,
+        )
     db.session.commit()
     return {"success": True, "settings": {"limits_when_redis_down": tenant.limits_when_redis_down}}

@@ -21,6 +21,7 @@ from flask import g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from ..kernel.audit import act_as
 from .schemas import describe_errors
 
 # The endpoints that manage the account: they count toward the monthly quota and keep the
@@ -129,8 +130,10 @@ def operation(
     def decorate(view: Callable) -> Callable:
         @wraps(view)
         def wrapper(*args, **kwargs):
-            if scope == "admin" and not g.api_call.entry.is_admin:
-                raise ScopeRequired()
+            if scope == "admin":
+                if not g.api_call.entry.is_admin:
+                    raise ScopeRequired()
+                act_as(api_key_id=g.api_call.entry.key_id)  # what it changes is audited as this key's
             if query is not None:
                 repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
                 if repeated:

@@ -269,7 +269,7 @@ def two_factor_disable():
 def two_factor_forget_devices():
     # The CSRF token (checked for every form) is enough: forgetting devices only makes signing
     # in stricter.
-    forgotten = two_factor.forget_devices(current_user.id)
+    forgotten = two_factor.forget_all_devices(current_user._get_current_object(), now(), request.remote_addr)
     db.session.commit()
     flash(f"Forgot {forgotten} remembered device{'s' if forgotten != 1 else ''}: each asks for a code again.", "info")
     return redirect(url_for("auth.two_factor_setup"))

@@ -14,6 +14,8 @@ from ..models import utcnow
 from ..onboarding import create_tenant
 from ..tenancy.accounts import AccountError, get_tenant
 from ..tenancy.keys import SCOPES, ApiKeyNotFound, create_api_key, find_tenant_key, revoke_api_key
+from .audited import operator_event
+from .backup import BACKUP_COMMANDS
 from .billing import billing_group
 from .costs import prices_group
 from .gateway import create_service_token_command, gateway_group, revoke_service_token_command
@@ -36,6 +38,8 @@ def create_tenant_command(name: str, plan_code: str, admin_email: str, password:
     """Create a tenant with its owner account; prints the tenant's slug last."""
     try:
         tenant = create_tenant(name, plan_code, admin_email, password)
+        db.session.flush()
+        operator_event("tenant.created", tenant.id, slug=tenant.slug, plan=plan_code, owner=admin_email)
         db.session.commit()
     except (AccountError, UnknownPlan) as exc:
         raise _fail(exc) from None
@@ -64,6 +68,8 @@ def create_api_key_command(
         tenant = get_tenant(tenant_slug)
         expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
         key, secret = create_api_key(tenant, name, description, expires_at, scope=scope)
+        db.session.flush()
+        operator_event("api_key.created", tenant.id, key_id=key.id, prefix=key.prefix, name=key.name, scope=scope)
         db.session.commit()
     except (AccountError, ValueError) as exc:
         raise _fail(exc) from None
@@ -82,6 +88,7 @@ def revoke_api_key_command(tenant_slug: str, name_or_prefix: str) -> None:
     try:
         tenant = get_tenant(tenant_slug)
         key = revoke_api_key(find_tenant_key(tenant, name_or_prefix))
+        operator_event("api_key.revoked", tenant.id, key_id=key.id, prefix=key.prefix, name=key.name)
         db.session.commit()
     except (AccountError, ApiKeyNotFound, ValueError) as exc:
         raise _fail(exc) from None
@@ -100,6 +107,14 @@ def set_plan_command(code, monthly_quota, unlimited, per_minute, per_hour, per_d
     """Change a plan's quota and windows; tenants on it get them on their next call."""
     try:
         plan = update_plan_limits(code, monthly_quota, per_minute, per_hour, per_day, unlimited_quota=unlimited)
+        operator_event(
+            "plan.limits_changed",
+            plan=plan.code,
+            monthly_quota=plan.monthly_quota,
+            per_minute=plan.per_minute,
+            per_hour=plan.per_hour,
+            per_day=plan.per_day,
+        )
         db.session.commit()
     except (UnknownPlan, ValueError) as exc:
         raise _fail(exc) from None
@@ -277,6 +292,7 @@ def init_app(app: Flask) -> None:
         add_channel_command,
         create_service_token_command,
         revoke_service_token_command,
+        *BACKUP_COMMANDS,
     ):
         app.cli.add_command(command)
     app.cli.add_command(jobs_group)

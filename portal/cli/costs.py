@@ -14,6 +14,7 @@ from ..extensions import db
 from ..models import utcnow
 from ..redis_store import get_redis
 from ..tenancy.accounts import AccountError, get_tenant
+from .audited import operator_event
 
 prices_group = AppGroup("prices", help="Prices of outside services' models.")
 
@@ -103,6 +104,15 @@ def prices_set(
         tenant = get_tenant(tenant_slug) if tenant_slug else None
         start = parse_when(from_) if from_ else None
         price = set_price(service, model, given, start, tenant.id if tenant else None)
+        db.session.flush()
+        operator_event(
+            "price.set",
+            tenant.id if tenant else None,
+            price_id=price.id,
+            service=price.service,
+            model=price.model,
+            **{name: value for name, value in given.items() if value is not None},
+        )
         db.session.commit()
     except (PriceError, AccountError) as exc:
         db.session.rollback()
@@ -124,6 +134,7 @@ def prices_import() -> None:
     from importlib.metadata import version
 
     result = import_genai_prices()
+    operator_event("prices.imported", added=result.added, closed=result.closed, own_added=result.own_added)
     db.session.commit()
     if result.added or result.closed or result.own_added:
         _announce_change()

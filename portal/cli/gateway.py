@@ -13,6 +13,7 @@ from ..gateway.routes import Route, RouteError, add_route, list_routes, normaliz
 from ..gateway.tokens import TokenError, create_service_token, revoke_service_token
 from ..models.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_SECONDS
 from ..models.usage import OWN_SERVICE
+from .audited import operator_event
 
 gateway_group = AppGroup("gateway", help="Routes to the operator's own API, admitted and metered by Tollgate.")
 
@@ -71,6 +72,7 @@ def add_command(
             upstream_headers=upstream_headers,
             max_body_bytes=max_body_mb * 2**20,
         )
+        operator_event("gateway_route.added", path=row.path, upstream=row.upstream_url, replaced=replace)
         db.session.commit()
     except RouteError as error:
         db.session.rollback()
@@ -98,6 +100,7 @@ def remove_command(path: str) -> None:
     """Remove the route for PATH; calls to it are 404 within a second everywhere."""
     try:
         row = remove_route(path)
+        operator_event("gateway_route.removed", path=row.path)
         db.session.commit()
     except RouteError as error:
         db.session.rollback()
@@ -113,6 +116,7 @@ def create_service_token_command(name: str) -> None:
     it last (only its hash is kept: it is shown this once)."""
     try:
         row, token = create_service_token(name)
+        operator_event("service_token.created", name=row.name, prefix=row.prefix)
         db.session.commit()
     except TokenError as error:
         db.session.rollback()
@@ -128,6 +132,7 @@ def revoke_service_token_command(name: str) -> None:
     """Revoke a service token; verify calls with it are 401 within about a second."""
     try:
         row = revoke_service_token(name)
+        operator_event("service_token.revoked", name=row.name, prefix=row.prefix)
         db.session.commit()
     except TokenError as error:
         db.session.rollback()

@@ -11,6 +11,7 @@ from ..kernel.times import iso
 from ..metering.dead_letters import waiting_count
 from ..models import UsageDeadLetter
 from ..redis_store import get_redis
+from .audited import operator_event
 
 usage_group = AppGroup("usage", help="The usage pipeline.")
 dead_letters_group = AppGroup("dead-letters", help="Usage records the worker could not store.")
@@ -42,6 +43,8 @@ def retry_command(ids: tuple[int, ...]) -> None:
     from ..ingest import retry_dead_letters
 
     result = retry_dead_letters(get_redis(), list(ids) if ids else None)
+    operator_event("usage.dead_letters_retried", ids=list(ids) or "all", stored=result.stored, waiting=result.waiting)
+    db.session.commit()
     click.echo(f"{result.stored} stored, {result.waiting} still waiting")
     if result.waiting:
         raise SystemExit(1)

@@ -9,6 +9,7 @@ from ..extensions import db
 from ..models.alerts import CHANNEL_KINDS, SEVERITIES
 from ..notify.channels import ChannelError, create_channel, shown_target
 from ..tenancy.accounts import AccountError, get_tenant
+from .audited import by_operator
 
 
 @click.command("add-channel")
@@ -32,6 +33,7 @@ def add_channel_command(
     For a webhook without --secret, the generated secret is printed last (shown only this once)."""
     try:
         tenant = get_tenant(tenant_slug)
+        by_operator()  # the channel's audit event is the operator's
         channel, signing_secret = create_channel(
             tenant.id, kind, target, name=name, secret=secret, min_severity=min_severity
         )

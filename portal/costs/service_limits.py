@@ -17,6 +17,7 @@ from redis import Redis
 from sqlalchemy import select
 
 from ..extensions import db
+from ..kernel.audit import record_event
 from ..kernel.changes import mark_access_changed
 from ..kernel.periods import billing_period
 from ..kernel.redis_keys import budget_stops_key, permit_key, service_window_key
@@ -91,8 +92,10 @@ def list_limits(tenant_id: int, service: str | None = None, window: str | None =
     return sorted(db.session.scalars(query), key=lambda lim: (lim.service, lim.model, WINDOW_ORDER[lim.window]))
 
 
-def set_limit(tenant_id: int, service: str, window: str, limit_value: int, unit: str, model: str = "") -> ServiceLimit:
-    """Create or change one limit; acquires use it from the next call on."""
+def set_limit(
+    tenant_id: int, service: str, window: str, limit_value: int, unit: str, model: str = "", ip_address=None
+) -> ServiceLimit:
+    """Create or change one limit (audited); acquires use it from the next call on."""
     if window not in WINDOWS:
         raise LimitError(f"limit_type must be one of {', '.join(WINDOWS)}")
     if unit not in LIMIT_UNITS:
@@ -105,6 +108,17 @@ def set_limit(tenant_id: int, service: str, window: str, limit_value: int, unit:
         db.session.add(limit)
     limit.limit_value = limit_value
     limit.unit = unit
+    record_event(
+        "service_limit.set",
+        tenant_id,
+        None,
+        ip_address,
+        service=service,
+        model=model,
+        limit_type=window,
+        limit_value=limit_value,
+        unit=unit,
+    )
     mark_access_changed()  # the API's cached limits reload
     return limit
 
@@ -120,11 +134,13 @@ def _find_limit(tenant_id: int, service: str, window: str, model: str) -> Servic
     )
 
 
-def delete_limit(tenant_id: int, service: str, window: str, model: str = "") -> bool:
+def delete_limit(tenant_id: int, service: str, window: str, model: str = "", ip_address=None) -> bool:
+    """Remove one limit (audited); False when there is none."""
     limit = _find_limit(tenant_id, service, window, model)
     if limit is None:
         return False
     db.session.delete(limit)
+    record_event("service_limit.removed", tenant_id, None, ip_address, service=service, model=model, limit_type=window)
     mark_access_changed()
     return True
 

@@ -26,6 +26,7 @@ ACTIONS = (
     "two_factor.reset",
     "two_factor.recovery_used",
     "two_factor.codes_renewed",
+    "two_factor.devices_forgotten",
     "api_key.created",
     "api_key.deactivated",
     "api_key.reactivated",
@@ -35,6 +36,8 @@ ACTIONS = (
     "plan.change_scheduled",
     "plan.change_cancelled",
     "settings.changed",
+    "service_limit.set",
+    "service_limit.removed",
     "budget.created",
     "budget.updated",
     "budget.deleted",
@@ -53,6 +56,16 @@ ACTIONS = (
     "invite.accepted",
     "user.role_changed",
     "user.removed",
+    # Operator commands (``flask --app wsgi …``), recorded with ``via: command line``.
+    "tenant.created",
+    "plan.limits_changed",
+    "service_token.created",
+    "service_token.revoked",
+    "gateway_route.added",
+    "gateway_route.removed",
+    "price.set",
+    "prices.imported",
+    "usage.dead_letters_retried",
 )
 
 

@@ -256,6 +256,13 @@ def remembered_devices(user: User, now: datetime) -> list[TrustedDevice]:
     )
 
 
+def forget_all_devices(user: User, now: datetime, ip: str | None) -> int:
+    """The user forgets every remembered device of theirs (audited); returns how many."""
+    forgotten = forget_devices(user.id)
+    _audit("two_factor.devices_forgotten", user, ip, now, devices=forgotten)
+    return forgotten
+
+
 def forget_devices(user_id: int) -> int:
     """Forget every remembered device of a user; returns how many."""
     return db.session.execute(delete(TrustedDevice).where(TrustedDevice.user_id == user_id)).rowcount
