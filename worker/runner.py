@@ -17,7 +17,7 @@ import threading
 import time
 
 from flask import Flask
-from redis import Redis
+from redis import Redis, RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
@@ -107,8 +107,9 @@ def _ingest(connection: Redis) -> int:
 def run_worker(app: Flask, burst: bool = False, log_level: str = "INFO") -> bool:
     """Run the worker until stopped, or with ``burst`` until no work is left. True if it did work."""
     connection = get_redis(app)
-    worker = AppWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
-    worker.flask_app = app
+    if not burst:
+        _wait_for(connection)  # started before Redis (or during an outage): wait for it
+    worker = _new_worker(app, connection)
     if burst:
         # The usage stream is work too: drain it whether or not its periodic run is due.
         with app.app_context():
@@ -121,6 +122,30 @@ def run_worker(app: Flask, burst: bool = False, log_level: str = "INFO") -> bool
     clock = PeriodicClock(connection)
     clock.start()
     try:
-        return worker.work(with_scheduler=True, logging_level=log_level)
+        while True:
+            try:
+                return worker.work(with_scheduler=True, logging_level=log_level)
+            except RedisError:
+                # Redis went away in the middle of a job: RQ's loop gives up. Nothing read is
+                # lost (unacknowledged stream entries stay pending), so work on once it is back.
+                log.exception("Redis unreachable: the worker waits for it and works on")
+                _wait_for(connection)
+                worker = _new_worker(app, connection)
     finally:
         clock.stopped.set()
+
+
+def _new_worker(app: Flask, connection: Redis) -> AppWorker:
+    worker = AppWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
+    worker.flask_app = app
+    return worker
+
+
+def _wait_for(connection: Redis, pause: float = 1.0) -> None:
+    """Return once Redis answers."""
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError:
+            time.sleep(pause)

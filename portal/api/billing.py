@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flask import Response
+from flask import Response, request
 from pydantic import Field
 
 from ..billing.changes import PlanChangeError, change_plan, upcoming
@@ -98,7 +98,7 @@ def change_subscription(payload: PlanChangeBody):
         return api_error(403, NOT_PLAN_KEY)
     tenant = db.session.get(Tenant, tenant_id())
     try:
-        change = change_plan(tenant, payload.plan, utcnow())
+        change = change_plan(tenant, payload.plan, utcnow(), ip_address=request.remote_addr)
     except UnknownPlan as error:
         db.session.rollback()
         return api_error(422, f"plan: {error}")

@@ -107,6 +107,8 @@ class Gate:
                     self.spool.replay(self.redis)
             except RedisError:
                 log.warning("Redis unreachable: completions and spooled calls wait", exc_info=True)
+            except Exception:  # the spool's folder unreadable, say: keep the thread, try again
+                log.exception("flushing completions or replaying the spool failed; trying again")
 
 
 def gate(app: Flask | None = None) -> Gate:

@@ -26,7 +26,9 @@ class PlanChangeError(ValueError):
     pass
 
 
-def change_plan(tenant: Tenant, code: str, now: datetime, user_id: int | None = None) -> dict:
+def change_plan(
+    tenant: Tenant, code: str, now: datetime, user_id: int | None = None, ip_address: str | None = None
+) -> dict:
     """Move ``tenant`` to the plan ``code``: at once if it costs more, else at the period end."""
     plan = get_plan(code)
     subscription = current_subscription(tenant.id)
@@ -35,7 +37,7 @@ def change_plan(tenant: Tenant, code: str, now: datetime, user_id: int | None = 
         if subscription.scheduled_plan_id is None:
             raise PlanChangeError(f"the account is on the {plan.name} plan already")
         subscription.scheduled_plan_id = None
-        record_event("plan.change_cancelled", tenant.id, user_id, plan=plan.code)
+        record_event("plan.change_cancelled", tenant.id, user_id, ip_address, plan=plan.code)
         return {"applies": "now", "plan": plan.code, "cancelled": True}
     if plan.monthly_price > current.monthly_price:
         new = subscribe(tenant, plan, now)
@@ -44,13 +46,15 @@ def change_plan(tenant: Tenant, code: str, now: datetime, user_id: int | None = 
         # The period stays where it was: only the plan changes, mid-period.
         new.current_period_start = subscription.current_period_start
         new.current_period_end = subscription.current_period_end
-        record_event("plan.changed", tenant.id, user_id, **{"from": current.code, "to": plan.code, "applies": "now"})
+        moved = {"from": current.code, "to": plan.code, "applies": "now"}
+        record_event("plan.changed", tenant.id, user_id, ip_address, **moved)
         return {"applies": "now", "plan": plan.code, "effective_at": iso(now)}
     subscription.scheduled_plan_id = plan.id
     record_event(
         "plan.change_scheduled",
         tenant.id,
         user_id,
+        ip_address,
         **{"from": current.code, "to": plan.code, "applies": iso(subscription.current_period_end)},
     )
     return {"applies": "period_end", "plan": plan.code, "effective_at": iso(subscription.current_period_end)}

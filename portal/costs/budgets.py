@@ -143,19 +143,20 @@ def record_budget_change(
     api_key_id: int | None = None,
 ) -> None:
     """The audit event of a budget created, updated or deleted by a user, or through the API
-    with the key ``api_key_id``; the caller's commit stores it."""
+    with the key ``api_key_id`` (the budget's own key, if it covers one, is ``budget_key_id``);
+    the caller's commit stores it."""
     details = {
         "budget_id": budget.id,
         "name": budget.name,
         "amount": f"{budget.monthly_amount:.2f}",
         "service": budget.service,
-        "api_key_id": budget.api_key_id,
+        "budget_key_id": budget.api_key_id,
         "end_user": budget.end_user,
         "warning_percentages": budget.warning_percentages,
         "hard_stop": budget.hard_stop,
     }
     if api_key_id is not None:
-        details["via_api_key_id"] = api_key_id
+        details["api_key_id"] = api_key_id
     record_event(action, budget.tenant_id, user_id, ip_address, **details)
 
 

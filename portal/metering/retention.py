@@ -333,7 +333,13 @@ class _Run:
                 ids = _export_day(path, tenant_id, day, self.batch_size, self.check_time)
             except (OSError, EOFError, ValueError, KeyError) as error:
                 db.session.rollback()
-                log.error("retention keeps tenant %s's usage of %s: exporting it failed: %s", slug, day.date(), error)
+                log.error(
+                    "retention keeps tenant %s's usage of %s: exporting it to %s failed: %s",
+                    slug,
+                    day.date(),
+                    self.export_dir,
+                    error,
+                )
                 self.result.held_days += 1
                 return
             self.result.exported_files += 1

@@ -4,7 +4,9 @@ Each server process appends the calls it served without Redis to its own file un
 ``instance/spool/`` (one JSON line per call, written after the response, with the real status and
 duration). When Redis answers again, any process replays the files — its own, and those of
 processes that died — into the usage stream, then deletes them. A record replayed twice (a crash
-between the replay and the delete) is stored once: records are unique per tenant and id.
+between the replay and the delete) is stored once: records are unique per tenant and id. A call
+that cannot be spooled (a full disk) leaves no part of its line behind and is logged at ERROR; a
+line torn by a crash is kept aside in ``unreadable-<file>`` (logged) and the rest replayed.
 
 Calls served without Redis were not counted in the monthly quota counter. After a replay the
 counters of the tenants (and periods) they belong to are deleted, so that the next call of each
@@ -41,11 +43,23 @@ class Spool:
         """Keep one finished call (``record`` as packed for the stream); ``admitted`` says whether
         it counts against the monthly quota (a refused key's call does not)."""
         line = json.dumps(call_entry(record, status, duration_ms, admitted), separators=(",", ":"))
+        data = (line + "\n").encode()
         with self._lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self._own_file(), "a", encoding="utf-8") as spool:
-                spool.write(line + "\n")
-                spool.flush()
+            fd = end = None
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._own_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                end = os.fstat(fd).st_size
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError as error:
+                if end is not None:  # a full disk took part of the line: cut it off, whole lines only
+                    os.ftruncate(fd, end)
+                log.error("cannot spool a call served without Redis under %s: %s", self.folder, error)
+                raise
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def pending_files(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -58,11 +72,17 @@ class Spool:
         for path in self.pending_files():
             mine = path == self._own_file()
             if mine:
+                target = path.with_name(f"{path.name}.replay-{os.getpid()}")
+                if target.exists():
+                    # A replay of ours that Redis cut short: finish it before its name is reused
+                    # (a rename onto it would drop the calls it holds).
+                    moved += _replay_file(redis, target)
+                    if target.exists():
+                        continue
                 # Take our own file out of the way of further appends first.
                 with self._lock:
                     if not path.exists():
                         continue
-                    target = path.with_name(f"{path.name}.replay-{os.getpid()}")
                     path.rename(target)
                 path = target
             elif not _owner_gone(path):
@@ -86,12 +106,22 @@ def _owner_gone(path: Path) -> bool:
 
 
 def _replay_file(redis: Redis, path: Path) -> int:
-    with open(path, "r+", encoding="utf-8") as spool:
+    try:
+        spool = open(path, "r+", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:  # listed before another replay of it removed it
+        return 0
+    with spool:
         try:
             fcntl.flock(spool, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0  # another process is replaying it
-        entries = [json.loads(line) for line in spool if line.strip()]
+        entries, unreadable = [], []
+        for line in spool:
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:  # torn by a crash mid-append: kept aside, the others go on
+                    unreadable.append(line if line.endswith("\n") else line + "\n")
         pipe = redis.pipeline(transaction=False)
         counters = set()
         for entry in entries:
@@ -105,6 +135,11 @@ def _replay_file(redis: Redis, path: Path) -> int:
         pipe.execute()
         if counters:  # rebuilt, replayed calls included, before each tenant's next call
             redis.delete(*counters)
+        if unreadable:
+            kept = path.with_name(f"unreadable-{path.name}")
+            with open(kept, "a", encoding="utf-8") as out:
+                out.writelines(unreadable)
+            log.error("spool file %s: %d unreadable lines kept in %s", path, len(unreadable), kept)
         path.unlink()
     if entries:
         log.info("replayed %d spooled calls from %s", len(entries), path.name)

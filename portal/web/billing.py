@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from flask import Response, abort, flash, redirect, render_template, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from redis import RedisError
 
@@ -92,7 +92,7 @@ def billing_change_plan():
     at = now()
     try:
         target = get_plan(form.plan.data)
-        change = change_plan(tenant, target.code, at, user_id=current_user.id)
+        change = change_plan(tenant, target.code, at, user_id=current_user.id, ip_address=request.remote_addr)
     except (UnknownPlan, PlanChangeError) as error:
         db.session.rollback()
         flash(f"The plan was not changed: {error}.", "error")

@@ -549,7 +549,7 @@ def test_budget_changes_through_the_api_are_audited_once_with_the_key(app, acme,
         events = db.session.scalars(
             select(AuditEvent).where(AuditEvent.tenant_id == acme.tenant_id).order_by(AuditEvent.id)
         ).all()
-        shown = [(e.action, e.user_id, e.details["amount"], e.details["via_api_key_id"]) for e in events]
+        shown = [(e.action, e.user_id, e.details["amount"], e.details["api_key_id"]) for e in events]
         db.session.remove()
     assert shown == [
         ("budget.created", None, "50.00", key_id),
