@@ -52,7 +52,7 @@ def start_second_step(user: User, remember: bool, target: str | None):
         "password": _fingerprint(user),
         "at": int(seconds()),
         "remember": remember,
-        "next": target or "",
+        "next": target if target and len(target) <= 1024 else "",  # the session cookie stays small
     }
     return redirect(url_for("auth.login_two_factor"))
 

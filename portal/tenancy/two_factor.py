@@ -84,7 +84,7 @@ def matching_step(secret: str, code: str, now: datetime, after_step: int | None 
     """The time step whose code ``code`` is (now's, or one either side), or None; a step at or
     before ``after_step`` (the last code accepted) does not count."""
     code = _digits(code)
-    if len(code) != 6 or not code.isdigit():
+    if len(code) != 6 or not (code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret)
     current = totp.timecode(now)
